@@ -1,0 +1,1 @@
+//! Shallow Bundle handling (being written).

@@ -1,0 +1,27 @@
+//! fhirwall: a CMS-0057-F Provider Access gateway in front of any FHIR R4 server.
+//!
+//! One module per capability, each owning its types. Data flows one way:
+//! request -> auth -> parse (`fhir`) -> access -> upstream (`proxy`) -> filter
+//! chain -> audit -> response, composed in `server::pipeline`.
+//!
+//! - `config`: the TOML configuration, validated at startup.
+//! - `error`: the one gateway error with blame, status and issue code.
+//! - `fhir`: the REST request model, Bundles, OperationOutcome.
+//! - `proxy`: the pooled upstream client, deadlines and URL rewriting.
+//! - `server`: listeners, TLS, graceful shutdown, the FHIR request pipeline.
+//! - `admin`: the operator API on its own listener (health, metrics, ...).
+//! - `store`: persistent state in SQLite or PostgreSQL.
+//! - `sandbox`: the built-in demo/test FHIR server (not the product).
+//! - `telemetry`: logging and Prometheus metrics.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod fhir;
+pub mod proxy;
+pub mod sandbox;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+
+pub use error::{Blame, GatewayError};

@@ -1,0 +1,1 @@
+//! The built-in sandbox FHIR server (being written; see issue #2).
