@@ -1,1 +1,85 @@
-//! (being written)
+//! The operator API on its own listener. Health, readiness and metrics are
+//! open (load balancers and Prometheus scrape them); everything else needs
+//! `Authorization: Bearer $FHIRWALL_ADMIN_TOKEN`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Response, StatusCode};
+use hyper::Request;
+use hyper::body::Incoming;
+
+use crate::error::{Blame, GatewayError, IssueCode};
+use crate::server::Gateway;
+use crate::server::listener::Handler;
+use crate::server::respond::{self, Body};
+
+pub struct AdminHandler {
+    gw: Arc<Gateway>,
+}
+
+impl AdminHandler {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        AdminHandler { gw }
+    }
+
+    /// Constant-time comparison of the presented bearer token.
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(expected) = self.gw.admin_token.as_deref() else { return false };
+        let presented = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(presented.as_bytes(), expected.as_bytes())
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/healthz") => Ok(respond::json(StatusCode::OK, r#"{"status":"ok"}"#)),
+            (&Method::GET, "/readyz") => {
+                if self.gw.is_ready() && self.gw.store.ping().await {
+                    Ok(respond::json(StatusCode::OK, r#"{"status":"ready"}"#))
+                } else {
+                    Ok(respond::json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#))
+                }
+            }
+            (&Method::GET, "/metrics") => {
+                Ok(respond::text(StatusCode::OK, "text/plain; version=0.0.4", self.gw.metrics.render()))
+            }
+            _ if !self.authorized(&req) => Err(GatewayError::new(
+                Blame::Caller,
+                StatusCode::UNAUTHORIZED,
+                IssueCode::Login,
+                "admin API: missing or wrong bearer token",
+            )
+            .with_header(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"))),
+            _ => Err(GatewayError::not_found("no admin endpoint at this path")),
+        }
+    }
+}
+
+impl Handler for AdminHandler {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let response = match self.route(req).await {
+            Ok(r) => r,
+            Err(e) => respond::error(&e),
+        };
+        if !matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+            tracing::info!(%peer, %method, %path, status = response.status().as_u16(), "admin request");
+        }
+        response
+    }
+}
+
+/// Compare without an early exit, so response timing does not reveal how
+/// much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

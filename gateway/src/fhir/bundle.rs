@@ -1,1 +1,122 @@
-//! Shallow Bundle handling (being written).
+//! Shallow JSON handling for FHIR bodies: a Bundle is read as its top-level
+//! members with each `entry` kept as raw JSON text, so policy stages look only
+//! at what they need and untouched entries are re-emitted byte for byte.
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// A JSON object read as its members in document order, values left raw.
+#[derive(Debug, Default)]
+pub struct RawObject<'a> {
+    pub members: Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> RawObject<'a> {
+    /// Parse `text` as one JSON object; anything else is an error.
+    pub fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.members.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// A member that is a JSON string, decoded.
+    pub fn get_str(&self, key: &str) -> Option<String> {
+        self.get(key).and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+    }
+
+    /// Write the object back, replacing members by `replace` (which returns
+    /// `Some(new raw JSON)` to substitute, `Some("")` to drop, `None` to keep).
+    pub fn write_with(&self, out: &mut String, mut replace: impl FnMut(&str, &RawValue) -> Option<String>) {
+        out.push('{');
+        let mut first = true;
+        for (key, value) in &self.members {
+            let replaced = replace(key, value);
+            let text = match &replaced {
+                Some(s) if s.is_empty() => continue,
+                Some(s) => s.as_str(),
+                None => value.get(),
+            };
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            // Keys come from valid JSON; re-encode them to be safe.
+            out.push_str(&serde_json::to_string(key.as_ref()).unwrap_or_else(|_| "\"\"".into()));
+            out.push(':');
+            out.push_str(text);
+        }
+        out.push('}');
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for RawObject<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ObjectVisitor<'a> {
+            type Value = RawObject<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    members.push((key, value));
+                }
+                Ok(RawObject { members })
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+    }
+}
+
+/// The `resourceType` of a raw resource, without parsing the rest of it.
+pub fn resource_type(raw: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "resourceType")]
+        resource_type: Option<String>,
+    }
+    serde_json::from_str::<Probe>(raw).ok().and_then(|p| p.resource_type)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_member_order_and_raw_values() {
+        let text = r#"{"resourceType":"Bundle","entry":[{"resource":{"id":"a"}}],"total":3}"#;
+        let obj = RawObject::parse(text).unwrap();
+        assert_eq!(obj.members.len(), 3);
+        assert_eq!(obj.get("entry").unwrap().get(), r#"[{"resource":{"id":"a"}}]"#);
+        assert_eq!(obj.get_str("resourceType").as_deref(), Some("Bundle"));
+        let mut out = String::new();
+        obj.write_with(&mut out, |k, _| (k == "total").then(String::new));
+        assert_eq!(out, r#"{"resourceType":"Bundle","entry":[{"resource":{"id":"a"}}]}"#);
+    }
+
+    #[test]
+    fn escaped_keys_survive() {
+        let text = r#"{"a\"b":1}"#;
+        let obj = RawObject::parse(text).unwrap();
+        let mut out = String::new();
+        obj.write_with(&mut out, |_, _| None);
+        assert_eq!(out, text);
+    }
+
+    #[test]
+    fn non_objects_are_refused() {
+        assert!(RawObject::parse("[]").is_err());
+        assert!(RawObject::parse("{\"a\":").is_err());
+        assert!(RawObject::parse("{} trailing").is_err());
+    }
+
+    #[test]
+    fn probes_resource_type() {
+        assert_eq!(resource_type(r#"{"id":"1","resourceType":"Patient"}"#).as_deref(), Some("Patient"));
+        assert_eq!(resource_type(r#"{"id":"1"}"#), None);
+    }
+}

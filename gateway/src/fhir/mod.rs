@@ -4,6 +4,7 @@
 //! resource types (`types`).
 
 pub mod bundle;
+pub mod compartment;
 pub mod outcome;
 pub mod request;
 pub mod search;

@@ -1,1 +1,11 @@
-//! (being written)
+//! The upstream side: a pooled HTTP(S) client with deadlines (`client`),
+//! rewriting of upstream URLs to fhirwall's base (`rewrite`), and sealed
+//! paging tokens that keep upstream links server-side (`paging`).
+
+pub mod client;
+pub mod paging;
+pub mod rewrite;
+
+pub use client::{Upstream, UpstreamRequest, UpstreamResponse};
+pub use paging::{PageRef, PageSealer};
+pub use rewrite::UrlRewriter;

@@ -1,1 +1,183 @@
-//! (being written)
+//! The server: builds the gateway from its config, runs the FHIR and admin
+//! listeners, and shuts both down gracefully on SIGTERM/SIGINT.
+//!
+//! - `listener`: accept loop, connection limit, TLS, graceful drain.
+//! - `pipeline`: the FHIR request pipeline, stage by stage.
+//! - `respond`: responses and OperationOutcome errors.
+
+pub mod listener;
+pub mod pipeline;
+pub mod respond;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::fhir::ParseOptions;
+use crate::proxy::{PageSealer, Upstream};
+use crate::sandbox;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// How long a paging link stays valid.
+const PAGE_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// Everything a request handler needs, built once at startup.
+pub struct Gateway {
+    pub config: Config,
+    /// Path of the FHIR base (`/fhir`), no trailing slash ("" for the root).
+    pub base_path: String,
+    /// The public FHIR base URL, no trailing slash.
+    pub public_base: String,
+    pub upstream: Upstream,
+    pub pages: PageSealer,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub parse_options: ParseOptions,
+    /// The admin bearer token; `None` locks every authenticated admin endpoint.
+    pub admin_token: Option<String>,
+    ready: AtomicBool,
+    /// Keeps the built-in sandbox running when `upstream.url = "sandbox"`.
+    _sandbox: Option<sandbox::SandboxHandle>,
+}
+
+impl Gateway {
+    /// Build the gateway: open the store, start the sandbox if configured,
+    /// set up the upstream client.
+    pub async fn build(config: Config) -> anyhow::Result<Arc<Gateway>> {
+        let public_base = config.server.base_url.as_str().trim_end_matches('/').to_owned();
+        let base_path = config.server.base_url.path().trim_end_matches('/').to_owned();
+
+        let store = Store::open(&config.state.url).await.context("state.url")?;
+        let page_key = store.shared_secret("page-token-key").await.context("state: page token key")?;
+
+        let (upstream_base, sandbox) = if config.upstream.is_sandbox() {
+            let data = Arc::new(sandbox::Sandbox::builtin().context("loading the sandbox dataset")?);
+            let handle = sandbox::start(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), data)
+                .await
+                .context("starting the built-in sandbox upstream")?;
+            (handle.base_url().to_owned(), Some(handle))
+        } else {
+            (config.upstream.url.clone(), None)
+        };
+        let upstream = Upstream::new(&config.upstream, &upstream_base, &public_base)?;
+
+        let admin_token = std::env::var(&config.admin.token_env).ok().filter(|t| !t.is_empty());
+        if admin_token.is_none() {
+            tracing::warn!(
+                env = %config.admin.token_env,
+                "no admin token in the environment: the admin API refuses every authenticated call"
+            );
+        }
+        if !config.plugins.is_empty() {
+            anyhow::bail!("plugins: this build of fhirwall cannot load WebAssembly plugins yet; remove [[plugins]]");
+        }
+
+        Ok(Arc::new(Gateway {
+            parse_options: ParseOptions { allow_writes: config.server.allow_writes },
+            config,
+            base_path,
+            public_base,
+            upstream,
+            pages: PageSealer::new(&page_key, PAGE_TOKEN_TTL),
+            store,
+            metrics: Arc::new(Metrics::default()),
+            admin_token,
+            ready: AtomicBool::new(false),
+            _sandbox: sandbox,
+        }))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Run both listeners until a shutdown signal, then drain.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        let _ = stop_tx.send(true);
+    });
+    run_until(config, stop_rx).await
+}
+
+/// Run both listeners until `stop` flips to true (tests and the demo drive this).
+pub async fn run_until(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let fhir_addr = config.server.listen;
+    let admin_addr = config.admin.listen;
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(listener::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let fhir_listener =
+        TcpListener::bind(fhir_addr).await.with_context(|| format!("server.listen: cannot bind {fhir_addr}"))?;
+    let admin_listener =
+        TcpListener::bind(admin_addr).await.with_context(|| format!("admin.listen: cannot bind {admin_addr}"))?;
+
+    let gateway = Gateway::build(config).await?;
+    let grace = Duration::from_secs(gateway.config.server.shutdown_grace_s);
+    let max_connections = gateway.config.server.max_connections;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        fhir = %format!("{scheme}://{fhir_addr}"),
+        admin = %format!("http://{admin_addr}"),
+        base_url = %gateway.public_base,
+        upstream = %if gateway.config.upstream.is_sandbox() { "sandbox" } else { gateway.upstream.base() },
+        "fhirwall listening"
+    );
+
+    let fhir = listener::serve(
+        "fhir",
+        fhir_listener,
+        tls,
+        Arc::new(pipeline::FhirHandler::new(gateway.clone())),
+        max_connections,
+        grace,
+        gateway.metrics.clone(),
+        stop.clone(),
+    );
+    let admin = listener::serve(
+        "admin",
+        admin_listener,
+        None,
+        Arc::new(crate::admin::AdminHandler::new(gateway.clone())),
+        64,
+        grace,
+        gateway.metrics.clone(),
+        stop,
+    );
+    gateway.ready.store(true, Ordering::Relaxed);
+    tokio::join!(fhir, admin);
+    tracing::info!("fhirwall stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,144 @@
+//! Paging links point at fhirwall (`{base}/_page/{token}`) and never carry
+//! the upstream URL in a decodable form: the token is the upstream link
+//! sealed with AES-256-GCM under a key only fhirwall holds, bound to the
+//! caller (its id is the associated data, so another caller's token does not
+//! open) and to an expiry.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::error::GatewayError;
+
+/// What a page token stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRef {
+    /// The resource type of the search that produced the link.
+    #[serde(rename = "t")]
+    pub resource_type: String,
+    /// The upstream link below the upstream base (`Patient?_offset=20`).
+    #[serde(rename = "p")]
+    pub upstream_path: String,
+    /// Unix seconds after which the token is refused.
+    #[serde(rename = "e")]
+    pub expires: u64,
+}
+
+pub struct PageSealer {
+    key: LessSafeKey,
+    rng: SystemRandom,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for PageSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageSealer").field("ttl", &self.ttl).finish_non_exhaustive()
+    }
+}
+
+impl PageSealer {
+    /// `key`: 32 secret bytes shared by every node (kept in the store).
+    pub fn new(key: &[u8; 32], ttl: Duration) -> Self {
+        let unbound = UnboundKey::new(&AES_256_GCM, key).expect("AES-256 takes a 32-byte key");
+        PageSealer { key: LessSafeKey::new(unbound), rng: SystemRandom::new(), ttl }
+    }
+
+    /// Seal an upstream link for `caller`.
+    pub fn seal(&self, caller: &str, resource_type: &str, upstream_path: &str) -> Result<String, GatewayError> {
+        let page = PageRef {
+            resource_type: resource_type.to_owned(),
+            upstream_path: upstream_path.to_owned(),
+            expires: now_unix() + self.ttl.as_secs(),
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| GatewayError::internal("no randomness for page token"))?;
+        let mut data = serde_json::to_vec(&page).map_err(|e| GatewayError::internal(e.to_string()))?;
+        self.key
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(caller.as_bytes()), &mut data)
+            .map_err(|_| GatewayError::internal("page token sealing failed"))?;
+        let mut token = Vec::with_capacity(NONCE_LEN + data.len());
+        token.extend_from_slice(&nonce);
+        token.extend_from_slice(&data);
+        Ok(URL_SAFE_NO_PAD.encode(token))
+    }
+
+    /// Open a token presented by `caller`. A forged, foreign, corrupted or
+    /// expired token is one answer: 404, so nothing is learnt from it.
+    pub fn open(&self, caller: &str, token: &str) -> Result<PageRef, GatewayError> {
+        let gone = || GatewayError::not_found("this page does not exist or has expired; repeat the search");
+        let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| gone())?;
+        if raw.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+            return Err(gone());
+        }
+        let (nonce, sealed) = raw.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| gone())?;
+        let mut sealed = sealed.to_vec();
+        let plain = self.key.open_in_place(nonce, Aad::from(caller.as_bytes()), &mut sealed).map_err(|_| gone())?;
+        let page: PageRef = serde_json::from_slice(plain).map_err(|_| gone())?;
+        if page.expires < now_unix() {
+            return Err(gone());
+        }
+        Ok(page)
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealer() -> PageSealer {
+        PageSealer::new(&[7u8; 32], Duration::from_secs(600))
+    }
+
+    #[test]
+    fn round_trips_for_the_same_caller() {
+        let s = sealer();
+        let token = s.seal("grace", "Observation", "Observation?_offset=20&patient=Patient%2F1").unwrap();
+        let page = s.open("grace", &token).unwrap();
+        assert_eq!(page.upstream_path, "Observation?_offset=20&patient=Patient%2F1");
+        assert_eq!(page.resource_type, "Observation");
+    }
+
+    #[test]
+    fn token_does_not_reveal_the_link() {
+        let s = sealer();
+        let token = s.seal("grace", "Observation", "Observation?_offset=20").unwrap();
+        let decoded = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        let as_text = String::from_utf8_lossy(&decoded);
+        assert!(!as_text.contains("Observation"));
+        assert!(!as_text.contains("_offset"));
+    }
+
+    #[test]
+    fn other_callers_forgeries_and_other_keys_are_refused() {
+        let s = sealer();
+        let token = s.seal("grace", "Observation", "Observation?_offset=20").unwrap();
+        assert_eq!(s.open("hopkins", &token).unwrap_err().status, 404);
+        let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert!(s.open("grace", &URL_SAFE_NO_PAD.encode(&bytes)).is_err());
+        assert!(s.open("grace", "not-a-token").is_err());
+        assert!(s.open("grace", "").is_err());
+        let other = PageSealer::new(&[8u8; 32], Duration::from_secs(600));
+        assert!(other.open("grace", &token).is_err());
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let s = PageSealer::new(&[7u8; 32], Duration::from_secs(0));
+        let mut page_token = s.seal("grace", "Observation", "x").unwrap();
+        // ttl 0 expires at "now"; make sure a past expiry is refused.
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(s.open("grace", &page_token).is_err());
+        page_token.clear();
+    }
+}

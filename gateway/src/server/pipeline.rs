@@ -1,0 +1,436 @@
+//! The FHIR request pipeline, read top to bottom in `FhirHandler::process`:
+//! route -> read body -> parse -> (auth, access: later stages) -> upstream ->
+//! relay (validate, rewrite URLs, seal paging links) -> respond.
+//!
+//! Nothing the caller sent reaches the upstream verbatim: the upstream
+//! request is rebuilt from the parsed model.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LOCATION, CONTENT_TYPE, ETAG, LAST_MODIFIED, LOCATION};
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::Request;
+use hyper::body::Incoming;
+use serde_json::value::RawValue;
+
+use super::Gateway;
+use super::listener::Handler;
+use super::respond::{self, Body};
+use crate::error::{Blame, GatewayError, IssueCode};
+use crate::fhir::bundle::RawObject;
+use crate::fhir::compartment::CompartmentTable;
+use crate::fhir::request::{self, FhirRequest, Interaction, Operation, RequestParts};
+use crate::fhir::{SearchParam, SearchParams};
+use crate::proxy::{UpstreamRequest, UpstreamResponse};
+
+/// Search query strings longer than this go upstream as POST `_search`.
+const MAX_GET_QUERY: usize = 4096;
+
+/// Who is asking. Until authentication is wired in, every caller is the
+/// anonymous one; paging tokens are already bound to this identity.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub client_id: String,
+}
+
+/// What one request carries through the pipeline.
+struct RequestCtx {
+    request_id: String,
+    caller: Caller,
+    /// The public URL of this request (for Bundle `self` links).
+    self_url: String,
+}
+
+pub struct FhirHandler {
+    gw: Arc<Gateway>,
+}
+
+impl FhirHandler {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        FhirHandler { gw }
+    }
+}
+
+impl Handler for FhirHandler {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let request_id = new_request_id();
+        let method = req.method().clone();
+        // The query is left out of logs: search values can be PHI.
+        let path = req.uri().path().to_owned();
+        let (interaction, result) = self.process(req, &request_id).await;
+        let mut response = match result {
+            Ok(response) => response,
+            Err(err) => {
+                log_error(&err, &request_id);
+                respond::error(&err)
+            }
+        };
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(HeaderName::from_static("x-request-id"), value);
+        }
+        let status = response.status().as_u16();
+        let elapsed = started.elapsed();
+        self.gw.metrics.record_request(interaction, status, elapsed);
+        tracing::info!(
+            request_id = %request_id,
+            peer = %peer,
+            method = %method,
+            path = %path,
+            interaction,
+            status,
+            elapsed_us = elapsed.as_micros() as u64,
+            "request"
+        );
+        response
+    }
+}
+
+impl FhirHandler {
+    /// The pipeline. Returns the interaction name (for metrics) and the answer.
+    async fn process(&self, req: Request<Incoming>, request_id: &str) -> (&'static str, Result<Response<Body>, GatewayError>) {
+        let gw = &self.gw;
+        let Some(below_base) = below_base(req.uri().path(), &gw.base_path) else {
+            return ("unrouted", Err(GatewayError::not_found("no FHIR endpoint at this path")));
+        };
+        let below_base = below_base.to_owned();
+        let (parts, body) = req.into_parts();
+        let body = match read_body(body, gw.config.server.max_request_body_bytes).await {
+            Ok(body) => body,
+            Err(err) => return ("unparsed", Err(err)),
+        };
+        let request = RequestParts {
+            method: &parts.method,
+            path: &below_base,
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            body: &body,
+        };
+        let fhir = match request::parse(&request, gw.parse_options) {
+            Ok(fhir) => fhir,
+            Err(err) => return ("unparsed", Err(err)),
+        };
+        let name = fhir.interaction.name();
+        let ctx = RequestCtx {
+            request_id: request_id.to_owned(),
+            caller: Caller { client_id: "anonymous".into() },
+            self_url: self_url(&gw.public_base, &below_base, &fhir.params),
+        };
+        let content_type = parts.headers.get(CONTENT_TYPE).cloned();
+        (name, self.dispatch(&ctx, fhir, body, content_type).await)
+    }
+
+    async fn dispatch(
+        &self,
+        ctx: &RequestCtx,
+        fhir: FhirRequest,
+        body: Bytes,
+        content_type: Option<HeaderValue>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let head = fhir.head;
+        let (upstream_request, page_type) = match &fhir.interaction {
+            Interaction::Capabilities => (get("metadata".into()), None),
+            Interaction::Read { resource_type, id } => (get(format!("{resource_type}/{}", enc(id))), None),
+            Interaction::Vread { resource_type, id, version } => {
+                (get(format!("{resource_type}/{}/_history/{}", enc(id), enc(version))), None)
+            }
+            Interaction::HistoryInstance { resource_type, id } => {
+                let path = with_query(format!("{resource_type}/{}/_history", enc(id)), &fhir.params);
+                (get(path), Some(resource_type.clone()))
+            }
+            Interaction::SearchType { resource_type } => {
+                (search(resource_type, &fhir.params), Some(resource_type.clone()))
+            }
+            Interaction::SearchCompartment { patient_id, resource_type } => {
+                let param = CompartmentTable::builtin().narrowing_param(resource_type).ok_or_else(|| {
+                    GatewayError::bad_request(format!("{resource_type} is not in the Patient compartment"))
+                })?;
+                let mut params = SearchParams::default();
+                params.params.push(SearchParam {
+                    name: param.to_owned(),
+                    modifier: None,
+                    values: vec![format!("Patient/{patient_id}")],
+                });
+                params.params.extend(fhir.params.params.iter().cloned());
+                (search(resource_type, &params), Some(resource_type.clone()))
+            }
+            Interaction::Page { token } => {
+                let page = self.gw.pages.open(&ctx.caller.client_id, token)?;
+                (get(page.upstream_path), Some(page.resource_type))
+            }
+            Interaction::Operation(Operation::SystemExport) => {
+                return Err(GatewayError::forbidden(
+                    "system-level $export is not offered: Provider Access exports a Group (Group/{id}/$export)",
+                ));
+            }
+            Interaction::Operation(op) => {
+                return Err(GatewayError::new(
+                    Blame::Caller,
+                    StatusCode::NOT_IMPLEMENTED,
+                    IssueCode::NotSupported,
+                    format!("{op:?} is not available in this version of fhirwall"),
+                ));
+            }
+            Interaction::Create { resource_type } => (write(Method::POST, resource_type.clone(), body, content_type), None),
+            Interaction::Update { resource_type, id } => {
+                (write(Method::PUT, format!("{resource_type}/{}", enc(id)), body, content_type), None)
+            }
+            Interaction::Patch { resource_type, id } => {
+                (write(Method::PATCH, format!("{resource_type}/{}", enc(id)), body, content_type), None)
+            }
+            Interaction::Delete { resource_type, id } => {
+                (write(Method::DELETE, format!("{resource_type}/{}", enc(id)), Bytes::new(), None), None)
+            }
+            Interaction::Batch => (write(Method::POST, String::new(), body, content_type), None),
+        };
+        let upstream_request = UpstreamRequest { request_id: ctx.request_id.clone(), ..upstream_request };
+        let started = Instant::now();
+        let result = self.gw.upstream.send(upstream_request).await;
+        self.gw.metrics.record_upstream(started.elapsed(), result.is_ok());
+        let upstream_response = result?;
+        self.relay(ctx, upstream_response, page_type.as_deref(), head)
+    }
+
+    /// Turn an upstream answer into fhirwall's answer: classify the status,
+    /// insist on complete JSON, seal paging links, rewrite every upstream URL.
+    fn relay(
+        &self,
+        ctx: &RequestCtx,
+        upstream: UpstreamResponse,
+        page_type: Option<&str>,
+        head: bool,
+    ) -> Result<Response<Body>, GatewayError> {
+        let status = upstream.status;
+        let usable = status.is_success() || (status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 407));
+        if !usable {
+            return Err(GatewayError::bad_gateway("the upstream FHIR server failed")
+                .with_detail(format!("upstream answered {status}")));
+        }
+        let rewriter = self.gw.upstream.rewriter();
+        let body = if upstream.body.is_empty() && (status == StatusCode::NO_CONTENT || status.is_client_error()) {
+            None
+        } else {
+            Some(self.relay_body(ctx, &upstream, page_type)?)
+        };
+        let mut response = match (body, status.is_client_error()) {
+            (Some(body), _) => respond::fhir_json(status, body),
+            (None, true) => {
+                let err = GatewayError::new(Blame::Upstream, status, IssueCode::Processing, "the upstream FHIR server refused the request");
+                respond::error(&err)
+            }
+            (None, false) => respond::empty(status),
+        };
+        for name in [ETAG, LAST_MODIFIED] {
+            if let Some(value) = upstream.headers.get(&name) {
+                response.headers_mut().insert(name, value.clone());
+            }
+        }
+        for name in [LOCATION, CONTENT_LOCATION] {
+            let Some(value) = upstream.headers.get(&name).and_then(|v| v.to_str().ok()) else { continue };
+            let rewritten = rewriter.rewrite(value);
+            // A relative location is on our base too; an absolute one must now
+            // be on the public base, or it is dropped rather than leaked.
+            let safe = !rewritten.contains("://") || rewritten.starts_with(rewriter.public_base());
+            if safe && let Ok(v) = HeaderValue::from_str(&rewritten) {
+                response.headers_mut().insert(name, v);
+            }
+        }
+        if head {
+            *response.body_mut() = http_body_util::Full::new(Bytes::new());
+        }
+        Ok(response)
+    }
+
+    fn relay_body(&self, ctx: &RequestCtx, upstream: &UpstreamResponse, page_type: Option<&str>) -> Result<String, GatewayError> {
+        let not_fhir = |why: &str| {
+            GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer").with_detail(why.to_owned())
+        };
+        let content_type = upstream.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !content_type.to_ascii_lowercase().contains("json") {
+            return Err(not_fhir(&format!("content type {content_type:?} is not JSON")));
+        }
+        let text = std::str::from_utf8(&upstream.body).map_err(|_| not_fhir("body is not UTF-8"))?;
+        // Parsing validates the whole document: truncated or malformed JSON stops here.
+        let object = RawObject::parse(text).map_err(|e| not_fhir(&format!("body is not a JSON object: {e}")))?;
+        let resource_type = object.get_str("resourceType").ok_or_else(|| not_fhir("body has no resourceType"))?;
+        if upstream.status.is_client_error() && resource_type != "OperationOutcome" {
+            return Err(not_fhir("an error answer that is not an OperationOutcome"));
+        }
+        let rewriter = self.gw.upstream.rewriter();
+        let body = if resource_type == "Bundle" {
+            let mut out = String::with_capacity(text.len() + 256);
+            let mut failure = None;
+            object.write_with(&mut out, |key, value| {
+                if key != "link" {
+                    return None;
+                }
+                match self.rewrite_links(ctx, value, page_type) {
+                    Ok(links) => Some(links),
+                    Err(e) => {
+                        failure = Some(e);
+                        Some(String::new())
+                    }
+                }
+            });
+            if let Some(err) = failure {
+                return Err(err);
+            }
+            out
+        } else {
+            text.to_owned()
+        };
+        Ok(rewriter.rewrite(&body).into_owned())
+    }
+
+    /// `self` becomes this request's public URL; paging relations become
+    /// sealed fhirwall links bound to the caller; anything else is dropped.
+    fn rewrite_links(&self, ctx: &RequestCtx, links: &RawValue, page_type: Option<&str>) -> Result<String, GatewayError> {
+        #[derive(serde::Deserialize)]
+        struct Link {
+            relation: Option<String>,
+            url: Option<String>,
+        }
+        let links: Vec<Link> = serde_json::from_str(links.get()).map_err(|e| {
+            GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer").with_detail(format!("Bundle.link: {e}"))
+        })?;
+        let rewriter = self.gw.upstream.rewriter();
+        let mut out = Vec::new();
+        for link in links {
+            let (Some(relation), Some(url)) = (link.relation, link.url) else { continue };
+            let url = match relation.as_str() {
+                "self" => ctx.self_url.clone(),
+                "next" | "previous" | "prev" | "first" | "last" => {
+                    let (Some(resource_type), Some(path)) = (page_type, rewriter.strip_upstream_base(&url)) else {
+                        continue;
+                    };
+                    let token = self.gw.pages.seal(&ctx.caller.client_id, resource_type, path)?;
+                    format!("{}/_page/{token}", self.gw.public_base)
+                }
+                _ => continue,
+            };
+            out.push(serde_json::json!({ "relation": relation, "url": url }));
+        }
+        Ok(serde_json::to_string(&out).unwrap_or_else(|_| "[]".into()))
+    }
+}
+
+/// The path below the FHIR base, or `None` when the request is elsewhere.
+fn below_base<'p>(path: &'p str, base_path: &str) -> Option<&'p str> {
+    let rest = path.strip_prefix(base_path)?;
+    if rest.is_empty() {
+        return Some("");
+    }
+    rest.strip_prefix('/')
+}
+
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(GatewayError::new(
+            Blame::Caller,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            IssueCode::TooCostly,
+            format!("request body larger than {limit} bytes"),
+        )),
+        Err(_) => Err(GatewayError::bad_request("the request body could not be read")),
+    }
+}
+
+fn get(path_and_query: String) -> UpstreamRequest {
+    UpstreamRequest { method: Method::GET, path_and_query, body: None, headers: Vec::new(), request_id: String::new() }
+}
+
+/// A type search: GET with the canonical query, or POST `_search` when long.
+/// `handling=strict` asks the upstream to refuse parameters it would ignore.
+fn search(resource_type: &str, params: &SearchParams) -> UpstreamRequest {
+    let query = params.to_query_string();
+    let strict = (HeaderName::from_static("prefer"), HeaderValue::from_static("handling=strict"));
+    if query.len() <= MAX_GET_QUERY {
+        let mut req = get(with_query(resource_type.to_owned(), params));
+        req.headers.push(strict);
+        req
+    } else {
+        UpstreamRequest {
+            method: Method::POST,
+            path_and_query: format!("{resource_type}/_search"),
+            body: Some((Bytes::from(query), HeaderValue::from_static("application/x-www-form-urlencoded"))),
+            headers: vec![strict],
+            request_id: String::new(),
+        }
+    }
+}
+
+fn with_query(path: String, params: &SearchParams) -> String {
+    let query = params.to_query_string();
+    if query.is_empty() { path } else { format!("{path}?{query}") }
+}
+
+fn write(method: Method, path: String, body: Bytes, content_type: Option<HeaderValue>) -> UpstreamRequest {
+    let content_type = content_type.unwrap_or_else(|| HeaderValue::from_static("application/fhir+json"));
+    let body = if body.is_empty() { None } else { Some((body, content_type)) };
+    UpstreamRequest { method, path_and_query: path, body, headers: Vec::new(), request_id: String::new() }
+}
+
+/// Percent-encode a path segment (ids are validated already; this is belt and braces).
+fn enc(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC)
+        .to_string()
+        .replace("%2D", "-")
+        .replace("%2E", ".")
+}
+
+fn self_url(public_base: &str, below_base: &str, params: &SearchParams) -> String {
+    let mut url = public_base.to_owned();
+    if !below_base.is_empty() {
+        url.push('/');
+        url.push_str(below_base);
+    }
+    let query = params.to_query_string();
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(&query);
+    }
+    url
+}
+
+fn new_request_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    hex::encode(bytes)
+}
+
+fn log_error(err: &GatewayError, request_id: &str) {
+    let detail = err.detail.as_deref().unwrap_or("");
+    match err.blame {
+        Blame::Caller => tracing::debug!(request_id, status = err.status.as_u16(), message = %err.message, detail, "refused"),
+        Blame::Upstream => tracing::warn!(request_id, status = err.status.as_u16(), message = %err.message, detail, "upstream failure"),
+        Blame::Policy | Blame::Internal => {
+            tracing::error!(request_id, status = err.status.as_u16(), blame = ?err.blame, detail, "failed closed")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_below_the_base_only() {
+        assert_eq!(below_base("/fhir/Patient/1", "/fhir"), Some("Patient/1"));
+        assert_eq!(below_base("/fhir", "/fhir"), Some(""));
+        assert_eq!(below_base("/fhir/", "/fhir"), Some(""));
+        assert_eq!(below_base("/fhirx/Patient", "/fhir"), None);
+        assert_eq!(below_base("/other", "/fhir"), None);
+        assert_eq!(below_base("/fhir//Patient", "/fhir"), Some("/Patient"));
+        assert_eq!(below_base("/Patient/1", ""), Some("Patient/1"));
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(enc("abc-1.2"), "abc-1.2");
+        assert_eq!(enc("a/b"), "a%2Fb");
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Run every test of fhirwall: installs what the tests need (idempotent), then
+# formatting, lints, unit tests and end-to-end tests against real processes.
+# This is the README's test command and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== installing test dependencies"
+bash scripts/setup-test-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --locked
