@@ -117,12 +117,7 @@ fn demo(port: u16) -> anyhow::Result<()> {
     let admin_port = port.checked_add(1).context("--port too large")?;
     let admin_token = match std::env::var("FHIRWALL_ADMIN_TOKEN") {
         Ok(t) if !t.is_empty() => t,
-        _ => {
-            let token = hex_token();
-            // SAFETY-free: set before the runtime starts any thread.
-            set_env("FHIRWALL_ADMIN_TOKEN", &token);
-            token
-        }
+        _ => hex_token(),
     };
     let config_text = format!(
         r#"[server]
@@ -158,7 +153,7 @@ dir = "audit"
          \n\nPress Ctrl-C to stop.\n",
         dir.path().display()
     );
-    runtime()?.block_on(fhirwall::server::run(config))
+    runtime()?.block_on(fhirwall::server::run_with_admin_token(config, Some(admin_token)))
 }
 
 fn hex_token() -> String {
@@ -171,12 +166,4 @@ fn rand_bytes() -> [u8; 16] {
     let mut buf = [0u8; 16];
     ring::rand::SystemRandom::new().fill(&mut buf).expect("system randomness");
     buf
-}
-
-fn set_env(name: &str, value: &str) {
-    // Only called on the main thread before any other thread exists.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::env::set_var(name, value)
-    }
 }

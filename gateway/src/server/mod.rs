@@ -49,7 +49,7 @@ pub struct Gateway {
 impl Gateway {
     /// Build the gateway: open the store, start the sandbox if configured,
     /// set up the upstream client.
-    pub async fn build(config: Config) -> anyhow::Result<Arc<Gateway>> {
+    pub async fn build(config: Config, admin_token: Option<String>) -> anyhow::Result<Arc<Gateway>> {
         let public_base = config.server.base_url.as_str().trim_end_matches('/').to_owned();
         let base_path = config.server.base_url.path().trim_end_matches('/').to_owned();
 
@@ -67,7 +67,8 @@ impl Gateway {
         };
         let upstream = Upstream::new(&config.upstream, &upstream_base, &public_base)?;
 
-        let admin_token = std::env::var(&config.admin.token_env).ok().filter(|t| !t.is_empty());
+        let admin_token =
+            admin_token.or_else(|| std::env::var(&config.admin.token_env).ok()).filter(|t| !t.is_empty());
         if admin_token.is_none() {
             tracing::warn!(
                 env = %config.admin.token_env,
@@ -100,17 +101,27 @@ impl Gateway {
 
 /// Run both listeners until a shutdown signal, then drain.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    run_with_admin_token(config, None).await
+}
+
+/// `run`, with the admin token given directly instead of through the
+/// environment variable `admin.token_env` names (the demo uses this).
+pub async fn run_with_admin_token(config: Config, admin_token: Option<String>) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutdown signal received");
         let _ = stop_tx.send(true);
     });
-    run_until(config, stop_rx).await
+    run_until(config, admin_token, stop_rx).await
 }
 
 /// Run both listeners until `stop` flips to true (tests and the demo drive this).
-pub async fn run_until(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run_until(
+    config: Config,
+    admin_token: Option<String>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let fhir_addr = config.server.listen;
     let admin_addr = config.admin.listen;
     let tls = match (&config.server.tls_cert, &config.server.tls_key) {
@@ -122,7 +133,7 @@ pub async fn run_until(config: Config, stop: watch::Receiver<bool>) -> anyhow::R
     let admin_listener =
         TcpListener::bind(admin_addr).await.with_context(|| format!("admin.listen: cannot bind {admin_addr}"))?;
 
-    let gateway = Gateway::build(config).await?;
+    let gateway = Gateway::build(config, admin_token).await?;
     let grace = Duration::from_secs(gateway.config.server.shutdown_grace_s);
     let max_connections = gateway.config.server.max_connections;
     let scheme = if tls.is_some() { "https" } else { "http" };

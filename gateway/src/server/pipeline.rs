@@ -150,11 +150,7 @@ impl FhirHandler {
                     GatewayError::bad_request(format!("{resource_type} is not in the Patient compartment"))
                 })?;
                 let mut params = SearchParams::default();
-                params.params.push(SearchParam {
-                    name: param.to_owned(),
-                    modifier: None,
-                    values: vec![format!("Patient/{patient_id}")],
-                });
+                params.push(SearchParam::single(param, format!("Patient/{patient_id}")));
                 params.params.extend(fhir.params.params.iter().cloned());
                 (search(resource_type, &params), Some(resource_type.clone()))
             }
