@@ -1,0 +1,592 @@
+//! The sandbox's HTTP side: routing, FHIR JSON responses, test fault
+//! injection, and the accept loop.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use percent_encoding::percent_decode_str;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use super::params::{self, Kind};
+use super::search::{Outcome, Refusal, Search};
+use super::store::{Entry, valid_id, valid_type};
+use super::{Fault, FaultPlan, Sandbox};
+
+pub(crate) type Body = BoxBody<Bytes, io::Error>;
+
+const FHIR_JSON: &str = "application/fhir+json";
+/// Largest POST `_search` form body accepted.
+const MAX_FORM_BODY: usize = 1 << 20;
+/// Longest `X-Sandbox-Delay-Ms` honoured.
+const MAX_DELAY_MS: u64 = 600_000;
+/// How long in-flight requests get to finish after shutdown.
+const DRAIN: Duration = Duration::from_secs(5);
+
+pub(crate) const DELAY_HEADER: &str = "x-sandbox-delay-ms";
+pub(crate) const FAULT_HEADER: &str = "x-sandbox-fault";
+pub(crate) const CONTROL_PATH: &str = "/_sandbox/fault";
+
+/// Per-server state shared by every connection.
+struct Ctx {
+    sandbox: Arc<Sandbox>,
+    base: String,
+    capability: Bytes,
+}
+
+/// A response before fault injection.
+struct Reply {
+    status: StatusCode,
+    body: Bytes,
+    etag: Option<String>,
+    allow: Option<&'static str>,
+}
+
+impl Reply {
+    fn json(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+        Reply { status, body: body.into(), etag: None, allow: None }
+    }
+
+    fn outcome(status: u16, code: &str, message: &str) -> Reply {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        Reply::json(status, outcome_json(code, message))
+    }
+
+    fn refusal(r: Refusal) -> Reply {
+        Reply::outcome(r.status, r.code, &r.message)
+    }
+
+    fn not_allowed(allow: &'static str, message: &str) -> Reply {
+        let mut r = Reply::outcome(405, "not-supported", message);
+        r.allow = Some(allow);
+        r
+    }
+}
+
+fn outcome_json(code: &str, message: &str) -> String {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": message}]
+    })
+    .to_string()
+}
+
+fn full(body: Bytes) -> Body {
+    Full::new(body).map_err(|never: Infallible| match never {}).boxed()
+}
+
+fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Body>, io::Error> {
+    if req.uri().path() == CONTROL_PATH {
+        return Ok(respond(control(&req, &ctx), None));
+    }
+    let (mut fault, mut delay_ms) = match req.uri().path_and_query() {
+        Some(pq) => ctx.sandbox.take_armed(pq.as_str()).unwrap_or((None, 0)),
+        None => (None, 0),
+    };
+    if ctx.sandbox.faults_enabled() {
+        if let Some(ms) = header_str(&req, DELAY_HEADER) {
+            match ms.trim().parse::<u64>() {
+                Ok(ms) => delay_ms = ms,
+                Err(_) => {
+                    let reply = Reply::outcome(400, "invalid", "X-Sandbox-Delay-Ms: expected milliseconds");
+                    return Ok(respond(reply, None));
+                }
+            }
+        }
+        if let Some(v) = header_str(&req, FAULT_HEADER) {
+            match Fault::parse(v) {
+                Some(f) => fault = Some(f),
+                None => {
+                    let msg = format!("X-Sandbox-Fault: unknown fault {v:?} ({})", Fault::NAMES);
+                    return Ok(respond(Reply::outcome(400, "invalid", &msg), None));
+                }
+            }
+        }
+    }
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms.min(MAX_DELAY_MS))).await;
+    }
+    if fault == Some(Fault::Close) {
+        // An error from the service makes hyper drop the connection unanswered.
+        return Err(io::Error::other("sandbox fault: close"));
+    }
+    let reply = route(req, &ctx).await;
+    Ok(respond(reply, fault))
+}
+
+/// `POST /_sandbox/fault?fault=NAME&delay_ms=N&path=SUBSTRING&times=N` arms
+/// a fault plan, `DELETE /_sandbox/fault` disarms; only with faults enabled.
+fn control(req: &Request<Incoming>, ctx: &Ctx) -> Reply {
+    if !ctx.sandbox.faults_enabled() {
+        return Reply::outcome(404, "not-found", "the FHIR base is /fhir");
+    }
+    let method = req.method();
+    if method == Method::DELETE {
+        ctx.sandbox.disarm();
+        return Reply::json(StatusCode::OK, r#"{"armed":null}"#);
+    }
+    if method != Method::POST && method != Method::PUT {
+        return Reply::not_allowed("POST, PUT, DELETE", "arm with POST, disarm with DELETE");
+    }
+    let mut plan = FaultPlan::default();
+    for (k, v) in req.uri().query().map(query_pairs).unwrap_or_default() {
+        let number = || v.trim().parse::<u64>().map_err(|_| format!("{k}: expected a number"));
+        let parsed = match k.as_str() {
+            "fault" if v == "none" || v.is_empty() => Ok(()),
+            "fault" => Fault::parse(&v)
+                .map(|f| plan.fault = Some(f))
+                .ok_or_else(|| format!("fault: unknown fault {v:?} ({})", Fault::NAMES)),
+            "delay_ms" => number().map(|n| plan.delay_ms = n),
+            "times" => number().map(|n| plan.times = Some(n)),
+            "path" => {
+                plan.path_contains = Some(v.clone());
+                Ok(())
+            }
+            _ => Err(format!("unknown parameter {k:?} (fault, delay_ms, path, times)")),
+        };
+        if let Err(msg) = parsed {
+            return Reply::outcome(400, "invalid", &msg);
+        }
+    }
+    let body = json!({"armed": {
+        "fault": plan.fault.map(Fault::name),
+        "delay_ms": plan.delay_ms,
+        "path": plan.path_contains,
+        "times": plan.times,
+    }});
+    ctx.sandbox.arm(plan);
+    Reply::json(StatusCode::OK, body.to_string())
+}
+
+fn respond(reply: Reply, fault: Option<Fault>) -> Response<Body> {
+    let mut status = reply.status;
+    let mut body = reply.body;
+    let mut declared_len = None;
+    match fault {
+        Some(Fault::Truncate) => body = body.slice(..body.len() / 2),
+        Some(Fault::NotJson) => {
+            status = StatusCode::OK;
+            body =
+                Bytes::from_static(b"<html><body><h1>Service Temporarily Unavailable</h1></body></html>\n");
+        }
+        Some(Fault::Error) => {
+            status = StatusCode::INTERNAL_SERVER_ERROR;
+            body = outcome_json("exception", "X-Sandbox-Fault: error").into();
+        }
+        Some(Fault::Abort) => declared_len = Some(body.len()),
+        Some(Fault::Close) | None => {}
+    }
+    let response_body = match declared_len {
+        Some(len) => {
+            let half = body.slice(..len / 2);
+            let frames: Vec<Result<Frame<Bytes>, io::Error>> = vec![
+                Ok(Frame::data(half)),
+                Err(io::Error::new(io::ErrorKind::ConnectionAborted, "X-Sandbox-Fault: abort")),
+            ];
+            BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+        }
+        None => full(body),
+    };
+    let mut resp = Response::new(response_body);
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    if let Some(len) = declared_len {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    if let Some(etag) = reply.etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        headers.insert(header::ETAG, etag);
+    }
+    if let Some(allow) = reply.allow {
+        headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    resp
+}
+
+fn wants_xml(req: &Request<Incoming>) -> bool {
+    header_str(req, "accept").is_some_and(|a| {
+        let a = a.to_ascii_lowercase();
+        a.contains("xml") && !a.contains("json") && !a.contains("*/*")
+    })
+}
+
+fn lenient(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim().eq_ignore_ascii_case("handling=lenient"))
+}
+
+fn query_pairs(q: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
+    let path = req.uri().path().to_owned();
+    let Some(rest) = path.strip_prefix("/fhir").filter(|r| r.is_empty() || r.starts_with('/')) else {
+        return Reply::outcome(404, "not-found", "the FHIR base is /fhir");
+    };
+    let mut segs: Vec<String> =
+        rest.split('/').skip(1).map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned()).collect();
+    if segs.last().is_some_and(String::is_empty) {
+        segs.pop();
+    }
+    let format_xml = req.uri().query().is_some_and(|q| {
+        query_pairs(q).iter().any(|(k, v)| k == "_format" && v.to_ascii_lowercase().contains("xml"))
+    });
+    if wants_xml(&req) || format_xml {
+        return Reply::outcome(406, "not-supported", "this server speaks application/fhir+json only");
+    }
+    let method = req.method().clone();
+    let is_get = method == Method::GET || method == Method::HEAD;
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    if segs.iter().any(|s| s.starts_with('$')) {
+        return Reply::outcome(400, "not-supported", "operations are not supported by the sandbox");
+    }
+    match segs.as_slice() {
+        [] if method == Method::POST => {
+            Reply::not_allowed("GET", "batch/transaction is not supported (read-only)")
+        }
+        [] => Reply::outcome(400, "not-supported", "system-level search is not supported"),
+        ["metadata"] if is_get => Reply::json(StatusCode::OK, ctx.capability.clone()),
+        ["metadata"] => Reply::not_allowed("GET", "metadata is read-only"),
+        [ty, ..] if !valid_type(ty) => {
+            Reply::outcome(404, "not-found", &format!("unknown path segment {ty:?}"))
+        }
+        [ty] if is_get => {
+            let pairs = req.uri().query().map(query_pairs).unwrap_or_default();
+            search(ctx, ty, &pairs, lenient(&req))
+        }
+        [ty, "_search"] if method == Method::POST || is_get => {
+            let lenient = lenient(&req);
+            let mut pairs = req.uri().query().map(query_pairs).unwrap_or_default();
+            if method == Method::POST {
+                match Limited::new(req.into_body(), MAX_FORM_BODY).collect().await {
+                    Ok(body) => {
+                        let body = body.to_bytes();
+                        pairs.extend(
+                            url::form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())),
+                        );
+                    }
+                    Err(_) => return Reply::outcome(413, "too-costly", "search form body too large"),
+                }
+            }
+            search(ctx, ty, &pairs, lenient)
+        }
+        [_] | [_, "_search"] => {
+            Reply::not_allowed("GET, POST", "create and conditional writes are not supported (read-only)")
+        }
+        [_, "_history"] => Reply::outcome(400, "not-supported", "type-level history is not supported"),
+        [ty, id] if is_get => read(ctx, ty, id),
+        [_, _] => Reply::not_allowed("GET", "update/patch/delete are not supported (read-only)"),
+        [ty, id, "_history"] if is_get => history(ctx, ty, id),
+        [ty, id, "_history", vid] if is_get => vread(ctx, ty, id, vid),
+        [_, _, "_history", ..] => Reply::not_allowed("GET", "history is read-only"),
+        [_, _, compartment] if valid_type(compartment) => Reply::outcome(
+            400,
+            "not-supported",
+            "compartment search is not supported by the sandbox; search the type with a patient parameter",
+        ),
+        _ => Reply::outcome(404, "not-found", "unknown path"),
+    }
+}
+
+fn lookup<'a>(ctx: &'a Ctx, ty: &str, id: &str) -> Result<&'a Entry, Reply> {
+    if !valid_id(id) {
+        return Err(Reply::outcome(404, "not-found", &format!("{ty}/{id} is not known")));
+    }
+    ctx.sandbox
+        .store
+        .get(ty, id)
+        .ok_or_else(|| Reply::outcome(404, "not-found", &format!("{ty}/{id} is not known")))
+}
+
+fn read(ctx: &Ctx, ty: &str, id: &str) -> Reply {
+    match lookup(ctx, ty, id) {
+        Ok(e) => {
+            let mut r = Reply::json(StatusCode::OK, Bytes::copy_from_slice(e.json.as_bytes()));
+            r.etag = Some(format!("W/\"{}\"", e.version));
+            r
+        }
+        Err(r) => r,
+    }
+}
+
+fn vread(ctx: &Ctx, ty: &str, id: &str, vid: &str) -> Reply {
+    match lookup(ctx, ty, id) {
+        Ok(e) if e.version == vid => read(ctx, ty, id),
+        Ok(_) => Reply::outcome(404, "not-found", &format!("{ty}/{id}/_history/{vid} is not known")),
+        Err(r) => r,
+    }
+}
+
+fn history(ctx: &Ctx, ty: &str, id: &str) -> Reply {
+    let e = match lookup(ctx, ty, id) {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    let mut out = String::with_capacity(e.json.len() + 512);
+    out.push_str(r#"{"resourceType":"Bundle","id":"#);
+    push_json_str(&mut out, &bundle_id());
+    out.push_str(r#","meta":{"lastUpdated":"#);
+    push_json_str(&mut out, &now_rfc3339());
+    out.push_str(r#"},"type":"history","total":1,"link":[{"relation":"self","url":"#);
+    push_json_str(&mut out, &format!("{}/{ty}/{id}/_history", ctx.base));
+    out.push_str(r#"}],"entry":[{"fullUrl":"#);
+    push_json_str(&mut out, &format!("{}/{ty}/{id}", ctx.base));
+    out.push_str(r#","resource":"#);
+    out.push_str(&e.json);
+    out.push_str(r#","request":{"method":"#);
+    push_json_str(&mut out, if e.version == "1" { "POST" } else { "PUT" });
+    out.push_str(r#","url":"#);
+    push_json_str(&mut out, &format!("{ty}/{id}"));
+    out.push_str(r#"},"response":{"status":"200 OK","etag":"#);
+    push_json_str(&mut out, &format!("W/\"{}\"", e.version));
+    out.push_str(r#","lastModified":"#);
+    push_json_str(&mut out, &e.last_updated);
+    out.push_str("}}]}");
+    Reply::json(StatusCode::OK, out)
+}
+
+fn search(ctx: &Ctx, ty: &str, pairs: &[(String, String)], lenient: bool) -> Reply {
+    if params::type_params(ty).is_none() {
+        return Reply::outcome(404, "not-supported", &format!("resource type {ty} is not supported"));
+    }
+    match Search::parse(ty, pairs, lenient) {
+        Ok(s) => {
+            let outcome = s.run(&ctx.sandbox.store);
+            Reply::json(StatusCode::OK, searchset(ctx, ty, &outcome))
+        }
+        Err(r) => Reply::refusal(r),
+    }
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    // serde_json string escaping; serialising a &str cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+}
+
+fn page_url(ctx: &Ctx, ty: &str, params: &[(String, String)], count: usize, offset: usize) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        q.append_pair(k, v);
+    }
+    q.append_pair("_count", &count.to_string());
+    q.append_pair("_offset", &offset.to_string());
+    format!("{}/{ty}?{}", ctx.base, q.finish())
+}
+
+fn searchset(ctx: &Ctx, ty: &str, o: &Outcome<'_>) -> String {
+    let size: usize =
+        o.page.iter().chain(o.included.iter()).map(|e| e.json.len() + ctx.base.len() + 96).sum();
+    let mut out = String::with_capacity(size + 1024);
+    out.push_str(r#"{"resourceType":"Bundle","id":"#);
+    push_json_str(&mut out, &bundle_id());
+    out.push_str(r#","meta":{"lastUpdated":"#);
+    push_json_str(&mut out, &now_rfc3339());
+    out.push_str(r#"},"type":"searchset","total":"#);
+    out.push_str(&o.total.to_string());
+    out.push_str(r#","link":["#);
+    let mut links = vec![("self", o.offset), ("first", 0)];
+    if o.count > 0 {
+        if o.offset > 0 {
+            links.push(("previous", o.offset.saturating_sub(o.count)));
+        }
+        if o.offset + o.count < o.total {
+            links.push(("next", o.offset + o.count));
+        }
+        let last = if o.total == 0 { 0 } else { (o.total - 1) / o.count * o.count };
+        links.push(("last", last));
+    }
+    for (i, (rel, offset)) in links.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(r#"{"relation":"#);
+        push_json_str(&mut out, rel);
+        out.push_str(r#","url":"#);
+        push_json_str(&mut out, &page_url(ctx, ty, &o.link_params, o.count, *offset));
+        out.push('}');
+    }
+    out.push(']');
+    let entries = o.page.iter().map(|e| (e, "match")).chain(o.included.iter().map(|e| (e, "include")));
+    let mut first = true;
+    for (e, mode) in entries {
+        out.push_str(if first { r#","entry":[{"fullUrl":"# } else { r#",{"fullUrl":"# });
+        first = false;
+        push_json_str(&mut out, &format!("{}/{}/{}", ctx.base, e.rtype, e.id));
+        out.push_str(r#","resource":"#);
+        out.push_str(&e.json);
+        out.push_str(r#","search":{"mode":""#);
+        out.push_str(mode);
+        out.push_str(r#""}}"#);
+    }
+    if !first {
+        out.push(']');
+    }
+    out.push('}');
+    out
+}
+
+fn bundle_id() -> String {
+    let v: u128 = rand::random();
+    let h = format!("{v:032x}");
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+/// The current UTC time as `YYYY-MM-DDThh:mm:ssZ`.
+pub(crate) fn now_rfc3339() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil-from-days (H. Hinnant), proleptic Gregorian.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The CapabilityStatement: every supported type with its interactions,
+/// search parameters, `_include` and `_revinclude` values.
+fn capability(base: &str, sandbox: &Sandbox) -> Value {
+    let mut resources = Vec::new();
+    for (ty, defs) in params::TYPES {
+        let search_params: Vec<Value> = std::iter::once(json!({"name": "_id", "type": "token"}))
+            .chain(
+                defs.iter()
+                    .chain(params::COMMON.iter())
+                    .map(|p| json!({"name": p.name, "type": p.kind.fhir_name()})),
+            )
+            .collect();
+        let includes: Vec<String> = std::iter::once(format!("{ty}:*"))
+            .chain(defs.iter().filter(|p| p.kind == Kind::Reference).map(|p| format!("{ty}:{}", p.name)))
+            .collect();
+        let revincludes: Vec<String> = params::TYPES
+            .iter()
+            .flat_map(|(src, sdefs)| {
+                sdefs
+                    .iter()
+                    .filter(|p| p.kind == Kind::Reference && (p.targets.is_empty() || p.targets.contains(ty)))
+                    .map(move |p| format!("{src}:{}", p.name))
+            })
+            .collect();
+        resources.push(json!({
+            "type": ty,
+            "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "history-instance"}, {"code": "search-type"}],
+            "versioning": "versioned",
+            "readHistory": false,
+            "updateCreate": false,
+            "searchInclude": includes,
+            "searchRevInclude": revincludes,
+            "searchParam": search_params,
+        }));
+    }
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": now_rfc3339(),
+        "publisher": "fhirwall",
+        "kind": "instance",
+        "software": {"name": "fhirwall sandbox", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {
+            "description": format!(
+                "fhirwall built-in sandbox FHIR server (demo and test upstream, {} resources)",
+                sandbox.len()
+            ),
+            "url": base,
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Read-only. Search result parameters: _count (default 20, max 500), _offset, \
+                _include, _include:iterate, _revinclude, _sort (_id, _lastUpdated, date parameters). \
+                Unknown parameters are refused unless the request has Prefer: handling=lenient.",
+            "resource": resources,
+            "searchParam": [
+                {"name": "_id", "type": "token"},
+                {"name": "_lastUpdated", "type": "date"},
+                {"name": "_security", "type": "token"},
+                {"name": "_tag", "type": "token"},
+                {"name": "_profile", "type": "uri"},
+            ],
+        }],
+    })
+}
+
+/// The base URL a listener bound to `addr` serves: unspecified addresses
+/// are named by their loopback.
+pub(crate) fn base_for(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}/fhir", SocketAddr::new(ip, addr.port()))
+}
+
+pub(crate) async fn serve_with_base(
+    listener: TcpListener,
+    sandbox: Arc<Sandbox>,
+    base: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let base = base.trim_end_matches('/').to_owned();
+    let capability = Bytes::from(capability(&base, &sandbox).to_string());
+    let ctx = Arc::new(Ctx { sandbox, base, capability });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sandbox: accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let service = hyper::service::service_fn(move |req| handle(req, ctx.clone()));
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "sandbox: connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::debug!("sandbox: drain period over; closing remaining connections");
+    }
+    Ok(())
+}
