@@ -9,12 +9,14 @@
 //! - `fhir`: the REST request model, Bundles, OperationOutcome.
 //! - `proxy`: the pooled upstream client, deadlines and URL rewriting.
 //! - `server`: listeners, TLS, graceful shutdown, the FHIR request pipeline.
+//! - `auth`: SMART Backend Services: token endpoint, clients, token checks, scopes.
 //! - `admin`: the operator API on its own listener (health, metrics, ...).
 //! - `store`: persistent state in SQLite or PostgreSQL.
 //! - `sandbox`: the built-in demo/test FHIR server (not the product).
 //! - `telemetry`: logging and Prometheus metrics.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fhir;

@@ -1,0 +1,670 @@
+//! SMART Backend Services: fhirwall's own authorization server and the
+//! token check on every FHIR request (DESIGN.md "Auth", pipeline steps 1–2).
+//!
+//! - [`Auth::token_endpoint`]: `POST /auth/token` (client_credentials with a
+//!   private_key_jwt client assertion; client_secret_basic only for clients
+//!   registered with `client_secret_env`). Errors per RFC 6749 §5.2.
+//! - [`Auth::authenticate`]: the bearer token of a FHIR request → a
+//!   [`Principal`] (client, organization, NPI, scopes), or 401.
+//! - [`Principal::authorize`]: the parsed interaction against the scopes, or 403.
+//! - [`Auth::smart_configuration`] and [`Auth::security`]: discovery.
+//! - [`Auth::register_client`] / [`Auth::delete_client`]: the admin API.
+//!
+//! Submodules: `assertion` (client assertion checks), `jwks` (client key
+//! sets, `jwks_uri` fetching), `keys` (key pairs, thumbprints), `registry`
+//! (clients and the `jti` replay cache in the store), `scopes` (SMART v1/v2
+//! scopes and their enforcement), `tokens` (fhirwall's access tokens), `cli`
+//! (`fhirwall keygen` and `fhirwall token`).
+//!
+//! State lives in the store (clients, replay cache, the token signing key),
+//! so several nodes on one PostgreSQL database issue and accept each other's
+//! tokens and refuse each other's replays. Per-node caches are short-lived:
+//! verified tokens (until their `exp`, but every request still checks the
+//! client's registration), clients ([`registry::CLIENT_CACHE_TTL`]) and
+//! fetched JWKS.
+
+pub mod assertion;
+pub mod cli;
+pub mod jwks;
+pub mod keys;
+pub mod registry;
+pub mod scopes;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, PRAGMA, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+
+pub use assertion::{ErrorCode, OAuthError};
+pub use registry::{Client, RegistrationError};
+pub use scopes::{Perms, Scope, ScopeSet};
+
+use crate::config::{ClientConfig, Config};
+use crate::error::{Blame, GatewayError, IssueCode};
+use crate::fhir::FhirRequest;
+use crate::store::Store;
+
+/// `client_assertion_type` of a JWT client assertion (RFC 7523).
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The token endpoint's path on the FHIR listener.
+pub const TOKEN_PATH: &str = "/auth/token";
+/// Largest token request body read.
+const MAX_TOKEN_REQUEST: usize = 64 * 1024;
+/// How often expired replay-cache rows are purged (by whichever request comes).
+const PURGE_INTERVAL_S: i64 = 60;
+/// Verified access tokens kept per node.
+const VERIFIED_CACHE_CAPACITY: u64 = 100_000;
+
+/// Who a FHIR request comes from: taken from a verified access token whose
+/// client is still registered under the same registration.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub client_id: String,
+    /// `Organization/{id}` the token acts for.
+    pub organization: String,
+    pub npi: Option<String>,
+    pub scopes: ScopeSet,
+    /// The access token's `jti` (for audit).
+    pub token_id: String,
+    /// The access token's `exp` (unix seconds).
+    pub expires_at: i64,
+    reg: String,
+}
+
+impl Principal {
+    /// Check the parsed interaction against the scopes (403 otherwise); for
+    /// searches under a v2 query constraint, add the constraint.
+    pub fn authorize(&self, request: &mut FhirRequest) -> Result<(), GatewayError> {
+        if request.params.contains("access_token") {
+            return Err(GatewayError::bad_request(
+                "access tokens are accepted only in the Authorization header, never in the URL or body",
+            ));
+        }
+        self.scopes.authorize(request).map_err(|denied| insufficient_scope(&denied.0))
+    }
+
+    /// Unconstrained `perm` on `resource_type` (e.g. an export's `_type`).
+    pub fn allows(&self, resource_type: &str, perm: Perms) -> bool {
+        self.scopes.allows(resource_type, perm)
+    }
+
+    /// What per-caller state (paging links, jobs) should be bound to: the
+    /// client, its registration and the token's scopes, so a link made
+    /// under one set of scopes does not open under another.
+    pub fn binding(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("{}\n{}", self.reg, self.scopes).as_bytes());
+        format!("{}#{}", self.client_id, hex::encode(&digest[..8]))
+    }
+}
+
+/// 403 with RFC 6750 `insufficient_scope`.
+fn insufficient_scope(message: &str) -> GatewayError {
+    GatewayError::forbidden(message.to_owned()).with_header(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"fhirwall\", error=\"insufficient_scope\""),
+    )
+}
+
+/// 401 with RFC 6750 `invalid_token`.
+fn invalid_token(message: &str) -> GatewayError {
+    let header = format!("Bearer realm=\"fhirwall\", error=\"invalid_token\", error_description=\"{message}\"");
+    GatewayError::new(Blame::Caller, StatusCode::UNAUTHORIZED, IssueCode::Login, message.to_owned())
+        .with_header(WWW_AUTHENTICATE, HeaderValue::from_str(&header).unwrap_or(HeaderValue::from_static("Bearer")))
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Verified tokens leave the cache when they expire.
+struct UntilExpiry;
+
+impl moka::Expiry<[u8; 32], Arc<Principal>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<Principal>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(value.expires_at.saturating_sub(now_s()).max(0) as u64))
+    }
+}
+
+/// The authorization server and token verifier.
+pub struct Auth {
+    token_url: String,
+    /// What a client assertion's `aud` may be: the token URL (and, for a
+    /// default port, the same URL with the port spelled out).
+    audiences: Vec<String>,
+    ttl_s: i64,
+    allow_writes: bool,
+    registry: registry::Registry,
+    jwks: jwks::JwksFetcher,
+    keys: tokens::TokenKeys,
+    verified: moka::sync::Cache<[u8; 32], Arc<Principal>>,
+    last_purge: AtomicI64,
+}
+
+/// What the token endpoint answers on success.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: i64,
+    pub scope: String,
+}
+
+/// The token URL for a FHIR base URL: same origin, path `/auth/token`.
+pub fn token_url_for(base_url: &url::Url) -> String {
+    let mut url = base_url.clone();
+    url.set_path(TOKEN_PATH);
+    url.set_query(None);
+    url.set_fragment(None);
+    url.to_string()
+}
+
+impl Auth {
+    /// Open the auth state in the store: tables, the shared signing key, and
+    /// the `[[clients]]` of the config (validated, then synced).
+    pub async fn new(config: &Config, store: &Store) -> anyhow::Result<Auth> {
+        for client in &config.clients {
+            registry::validate(client, false).map_err(|e| anyhow::anyhow!("clients: {e}"))?;
+        }
+        let token_url = token_url_for(&config.server.base_url);
+        let mut audiences = vec![token_url.clone()];
+        if let Ok(url) = url::Url::parse(&token_url)
+            && url.port().is_none()
+            && let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default())
+        {
+            audiences.push(format!("{}://{host}:{port}{TOKEN_PATH}", url.scheme()));
+        }
+        let audience = config.server.base_url.as_str().trim_end_matches('/').to_owned();
+        let keys = tokens::TokenKeys::load(store, &token_url, &audience).await?;
+        let registry = registry::Registry::open(store.clone()).await?;
+        registry.sync_config(&config.clients).await.map_err(|e| anyhow::anyhow!("clients: {e}"))?;
+        for client in &config.clients {
+            if client.client_secret_env.is_some() {
+                tracing::warn!(client_id = %client.client_id, "client_secret_basic is enabled for this client: for sandboxes only");
+            }
+        }
+        Ok(Auth {
+            token_url,
+            audiences,
+            ttl_s: config.auth.token_ttl_s.min(i64::MAX as u64) as i64,
+            allow_writes: config.server.allow_writes,
+            registry,
+            jwks: jwks::JwksFetcher::new(),
+            keys,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_CACHE_CAPACITY)
+                .expire_after(UntilExpiry)
+                .build(),
+            last_purge: AtomicI64::new(0),
+        })
+    }
+
+    /// `scheme://host:port/auth/token`.
+    pub fn token_url(&self) -> &str {
+        &self.token_url
+    }
+
+    // ---------------------------------------------------------------------
+    // The token endpoint
+
+    /// `POST /auth/token`: the whole HTTP exchange.
+    pub async fn token_endpoint(&self, req: hyper::Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        if parts.method != Method::POST {
+            let mut response =
+                oauth_error_response(&OAuthError::request("the token endpoint takes POST"), false);
+            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            response.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        let body = match Limited::new(body, MAX_TOKEN_REQUEST).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => {
+                return oauth_error_response(&OAuthError::request("the request body is too large or unreadable"), false);
+            }
+        };
+        match self.token_request(&parts.headers, &body).await {
+            Ok(token) => {
+                let body = serde_json::to_vec(&token).unwrap_or_default();
+                let mut response = Response::new(Full::new(Bytes::from(body)));
+                no_store(response.headers_mut());
+                response
+            }
+            Err(failure) => {
+                if failure.error.code == ErrorCode::InvalidClient {
+                    tracing::info!(reason = %failure.error.description, "token request refused: invalid_client");
+                } else {
+                    tracing::debug!(error = failure.error.code.as_str(), reason = %failure.error.description, "token request refused");
+                }
+                if failure.internal {
+                    let mut response = oauth_error_response(&failure.error, false);
+                    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    return response;
+                }
+                oauth_error_response(&failure.error, failure.basic)
+            }
+        }
+    }
+
+    /// The token request after the HTTP layer: headers and the form body.
+    pub async fn token_request(&self, headers: &HeaderMap, body: &[u8]) -> Result<TokenResponse, TokenFailure> {
+        let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let media = content_type.split(';').next().unwrap_or("").trim();
+        if !media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            return Err(OAuthError::request("the body must be application/x-www-form-urlencoded").into());
+        }
+        let form = parse_form(body)?;
+        let grant_type = form.get("grant_type").ok_or_else(|| OAuthError::request("grant_type is required"))?;
+        if grant_type != "client_credentials" {
+            return Err(OAuthError::new(ErrorCode::UnsupportedGrantType, "only client_credentials is supported").into());
+        }
+        let requested = form.get("scope").ok_or_else(|| OAuthError::request("scope is required"))?.clone();
+        if form.get("client_secret").is_some() {
+            return Err(OAuthError::client("client_secret_post is not supported").into());
+        }
+        let basic = basic_credentials(headers)?;
+        let (client, assertion) = match (basic, form.get("client_assertion_type"), form.get("client_assertion")) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err(OAuthError::request("use one client authentication method, not two").into());
+            }
+            (Some((id, secret)), None, None) => {
+                if form.get("client_id").is_some_and(|c| *c != id) {
+                    return Err(TokenFailure::basic(OAuthError::client("client_id does not match the credentials")));
+                }
+                (self.authenticate_secret(&id, &secret).await?, None)
+            }
+            (None, assertion_type, assertion) => {
+                let assertion_type = assertion_type.ok_or_else(|| {
+                    OAuthError::client("client authentication is required (private_key_jwt client_assertion)")
+                })?;
+                if assertion_type != JWT_BEARER {
+                    return Err(OAuthError::request(format!("client_assertion_type must be {JWT_BEARER}")).into());
+                }
+                let assertion = assertion.ok_or_else(|| OAuthError::request("client_assertion is required"))?;
+                let (client, verified) = self.authenticate_assertion(assertion).await?;
+                if form.get("client_id").is_some_and(|c| *c != client.client_id) {
+                    return Err(OAuthError::client("client_id does not match the client_assertion").into());
+                }
+                (client, Some(verified))
+            }
+        };
+        let granted = ScopeSet::grant(&requested, &client.scopes, self.allow_writes);
+        if granted.is_empty() {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidScope,
+                "none of the requested scopes is registered for this client (or grantable by this server)",
+            )
+            .into());
+        }
+        // The jti is spent only by a request that would otherwise succeed.
+        if let Some(verified) = assertion {
+            let keep_until = verified.exp.max(now_s()) + assertion::CLOCK_SKEW_S;
+            let fresh = self
+                .registry
+                .record_jti(&client.client_id, &verified.jti, keep_until)
+                .await
+                .map_err(|e| TokenFailure::internal(format!("replay cache: {e}")))?;
+            if !fresh {
+                return Err(OAuthError::client("client_assertion was already used (jti replay)").into());
+            }
+            self.maybe_purge();
+        }
+        let now = now_s();
+        let claims =
+            self.keys.claims(&client.client_id, &granted, &client.organization, client.npi.as_deref(), &client.reg, now, self.ttl_s);
+        let access_token = self.keys.issue(&claims).map_err(|e| TokenFailure::internal(format!("signing: {e}")))?;
+        tracing::info!(client_id = %client.client_id, scope = %claims.scope, expires_in = self.ttl_s, "access token issued");
+        Ok(TokenResponse { access_token, token_type: "bearer".into(), expires_in: self.ttl_s, scope: claims.scope })
+    }
+
+    async fn authenticate_assertion(&self, assertion: &str) -> Result<(Arc<Client>, assertion::Verified), TokenFailure> {
+        let unverified = assertion::peek(assertion)?;
+        let client = self
+            .registry
+            .get(&unverified.client_id)
+            .await
+            .map_err(|e| TokenFailure::internal(format!("client registry: {e}")))?
+            .ok_or_else(|| OAuthError::client("unknown client"))?;
+        assertion::check_jku(&unverified.header, client.jwks_uri.as_deref())?;
+        let keys = match &client.keys {
+            registry::KeySource::Static(set) => set.clone(),
+            registry::KeySource::Unavailable(why) => {
+                tracing::warn!(client_id = %client.client_id, reason = %why, "client has no usable keys");
+                return Err(OAuthError::client("the client's registered keys are unavailable").into());
+            }
+            registry::KeySource::Uri(uri) => {
+                let mut set = self.jwks.get(uri).await.map_err(|e| {
+                    tracing::warn!(client_id = %client.client_id, error = %e, "cannot fetch the client's jwks_uri");
+                    OAuthError::client("the client's registered keys are unavailable")
+                })?;
+                if unverified.header.kid.is_some() && !assertion::has_candidate(&set, &unverified.header) {
+                    // A rotated key: fetch again (at most every few seconds per URI).
+                    if let Ok(Some(fresh)) = self.jwks.refresh(uri).await {
+                        set = fresh;
+                    }
+                }
+                set
+            }
+        };
+        let verified = assertion::verify(assertion, &unverified, &keys, &self.audiences, now_s())?;
+        Ok((client, verified))
+    }
+
+    async fn authenticate_secret(&self, client_id: &str, secret: &str) -> Result<Arc<Client>, TokenFailure> {
+        let refuse = || TokenFailure::basic(OAuthError::client("client authentication failed"));
+        let client = self
+            .registry
+            .get(client_id)
+            .await
+            .map_err(|e| TokenFailure::internal(format!("client registry: {e}")))?
+            .ok_or_else(refuse)?;
+        let expected = client
+            .secret_env
+            .as_deref()
+            .and_then(|env| std::env::var(env).ok())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(refuse)?;
+        if !constant_time_eq(secret.as_bytes(), expected.as_bytes()) {
+            return Err(refuse());
+        }
+        Ok(client)
+    }
+
+    fn maybe_purge(&self) {
+        let now = now_s();
+        let last = self.last_purge.load(Ordering::Relaxed);
+        if now - last < PURGE_INTERVAL_S
+            || self.last_purge.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            match registry.purge_jti(now).await {
+                Ok(n) if n > 0 => tracing::debug!(purged = n, "expired client assertion ids purged"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "purging the replay cache failed"),
+            }
+        });
+    }
+
+    // ---------------------------------------------------------------------
+    // Every FHIR request
+
+    /// Verify the request's bearer token and that its client is still
+    /// registered as it was when the token was issued.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, GatewayError> {
+        let mut values = headers.get_all(AUTHORIZATION).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return Err(invalid_token("an access token is required (Authorization: Bearer)"));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| invalid_token("an access token is required (Authorization: Bearer)"))?;
+        let principal = self.verify_token(token)?;
+        let client = self.registry.get(&principal.client_id).await.map_err(|e| {
+            GatewayError::policy_failure(format!("client registry unavailable: {e}"))
+        })?;
+        match client {
+            Some(client) if client.reg == principal.reg => {}
+            _ => return Err(invalid_token("the access token's client is no longer registered")),
+        }
+        Ok(principal)
+    }
+
+    /// The token check without the registry: signature, issuer, audience,
+    /// expiry, the organization binding. Cached per token until it expires.
+    pub fn verify_token(&self, token: &str) -> Result<Arc<Principal>, GatewayError> {
+        let key = tokens::cache_key(token);
+        let now = now_s();
+        if let Some(principal) = self.verified.get(&key) {
+            if principal.expires_at > now {
+                return Ok(principal);
+            }
+            return Err(invalid_token("the access token has expired"));
+        }
+        let claims = self.keys.verify(token, now).map_err(|e| invalid_token(&e.to_string()))?;
+        let scopes = ScopeSet::parse_strict(&claims.scope).map_err(|_| invalid_token("the access token is malformed"))?;
+        // A token not bound to a provider organization never reaches data (fail closed).
+        let organization = claims
+            .org
+            .filter(|o| o.strip_prefix("Organization/").is_some_and(crate::fhir::search::is_fhir_id))
+            .ok_or_else(|| GatewayError::forbidden("the access token is not bound to a provider organization"))?;
+        let principal = Arc::new(Principal {
+            client_id: claims.client_id,
+            organization,
+            npi: claims.npi,
+            scopes,
+            token_id: claims.jti,
+            expires_at: claims.exp,
+            reg: claims.reg,
+        });
+        self.verified.insert(key, principal.clone());
+        Ok(principal)
+    }
+
+    // ---------------------------------------------------------------------
+    // Discovery
+
+    /// `GET {base}/.well-known/smart-configuration`.
+    pub fn smart_configuration(&self) -> serde_json::Value {
+        let mut scopes = vec!["system/*.read", "system/*.rs"];
+        if self.allow_writes {
+            scopes.extend(["system/*.write", "system/*.cruds"]);
+        }
+        serde_json::json!({
+            "token_endpoint": self.token_url,
+            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+            "token_endpoint_auth_signing_alg_values_supported": keys::ACCEPTED_ALG_NAMES,
+            "grant_types_supported": ["client_credentials"],
+            "scopes_supported": scopes,
+            "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
+        })
+    }
+
+    /// The smart-configuration response (always `application/json`).
+    pub fn smart_configuration_response(&self, method: &Method) -> Response<Full<Bytes>> {
+        if method != Method::GET && method != Method::HEAD {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            response.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let body = if method == Method::HEAD {
+            Bytes::new()
+        } else {
+            Bytes::from(serde_json::to_vec(&self.smart_configuration()).unwrap_or_default())
+        };
+        let mut response = Response::new(Full::new(body));
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+
+    /// `CapabilityStatement.rest.security` for SMART Backend Services.
+    pub fn security(&self) -> serde_json::Value {
+        serde_json::json!({
+            "extension": [{
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [{"url": "token", "valueUri": self.token_url}]
+            }],
+            "service": [{
+                "coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "SMART-on-FHIR"
+                }],
+                "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)"
+            }],
+            "description": "SMART Backend Services: client_credentials grant with a private_key_jwt client \
+                            assertion (RS384 or ES384) at the token endpoint; system/ scopes, v1 and v2."
+        })
+    }
+
+    /// Put fhirwall's security section into every server `rest` of a
+    /// CapabilityStatement (replacing the upstream's: its authorization
+    /// servers are not the caller's business).
+    pub fn add_security(&self, capability_statement: &str) -> Result<String, serde_json::Error> {
+        let mut cs: serde_json::Value = serde_json::from_str(capability_statement)?;
+        let security = self.security();
+        match cs.get_mut("rest").and_then(|r| r.as_array_mut()) {
+            Some(rests) if !rests.is_empty() => {
+                for rest in rests.iter_mut() {
+                    if let Some(rest) = rest.as_object_mut() {
+                        rest.insert("security".into(), security.clone());
+                    }
+                }
+            }
+            _ => {
+                if let Some(object) = cs.as_object_mut() {
+                    object.insert("rest".into(), serde_json::json!([{"mode": "server", "security": security}]));
+                }
+            }
+        }
+        serde_json::to_string(&cs)
+    }
+
+    // ---------------------------------------------------------------------
+    // Admin API
+
+    /// `POST /admin/clients` with a `[[clients]]` entry as JSON.
+    pub async fn register_client(&self, body: &[u8]) -> Result<ClientConfig, GatewayError> {
+        let client: ClientConfig = serde_json::from_slice(body)
+            .map_err(|e| GatewayError::bad_request(format!("POST /admin/clients: {e}")))?;
+        match self.registry.register(&client).await {
+            Ok(()) => {
+                tracing::info!(client_id = %client.client_id, "client registered through the admin API");
+                Ok(client)
+            }
+            Err(RegistrationError::Invalid(message)) => Err(GatewayError::bad_request(message)),
+            Err(RegistrationError::Exists(id)) => Err(GatewayError::new(
+                Blame::Caller,
+                StatusCode::CONFLICT,
+                IssueCode::BusinessRule,
+                format!("client {id} is already registered (DELETE it first to replace it)"),
+            )),
+            Err(RegistrationError::Store(e)) => Err(GatewayError::internal(format!("client registry: {e}"))),
+        }
+    }
+
+    /// `DELETE /admin/clients/{id}`: `false` when there is no such client.
+    /// Its tokens stop working on this node at once, on others within
+    /// [`registry::CLIENT_CACHE_TTL`].
+    pub async fn delete_client(&self, client_id: &str) -> Result<bool, GatewayError> {
+        let deleted = self
+            .registry
+            .delete(client_id)
+            .await
+            .map_err(|e| GatewayError::internal(format!("client registry: {e}")))?;
+        if deleted {
+            tracing::info!(client_id, "client deleted through the admin API");
+        }
+        Ok(deleted)
+    }
+
+    /// `GET /admin/clients`: the active clients (no secrets are stored).
+    pub async fn list_clients(&self) -> Result<serde_json::Value, GatewayError> {
+        let clients = self.registry.list().await.map_err(|e| GatewayError::internal(format!("client registry: {e}")))?;
+        Ok(serde_json::to_value(clients).unwrap_or_default())
+    }
+}
+
+/// A token endpoint failure: the OAuth error, whether the client tried HTTP
+/// Basic (then 401 carries `WWW-Authenticate: Basic`), or an internal fault.
+#[derive(Debug)]
+pub struct TokenFailure {
+    pub error: OAuthError,
+    pub basic: bool,
+    pub internal: bool,
+}
+
+impl TokenFailure {
+    fn basic(error: OAuthError) -> Self {
+        TokenFailure { error, basic: true, internal: false }
+    }
+    fn internal(detail: String) -> Self {
+        tracing::error!(detail, "token endpoint failed");
+        TokenFailure {
+            error: OAuthError::new(ErrorCode::InvalidRequest, "the token could not be issued; try again"),
+            basic: false,
+            internal: true,
+        }
+    }
+}
+
+impl From<OAuthError> for TokenFailure {
+    fn from(error: OAuthError) -> Self {
+        TokenFailure { error, basic: false, internal: false }
+    }
+}
+
+/// The form, each parameter at most once (RFC 6749 §3.2); empty values count as absent.
+fn parse_form(body: &[u8]) -> Result<std::collections::HashMap<String, String>, OAuthError> {
+    let mut form = std::collections::HashMap::new();
+    for (name, value) in url::form_urlencoded::parse(body) {
+        if form.insert(name.to_string(), value.to_string()).is_some() {
+            return Err(OAuthError::request(format!("parameter {name} appears more than once")));
+        }
+    }
+    form.retain(|name, value| !value.is_empty() || name == "scope");
+    Ok(form)
+}
+
+/// `Authorization: Basic` credentials (RFC 6749 §2.3.1: form-urlencoded id and secret).
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, TokenFailure> {
+    let Some(value) = headers.get(AUTHORIZATION) else { return Ok(None) };
+    let bad = || TokenFailure::basic(OAuthError::client("malformed Basic credentials"));
+    let value = value.to_str().map_err(|_| bad())?;
+    let Some((scheme, encoded)) = value.split_once(' ') else { return Err(bad()) };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(OAuthError::client("the token endpoint accepts Basic credentials or a client assertion").into());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
+    let unescape = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+    Ok(Some((unescape(id).ok_or_else(bad)?, unescape(secret).ok_or_else(bad)?)))
+}
+
+fn no_store(headers: &mut HeaderMap) {
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// An RFC 6749 §5.2 error response.
+pub fn oauth_error_response(error: &OAuthError, basic: bool) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({"error": error.code.as_str(), "error_description": error.description});
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = error.code.status();
+    no_store(response.headers_mut());
+    if basic && error.code == ErrorCode::InvalidClient {
+        response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"fhirwall\""));
+    }
+    response
+}
+
+/// Compare without an early exit.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests;
