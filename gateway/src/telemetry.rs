@@ -20,7 +20,11 @@ pub fn init_logging(default_text: bool) {
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if text {
-        builder.with_ansi(std::env::var_os("NO_COLOR").is_none()).try_init()
+        {
+        use std::io::IsTerminal;
+        let color = std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();
+        builder.with_ansi(color).try_init()
+    }
     } else {
         builder.json().flatten_event(true).with_current_span(false).try_init()
     };
