@@ -196,10 +196,22 @@ async fn sandbox_upstream_and_gateway_start() {
     let meta = get(&up.url("metadata")).await;
     assert!(meta.status < 500, "sandbox metadata: {meta:?}");
 
-    let gw = Gateway::start(GatewayConfig::new(up.base_url()));
-    let ready = get(&format!("{}/readyz", gw.admin_url())).await;
-    ready.assert_status(200);
-    assert!(gw.config_path().is_file());
-    let config = std::fs::read_to_string(gw.config_path()).unwrap();
-    assert!(config.contains(up.base_url()), "{config}");
+    // extra_toml merges into the generated tables.
+    let mut gw = Gateway::start(
+        GatewayConfig::new(up.base_url())
+            .extra_toml("[upstream]\ntimeout_ms = 5000\n\n[auth]\ntoken_ttl_s = 60\n"),
+    );
+    get(&format!("{}/readyz", gw.admin_url())).await.assert_status(200);
+    let config: toml::Table = std::fs::read_to_string(gw.config_path()).unwrap().parse().unwrap();
+    assert_eq!(config["upstream"]["url"].as_str(), Some(up.base_url()));
+    assert_eq!(config["upstream"]["timeout_ms"].as_integer(), Some(5000));
+    assert_eq!(config["auth"]["token_ttl_s"].as_integer(), Some(60));
+    assert!(config["state"]["url"].as_str().unwrap().starts_with("sqlite://"));
+
+    // Restart keeps ports, config and state dir.
+    let base = gw.base_url();
+    gw.restart();
+    assert_eq!(gw.base_url(), base);
+    get(&format!("{}/readyz", gw.admin_url())).await.assert_status(200);
+    assert_eq!(gw.log().matches("===== fhirwall serve").count(), 2, "{}", gw.log());
 }

@@ -130,12 +130,9 @@ impl Proc {
         if self.exited().is_some() {
             return;
         }
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        if !send_sigterm(self.child.id()) {
+            let _ = self.child.kill();
+        }
         let deadline = Instant::now() + STOP_GRACE;
         while Instant::now() < deadline {
             if self.exited().is_some() {
@@ -161,6 +158,17 @@ impl Drop for Proc {
             );
         }
     }
+}
+
+/// SIGTERM via the `kill` command (the crate forbids `unsafe`, so no libc here).
+fn send_sigterm(pid: u32) -> bool {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn tail(text: &str, n: usize) -> String {
@@ -662,7 +670,7 @@ impl Gateway {
     /// status (graceful-shutdown tests). Panics if it has not exited within `timeout`.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let mut proc = self.proc.take().expect("gateway is not running");
-        let _ = Command::new("kill").arg("-TERM").arg(proc.child.id().to_string()).status();
+        assert!(send_sigterm(proc.child.id()), "could not send SIGTERM to the gateway");
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = proc.exited() {
