@@ -439,13 +439,15 @@ def build_practitioners():
             PRAC_NAME[pid] = "%s %s" % (given, family)
             PRACTITIONERS[oid].append(pid)
             lu = "2024-01-03T10:%02d:00Z" % n
+            name = {"use": "official", "family": family, "given": [given]}
+            if oid not in ("org-pharmacy", "org-lab"):
+                name["prefix"] = ["Dr."]
             emit({"resourceType": "Practitioner", "id": pid,
                   "meta": meta(lu, "http://hl7.org/fhir/us/carin-bb/StructureDefinition/C4BB-Practitioner"),
                   "identifier": [{"type": cc("http://terminology.hl7.org/CodeSystem/v2-0203", "NPI"),
                                   "system": NPI, "value": pnpi}],
                   "active": True,
-                  "name": [{"use": "official", "family": family, "given": [given],
-                            "prefix": ["Dr."] if oid not in ("org-pharmacy", "org-lab") else []}],
+                  "name": [name],
                   "gender": "female" if female else "male"})
             code, disp = specialties[oid]
             emit({"resourceType": "PractitionerRole", "id": "role-%02d" % n,
@@ -901,7 +903,7 @@ def prior_auth(pid, start, status, drug=False, with_claim_pair=False, provider_o
     eid = next_id("pa", pid)
     provider_org = provider_org or ("org-pharmacy" if drug else pick(["org-grace", "org-hopkins", "org-valley"]))
     prac = prac or pick(PRACTITIONERS[provider_org if not drug else "org-grace"])
-    created = add_days(start, -rint(5, 30))
+    created = min(add_days(start, -rint(5, 30)), AS_OF)
     lu = last_updated(created)
     if drug:
         ndc, disp = pick(DRUGS_PA)
@@ -1099,7 +1101,7 @@ def med_dispense(pid, drug, date, *, performer_org="org-pharmacy", security=None
            "medicationCodeableConcept": cc(NDC, ndc, disp, text=disp),
            "subject": ref("Patient/" + pid),
            "performer": [{"actor": ref("Organization/" + performer_org)}],
-           "type": cc(ACTCODE, pick(["FF", "RF"]), "First Fill" if chance(0.5) else "Refill"),
+           "type": cc(ACTCODE, *pick([("FF", "First Fill"), ("RF", "Refill")])),
            "quantity": {"value": days if days > 7 else 70, "unit": "each" if days > 7 else "mL"},
            "daysSupply": {"value": days, "unit": "days", "system": UCUM, "code": "d"},
            "whenHandedOver": dt(date)}
@@ -1312,7 +1314,7 @@ def build_clinical():
         if chance(0.3) or pid in ("pat-0001", "pat-0003"):
             for _ in range(rint(1, 2)):
                 st = pick(["approved", "approved", "pending", "denied"])
-                prior_auth(pid, rand_date("2023-06-01", "2025-09-30"), st, drug=chance(0.3),
+                prior_auth(pid, rand_date("2023-06-01", "2025-07-31"), st, drug=chance(0.3),
                            with_claim_pair=chance(0.4))
     # Ensure each PA flavour exists with a Claim/ClaimResponse pair
     prior_auth("pat-0001", "2025-03-01", "approved", drug=False, with_claim_pair=True)

@@ -155,7 +155,6 @@ pub struct FaultPlan {
 }
 
 /// The sandbox's data: resources indexed for read and search.
-#[derive(Debug)]
 pub struct Sandbox {
     store: Store,
     faults: AtomicBool,
@@ -275,6 +274,15 @@ impl Sandbox {
     /// same data to another FHIR server).
     pub fn resources(&self) -> impl Iterator<Item = &str> {
         self.store.entries.iter().map(|e| &*e.json)
+    }
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("resources", &self.len())
+            .field("faults", &self.faults_enabled())
+            .finish_non_exhaustive()
     }
 }
 
