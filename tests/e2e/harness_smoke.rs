@@ -163,12 +163,26 @@ fn medplum_refuses_invalid_data_unless_told_to_skip_it() {
     assert!(msg.contains("rejected"), "{msg}");
 
     // With skip_invalid the valid lines load.
-    let up =
-        Upstream::medplum_with(MedplumOptions { data: vec![bad], skip_invalid: true, ..Default::default() });
+    let up = Upstream::medplum_with(MedplumOptions {
+        data: vec![bad.clone()],
+        skip_invalid: true,
+        ..Default::default()
+    });
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         get(&up.url("Patient/ok")).await.assert_status(200);
         get(&up.url("Patient/x")).await.assert_status(404);
+    });
+
+    // With no_validate it stores anything, like a legacy server with bad data.
+    let legacy = Upstream::medplum_with(MedplumOptions {
+        data: vec![bad.clone()],
+        no_validate: true,
+        ..Default::default()
+    });
+    rt.block_on(async {
+        let x = get(&legacy.url("Patient/x")).await.assert_status(200).json();
+        assert_eq!(x["bogus"], true);
     });
 }
 

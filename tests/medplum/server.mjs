@@ -14,7 +14,7 @@
 //
 // Usage:
 //   node server.mjs --port P --data FILE.ndjson [--data FILE2.ndjson]
-//                   [--base-url URL] [--search-parameters DIR] [--skip-invalid] [--quiet]
+//                   [--base-url URL] [--search-parameters DIR] [--skip-invalid] [--no-validate] [--quiet]
 //
 // Prints `READY <base-url>` on stdout once it is listening and the data is
 // loaded; everything else goes to stderr. `--port 0` picks a free port (the
@@ -62,6 +62,7 @@ const { values: args } = parseArgs({
     'base-url': { type: 'string' },
     'search-parameters': { type: 'string', default: join(HERE, 'search-parameters') },
     'skip-invalid': { type: 'boolean', default: false },
+    'no-validate': { type: 'boolean', default: false },
     quiet: { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
@@ -71,7 +72,7 @@ const { values: args } = parseArgs({
 if (args.help) {
   process.stdout.write(
     'usage: node server.mjs --port P --data FILE.ndjson [--data FILE2.ndjson] [--base-url URL]\n' +
-      '                      [--search-parameters DIR] [--skip-invalid] [--quiet]\n'
+      '                      [--search-parameters DIR] [--skip-invalid] [--no-validate] [--quiet]\n'
   );
   process.exit(0);
 }
@@ -172,6 +173,13 @@ function unknownSearchParameters(resourceType, filters) {
   return unknown;
 }
 
+/** R4 validation of every write, as Medplum's server does; `--no-validate` stores anything (a legacy server). */
+function validate(resource) {
+  if (!args['no-validate']) {
+    validateResource(resource);
+  }
+}
+
 function checkResourceType(resourceType) {
   if (!isResourceType(resourceType)) {
     throw new OperationOutcomeError(badRequest(`Unsupported resource type: ${resourceType}`));
@@ -188,7 +196,7 @@ function checkResourceType(resourceType) {
 class UpstreamRepository extends MemoryRepository {
   async createResource(resource, options, update = false) {
     checkResourceType(resource?.resourceType);
-    validateResource(resource);
+    validate(resource);
     const result = await super.createResource(resource, options, update);
     if (result.resourceType === 'SearchParameter') {
       activateSearchParameter(result);
@@ -198,7 +206,7 @@ class UpstreamRepository extends MemoryRepository {
 
   async conditionalCreate(resource, search, options) {
     checkResourceType(resource?.resourceType);
-    validateResource(resource);
+    validate(resource);
     const result = await super.conditionalCreate(resource, search, options);
     if (result.resource.resourceType === 'SearchParameter') {
       activateSearchParameter(result.resource);

@@ -276,6 +276,8 @@ pub struct MedplumOptions {
     pub data: Vec<PathBuf>,
     /// Load the valid lines of files that have invalid resources instead of failing.
     pub skip_invalid: bool,
+    /// Store resources without R4 validation (a legacy server holding invalid data).
+    pub no_validate: bool,
     /// The base the server writes into `fullUrl` and paging links, when it should
     /// differ from its real address (an upstream behind a proxy).
     pub base_url: Option<String>,
@@ -312,6 +314,9 @@ impl Upstream {
         }
         if opts.skip_invalid {
             cmd.arg("--skip-invalid");
+        }
+        if opts.no_validate {
+            cmd.arg("--no-validate");
         }
         if opts.quiet {
             cmd.arg("--quiet");
