@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 echo "== installing test dependencies"
 bash scripts/setup-test-deps.sh
 
+echo "== synthetic dataset is what its generator writes"
+python3 examples/dataset/generate.py --check
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

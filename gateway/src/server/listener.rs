@@ -35,17 +35,26 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
 }
 
+/// How one listener behaves.
+pub struct ListenerSettings {
+    /// For logs: "fhir" or "admin".
+    pub name: &'static str,
+    pub tls: Option<TlsAcceptor>,
+    /// Connections served at once; further ones wait in the accept queue.
+    pub max_connections: usize,
+    /// How long in-flight requests get after shutdown begins.
+    pub grace: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Serve `listener` until `shutdown` flips to true, then drain for `grace`.
 pub async fn serve<H: Handler>(
-    name: &'static str,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    settings: ListenerSettings,
     handler: Arc<H>,
-    max_connections: usize,
-    grace: Duration,
-    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let ListenerSettings { name, tls, max_connections, grace, metrics } = settings;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(hyper_util::rt::TokioTimer::new()).max_concurrent_streams(256);

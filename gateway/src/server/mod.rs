@@ -37,6 +37,8 @@ pub struct Gateway {
     pub upstream: Upstream,
     pub pages: PageSealer,
     pub store: Store,
+    /// SMART Backend Services: token endpoint, clients, token checks (issue 3).
+    pub auth: crate::auth::Auth,
     pub metrics: Arc<Metrics>,
     pub parse_options: ParseOptions,
     /// The admin bearer token; `None` locks every authenticated admin endpoint.
@@ -55,6 +57,7 @@ impl Gateway {
 
         let store = Store::open(&config.state.url).await.context("state.url")?;
         let page_key = store.shared_secret("page-token-key").await.context("state: page token key")?;
+        let auth = crate::auth::Auth::new(&config, &store).await.context("auth")?;
 
         let (upstream_base, sandbox) = if config.upstream.is_sandbox() {
             let data = Arc::new(sandbox::Sandbox::builtin().context("loading the sandbox dataset")?);
@@ -87,6 +90,7 @@ impl Gateway {
             upstream,
             pages: PageSealer::new(&page_key, PAGE_TOKEN_TTL),
             store,
+            auth,
             metrics: Arc::new(Metrics::default()),
             admin_token,
             ready: AtomicBool::new(false),
@@ -146,23 +150,21 @@ pub async fn run_until(
     );
 
     let fhir = listener::serve(
-        "fhir",
         fhir_listener,
-        tls,
+        listener::ListenerSettings { name: "fhir", tls, max_connections, grace, metrics: gateway.metrics.clone() },
         Arc::new(pipeline::FhirHandler::new(gateway.clone())),
-        max_connections,
-        grace,
-        gateway.metrics.clone(),
         stop.clone(),
     );
     let admin = listener::serve(
-        "admin",
         admin_listener,
-        None,
+        listener::ListenerSettings {
+            name: "admin",
+            tls: None,
+            max_connections: 64,
+            grace,
+            metrics: gateway.metrics.clone(),
+        },
         Arc::new(crate::admin::AdminHandler::new(gateway.clone())),
-        64,
-        grace,
-        gateway.metrics.clone(),
         stop,
     );
     gateway.ready.store(true, Ordering::Relaxed);
