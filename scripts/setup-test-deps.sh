@@ -9,7 +9,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STEPS=(node medplum)
+STEPS=(node medplum jwt_clients)
 
 log() { printf 'setup-test-deps: %s\n' "$*"; }
 die() { printf 'setup-test-deps: error: %s\n' "$*" >&2; exit 1; }
@@ -58,6 +58,29 @@ step_medplum() {
   else
     log "medplum: node_modules/.bin/node not installed on this platform; the upstream uses $(command -v node) $(node --version)"
   fi
+}
+
+# The independent JWT client of the auth e2e tests (tests/clients: PyJWT +
+# cryptography) in a venv outside the repo. The Rust tests find it at
+# ${FHIRWALL_TEST_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/fhirwall-test-clients/venv};
+# skipped when the venv's stamp matches tests/clients/requirements.txt.
+step_jwt_clients() {
+  local req="$ROOT/tests/clients/requirements.txt"
+  local venv="${FHIRWALL_TEST_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/fhirwall-test-clients/venv}"
+  if [ -x "$venv/bin/python" ] && cmp -s "$req" "$venv/requirements.installed"; then
+    log "jwt_clients: $venv matches tests/clients/requirements.txt, pip skipped"
+    return
+  fi
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+  fi
+  log "jwt_clients: creating $venv (PyJWT + cryptography)"
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req"
+  cp "$req" "$venv/requirements.installed"
+  log "jwt_clients: installed $("$venv/bin/python" -c 'import jwt, cryptography; print("PyJWT", jwt.__version__, "cryptography", cryptography.__version__)')"
 }
 
 main() {

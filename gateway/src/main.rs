@@ -44,6 +44,42 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Make a client key pair: a private key (PKCS#8 PEM) and the public JWKS to register.
+    Keygen {
+        /// The client id (names the files: ID.key.pem, ID.jwks.json).
+        #[arg(long)]
+        client_id: String,
+        /// Directory to write to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// RS384 (RSA 3072) or ES384 (P-384).
+        #[arg(long, default_value = "RS384")]
+        alg: String,
+        /// Replace an existing key pair.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a client assertion with a private key and fetch an access token (prints the token).
+    Token {
+        /// The registered client id (iss and sub of the assertion).
+        #[arg(long)]
+        client_id: String,
+        /// The private key (PEM, e.g. from `fhirwall keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The token endpoint, e.g. http://127.0.0.1:8080/auth/token.
+        #[arg(long)]
+        token_url: String,
+        /// Space-separated scopes, e.g. "system/*.read".
+        #[arg(long)]
+        scope: String,
+        /// Signing algorithm (default: from the key: RS384 for RSA, ES384 for P-384).
+        #[arg(long)]
+        alg: Option<String>,
+        /// Print the whole token response as JSON instead of just the token.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -62,6 +98,10 @@ fn main() -> ExitCode {
         Command::Demo { port } => demo(port),
         Command::Sandbox { listen, faults, data } => sandbox(listen, faults, data),
         Command::Config(ConfigCommand::Check { config }) => config_check(config),
+        Command::Keygen { client_id, out, alg, force } => keygen(&client_id, &out, &alg, force),
+        Command::Token { client_id, key, token_url, scope, alg, json } => {
+            token(&client_id, &key, &token_url, &scope, alg.as_deref(), json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,6 +159,13 @@ fn demo(port: u16) -> anyhow::Result<()> {
         Ok(t) if !t.is_empty() => t,
         _ => hex_token(),
     };
+    // auth (issue 3): a demo provider client (Grace Family Medicine) with a fresh key pair.
+    let keys = fhirwall::auth::cli::keygen(
+        "grace-ehr",
+        &dir.path().join("keys"),
+        fhirwall::auth::keys::KeyKind::Es384,
+        false,
+    )?;
     let config_text = format!(
         r#"[server]
 listen = "127.0.0.1:{port}"
@@ -132,6 +179,12 @@ url = "sandbox"
 url = "sqlite://state/fhirwall.db"
 [audit]
 dir = "audit"
+[[clients]]
+client_id = "grace-ehr"
+organization = "Organization/org-grace"
+npi = "1417987256"
+jwks_path = "keys/grace-ehr.jwks.json"
+scopes = ["system/*.read"]
 "#
     );
     let config_path = dir.path().join("fhirwall.toml");
@@ -143,15 +196,18 @@ dir = "audit"
          \n  FHIR base   {base}\
          \n  admin API   http://127.0.0.1:{admin_port}  (Authorization: Bearer {admin_token})\
          \n  state       {}\n\
-         \nTry:\
+         \nTry (client grace-ehr, key {key}):\
          \n  curl -s {base}/metadata | head -c 400; echo\
-         \n  curl -s '{base}/Patient/pat-0001'\
-         \n  curl -s '{base}/ExplanationOfBenefit?patient=Patient/pat-0001&_count=2'\
-         \n  curl -s '{base}/Patient/pat-0001/Coverage'\
-         \n  curl -s '{base}/Patient?_has:Observation:patient:code=1'   # refused: 400\
+         \n  curl -s {base}/.well-known/smart-configuration\
+         \n  TOKEN=$(fhirwall token --client-id grace-ehr --key {key} --token-url http://127.0.0.1:{port}/auth/token --scope 'system/*.read')\
+         \n  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/Patient/pat-0001'\
+         \n  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/ExplanationOfBenefit?patient=Patient/pat-0001&_count=2'\
+         \n  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/Patient/pat-0001/Coverage'\
+         \n  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/Patient?_has:Observation:patient:code=1'   # refused: 400\
          \n  curl -s http://127.0.0.1:{admin_port}/metrics | head\
          \n\nPress Ctrl-C to stop.\n",
-        dir.path().display()
+        dir.path().display(),
+        key = keys.key_path.display(),
     );
     runtime()?.block_on(fhirwall::server::run_with_admin_token(config, Some(admin_token)))
 }
@@ -166,4 +222,43 @@ fn rand_bytes() -> [u8; 16] {
     let mut buf = [0u8; 16];
     ring::rand::SystemRandom::new().fill(&mut buf).expect("system randomness");
     buf
+}
+
+fn keygen(client_id: &str, out: &std::path::Path, alg: &str, force: bool) -> anyhow::Result<()> {
+    let kind = fhirwall::auth::cli::parse_key_kind(alg)?;
+    let made = fhirwall::auth::cli::keygen(client_id, out, kind, force)?;
+    println!("private key  {}  (keep it secret; it never leaves the provider system)", made.key_path.display());
+    println!("public JWKS  {}  (register it with the payer)", made.jwks_path.display());
+    println!("kid          {} ({:?})", made.kid, made.algorithm);
+    println!(
+        "\nconfig entry for the payer's fhirwall:\n\n[[clients]]\nclient_id = {client_id:?}\norganization = \"Organization/...\"\n\
+         npi = \"...\"\njwks_path = {:?}\nscopes = [\"system/*.read\"]",
+        made.jwks_path.display().to_string()
+    );
+    Ok(())
+}
+
+fn token(
+    client_id: &str,
+    key: &std::path::Path,
+    token_url: &str,
+    scope: &str,
+    alg: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let alg = match alg {
+        Some(name) => Some(
+            name.to_ascii_uppercase()
+                .parse::<jsonwebtoken::Algorithm>()
+                .map_err(|_| anyhow::anyhow!("--alg {name}: use RS384, ES384, RS256, ES256 or PS384"))?,
+        ),
+        None => None,
+    };
+    let response = runtime()?.block_on(fhirwall::auth::cli::fetch_token(client_id, key, token_url, scope, alg))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&response)?);
+    } else {
+        println!("{}", response["access_token"].as_str().unwrap_or_default());
+    }
+    Ok(())
 }

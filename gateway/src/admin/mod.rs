@@ -55,6 +55,28 @@ impl AdminHandler {
                 "admin API: missing or wrong bearer token",
             )
             .with_header(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"))),
+            // --- auth (issue 3): the client registry.
+            (&Method::POST, "/admin/clients") => {
+                let body = read_json_body(req).await?;
+                let client = self.gw.auth.register_client(&body).await?;
+                Ok(respond::json(StatusCode::CREATED, serde_json::to_vec(&client).unwrap_or_default()))
+            }
+            (&Method::GET, "/admin/clients") => {
+                let clients = self.gw.auth.list_clients().await?;
+                Ok(respond::json(StatusCode::OK, clients.to_string()))
+            }
+            (&Method::DELETE, path) if path.starts_with("/admin/clients/") => {
+                let raw = &path["/admin/clients/".len()..];
+                let id = percent_encoding::percent_decode_str(raw)
+                    .decode_utf8()
+                    .map_err(|_| GatewayError::bad_request("client id is not UTF-8"))?;
+                if self.gw.auth.delete_client(&id).await? {
+                    Ok(respond::empty(StatusCode::NO_CONTENT))
+                } else {
+                    Err(GatewayError::not_found("no such client"))
+                }
+            }
+            // --- end auth
             _ => Err(GatewayError::not_found("no admin endpoint at this path")),
         }
     }
@@ -72,6 +94,15 @@ impl Handler for AdminHandler {
             tracing::info!(%peer, %method, %path, status = response.status().as_u16(), "admin request");
         }
         response
+    }
+}
+
+/// An admin request body (JSON), at most 1 MiB.
+async fn read_json_body(req: Request<Incoming>) -> Result<bytes::Bytes, GatewayError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(req.into_body(), 1024 * 1024).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(_) => Err(GatewayError::bad_request("the request body is too large or unreadable")),
     }
 }
 

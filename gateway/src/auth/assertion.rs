@@ -125,7 +125,9 @@ pub fn check_jku(header: &Header, registered: Option<&str>) -> Result<(), OAuthE
     match (&header.jku, registered) {
         (None, _) => Ok(()),
         (Some(jku), Some(uri)) if jku == uri => Ok(()),
-        (Some(_), _) => Err(OAuthError::client("client_assertion jku is not the client's registered jwks_uri")),
+        (Some(_), _) => {
+            Err(OAuthError::client("client_assertion jku is not the client's registered jwks_uri"))
+        }
     }
 }
 
@@ -187,14 +189,16 @@ pub fn check_claims(
     if !aud_ok {
         return Err(OAuthError::client("client_assertion aud must be the token endpoint URL"));
     }
-    let number = |name: &str| claims.get(name).and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)));
+    let number =
+        |name: &str| claims.get(name).and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)));
     let exp = number("exp").ok_or_else(|| OAuthError::client("client_assertion has no exp"))?;
     if exp + CLOCK_SKEW_S < now {
         return Err(OAuthError::client("client_assertion has expired"));
     }
     for name in ["nbf", "iat"] {
         if claims.get(name).is_some() {
-            let t = number(name).ok_or_else(|| OAuthError::client(format!("client_assertion {name} is not a number")))?;
+            let t = number(name)
+                .ok_or_else(|| OAuthError::client(format!("client_assertion {name} is not a number")))?;
             if t > now + CLOCK_SKEW_S {
                 return Err(OAuthError::client(format!("client_assertion {name} is in the future")));
             }
@@ -234,8 +238,10 @@ mod tests {
     fn fixture() -> Fixture {
         let rsa_der = generate_pkcs8(KeyKind::Rs384).unwrap();
         let rsa = SigningKey::from_pem(pem_encode("PRIVATE KEY", &rsa_der).as_bytes(), None).unwrap();
-        let ec = SigningKey::from_pkcs8_der(KeyKind::Es384, &generate_pkcs8(KeyKind::Es384).unwrap()).unwrap();
-        let other = SigningKey::from_pkcs8_der(KeyKind::Es384, &generate_pkcs8(KeyKind::Es384).unwrap()).unwrap();
+        let ec =
+            SigningKey::from_pkcs8_der(KeyKind::Es384, &generate_pkcs8(KeyKind::Es384).unwrap()).unwrap();
+        let other =
+            SigningKey::from_pkcs8_der(KeyKind::Es384, &generate_pkcs8(KeyKind::Es384).unwrap()).unwrap();
         let keys = JwkSet { keys: vec![rsa.public_jwk.clone(), ec.public_jwk.clone()] };
         Fixture { rsa, ec, other, keys }
     }
@@ -311,8 +317,12 @@ mod tests {
             let secret = serde_json::to_vec(&f.ec.public_jwk).unwrap();
             let mut header = Header::new(Algorithm::HS256);
             header.kid = Some(ec_kid.clone());
-            jsonwebtoken::encode(&header, &good_claims(), &jsonwebtoken::EncodingKey::from_secret(&secret).unwrap())
-                .unwrap()
+            jsonwebtoken::encode(
+                &header,
+                &good_claims(),
+                &jsonwebtoken::EncodingKey::from_secret(&secret).unwrap(),
+            )
+            .unwrap()
         };
         // A key embedded in the header is ignored: the signature is checked with registered keys only.
         let embedded_jwk = {
@@ -333,12 +343,24 @@ mod tests {
             ("alg none", unsigned(json!({"alg": "none", "typ": "JWT"})), InvalidClient),
             ("alg HS256 key confusion", hs256, InvalidClient),
             ("alg RS512 not accepted", unsigned(json!({"alg": "RS512"})), InvalidClient),
-            ("signed by an unregistered key", sign(&f.other, Algorithm::ES384, Some(&ec_kid), &good_claims()), InvalidClient),
-            ("unregistered key, no kid", sign(&f.other, Algorithm::ES384, None, &good_claims()), InvalidClient),
+            (
+                "signed by an unregistered key",
+                sign(&f.other, Algorithm::ES384, Some(&ec_kid), &good_claims()),
+                InvalidClient,
+            ),
+            (
+                "unregistered key, no kid",
+                sign(&f.other, Algorithm::ES384, None, &good_claims()),
+                InvalidClient,
+            ),
             ("embedded jwk header", embedded_jwk, InvalidClient),
             ("x5u header", x5u, InvalidClient),
             ("unknown kid", sign(&f.ec, Algorithm::ES384, Some("nope"), &good_claims()), InvalidClient),
-            ("kid of a key of another type", sign(&f.ec, Algorithm::ES384, Some(f.rsa.kid()), &good_claims()), InvalidClient),
+            (
+                "kid of a key of another type",
+                sign(&f.ec, Algorithm::ES384, Some(f.rsa.kid()), &good_claims()),
+                InvalidClient,
+            ),
             ("tampered payload", tampered, InvalidClient),
             ("iss missing", with(json!({"iss": null})), InvalidClient),
             ("sub missing", with(json!({"sub": null})), InvalidClient),
@@ -356,7 +378,11 @@ mod tests {
             ("jti empty", with(json!({"jti": ""})), InvalidClient),
             ("jti not a string", with(json!({"jti": 7})), InvalidClient),
             ("jti too long", with(json!({"jti": "j".repeat(MAX_JTI_LEN + 1)})), InvalidClient),
-            ("exp more than 5 minutes ahead", with(json!({"exp": NOW + MAX_LIFETIME_S + CLOCK_SKEW_S + 1})), InvalidGrant),
+            (
+                "exp more than 5 minutes ahead",
+                with(json!({"exp": NOW + MAX_LIFETIME_S + CLOCK_SKEW_S + 1})),
+                InvalidGrant,
+            ),
         ];
         for (what, assertion, code) in cases {
             let err = check(&assertion, &f.keys).expect_err(what);
@@ -373,7 +399,10 @@ mod tests {
         assert!(check_jku(&header, None).is_ok());
         header.jku = Some("https://ehr.example/jwks.json".into());
         assert!(check_jku(&header, Some("https://ehr.example/jwks.json")).is_ok());
-        assert_eq!(check_jku(&header, Some("https://other/jwks.json")).unwrap_err().code, ErrorCode::InvalidClient);
+        assert_eq!(
+            check_jku(&header, Some("https://other/jwks.json")).unwrap_err().code,
+            ErrorCode::InvalidClient
+        );
         assert_eq!(check_jku(&header, None).unwrap_err().code, ErrorCode::InvalidClient);
     }
 }

@@ -25,7 +25,8 @@ pub struct Keygen {
 /// `{out}/{client_id}.jwks.json` (public only, kid = RFC 7638 thumbprint).
 /// Refuses to overwrite an existing key unless `force`.
 pub fn keygen(client_id: &str, out: &Path, kind: KeyKind, force: bool) -> anyhow::Result<Keygen> {
-    let safe = !client_id.is_empty() && client_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let safe =
+        !client_id.is_empty() && client_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !safe || client_id.starts_with('.') {
         bail!("--client-id {client_id:?}: use letters, digits, '-', '_' and '.' (it names the files)");
     }
@@ -33,13 +34,18 @@ pub fn keygen(client_id: &str, out: &Path, kind: KeyKind, force: bool) -> anyhow
     let key_path = out.join(format!("{client_id}.key.pem"));
     let jwks_path = out.join(format!("{client_id}.jwks.json"));
     if !force && (key_path.exists() || jwks_path.exists()) {
-        bail!("{} or {} already exists (use --force to replace the key pair)", key_path.display(), jwks_path.display());
+        bail!(
+            "{} or {} already exists (use --force to replace the key pair)",
+            key_path.display(),
+            jwks_path.display()
+        );
     }
     let der = keys::generate_pkcs8(kind)?;
     let key = SigningKey::from_pkcs8_der(kind, &der)?;
     write_private(&key_path, keys::pem_encode("PRIVATE KEY", &der).as_bytes())?;
     let jwks = serde_json::to_string_pretty(&key.jwks())?;
-    std::fs::write(&jwks_path, format!("{jwks}\n")).with_context(|| format!("writing {}", jwks_path.display()))?;
+    std::fs::write(&jwks_path, format!("{jwks}\n"))
+        .with_context(|| format!("writing {}", jwks_path.display()))?;
     Ok(Keygen { key_path, jwks_path, kid: key.kid().to_owned(), algorithm: key.algorithm })
 }
 
@@ -59,7 +65,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// A SMART Backend Services client assertion: iss = sub = client_id, aud =
 /// the token URL, 4 minutes of life, a random jti, kid = the key's thumbprint.
-pub fn client_assertion(key: &SigningKey, client_id: &str, token_url: &str, now: i64) -> anyhow::Result<String> {
+pub fn client_assertion(
+    key: &SigningKey,
+    client_id: &str,
+    token_url: &str,
+    now: i64,
+) -> anyhow::Result<String> {
     let mut header = Header::new(key.algorithm);
     header.typ = Some("JWT".into());
     header.kid = Some(key.kid().to_owned());
@@ -140,7 +151,8 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(&out.key_path).unwrap().permissions().mode() & 0o777, 0o600);
         }
-        let jwks: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out.jwks_path).unwrap()).unwrap();
+        let jwks: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out.jwks_path).unwrap()).unwrap();
         let key = &jwks["keys"][0];
         assert_eq!(key["kid"], out.kid.as_str());
         assert_eq!(key["alg"], "ES384");

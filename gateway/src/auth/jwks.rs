@@ -13,7 +13,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
 
 use super::keys;
 
@@ -31,7 +33,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Parse a JWKS value given to fhirwall: public keys only, at least one
 /// key fhirwall can use, at most [`MAX_KEYS`].
 pub fn parse_jwks(value: &serde_json::Value) -> Result<JwkSet, String> {
-    let keys = value.get("keys").and_then(|k| k.as_array()).ok_or("a JWKS is an object with a \"keys\" array")?;
+    let keys =
+        value.get("keys").and_then(|k| k.as_array()).ok_or("a JWKS is an object with a \"keys\" array")?;
     if keys.len() > MAX_KEYS {
         return Err(format!("a JWKS may hold at most {MAX_KEYS} keys"));
     }
@@ -121,16 +124,16 @@ impl JwksFetcher {
         JwksFetcher {
             http: http_client(),
             cache: moka::future::Cache::builder().max_capacity(1_000).time_to_live(JWKS_TTL).build(),
-            refreshed: moka::sync::Cache::builder().max_capacity(1_000).time_to_live(REFRESH_INTERVAL).build(),
+            refreshed: moka::sync::Cache::builder()
+                .max_capacity(1_000)
+                .time_to_live(REFRESH_INTERVAL)
+                .build(),
         }
     }
 
     /// The key set at `uri` (cached). Concurrent misses share one fetch.
     pub async fn get(&self, uri: &str) -> Result<Arc<JwkSet>, String> {
-        self.cache
-            .try_get_with_by_ref(uri, self.fetch(uri))
-            .await
-            .map_err(|e| e.as_ref().clone())
+        self.cache.try_get_with_by_ref(uri, self.fetch(uri)).await.map_err(|e| e.as_ref().clone())
     }
 
     /// Fetch `uri` again unless that happened within [`REFRESH_INTERVAL`];
@@ -147,9 +150,17 @@ impl JwksFetcher {
 
     async fn fetch(&self, uri: &str) -> Result<Arc<JwkSet>, String> {
         check_jwks_uri(uri)?;
-        let (status, body) = send(&self.http, Method::GET, uri, &[("accept", "application/json")], None, MAX_JWKS_BYTES, FETCH_TIMEOUT)
-            .await
-            .map_err(|e| format!("fetching {uri}: {e}"))?;
+        let (status, body) = send(
+            &self.http,
+            Method::GET,
+            uri,
+            &[("accept", "application/json")],
+            None,
+            MAX_JWKS_BYTES,
+            FETCH_TIMEOUT,
+        )
+        .await
+        .map_err(|e| format!("fetching {uri}: {e}"))?;
         if status != StatusCode::OK {
             return Err(format!("fetching {uri}: status {status}"));
         }
@@ -225,7 +236,10 @@ mod tests {
             (serde_json::json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}), "private"),
             (serde_json::json!({"keys": []}), "no RSA"),
             (serde_json::json!([]), "keys"),
-            (serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}), "no RSA"),
+            (
+                serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}),
+                "no RSA",
+            ),
         ] {
             let err = parse_jwks(&bad).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
@@ -244,7 +258,10 @@ mod tests {
         assert_eq!(candidates(&set, Algorithm::ES384, None).len(), 1);
         assert_eq!(candidates(&set, Algorithm::ES256, None).len(), 0, "curve must fit the alg");
         assert_eq!(candidates(&set, Algorithm::RS384, None).len(), 0, "kty must fit the alg");
-        let pinned: JwkSet = serde_json::from_value(serde_json::json!({"keys": [ec_key("P-384", serde_json::json!({"alg": "ES384"}))]})).unwrap();
+        let pinned: JwkSet = serde_json::from_value(
+            serde_json::json!({"keys": [ec_key("P-384", serde_json::json!({"alg": "ES384"}))]}),
+        )
+        .unwrap();
         assert_eq!(candidates(&pinned, Algorithm::ES384, None).len(), 1);
     }
 
@@ -254,7 +271,13 @@ mod tests {
         assert!(check_jwks_uri("http://127.0.0.1:9/jwks.json").is_ok());
         assert!(check_jwks_uri("http://localhost:9/jwks.json").is_ok());
         assert!(check_jwks_uri("http://[::1]:9/jwks.json").is_ok());
-        for bad in ["http://ehr.example/jwks.json", "http://10.0.0.1/jwks", "file:///etc/passwd", "ftp://x/y", "nope"] {
+        for bad in [
+            "http://ehr.example/jwks.json",
+            "http://10.0.0.1/jwks",
+            "file:///etc/passwd",
+            "ftp://x/y",
+            "nope",
+        ] {
             assert!(check_jwks_uri(bad).is_err(), "{bad}");
         }
     }

@@ -65,7 +65,8 @@ pub fn generate_pkcs8(kind: KeyKind) -> Result<Vec<u8>, KeyError> {
         }
         KeyKind::Rs384 => {
             use rsa::pkcs8::EncodePrivateKey;
-            let key = rsa::PrivateKey::new(&mut OsRng, 3072).map_err(|e| KeyError::Generate(e.to_string()))?;
+            let key =
+                rsa::PrivateKey::new(&mut OsRng, 3072).map_err(|e| KeyError::Generate(e.to_string()))?;
             let der = key.to_pkcs8_der().map_err(|e| KeyError::Generate(e.to_string()))?;
             Ok(der.as_bytes().to_vec())
         }
@@ -125,7 +126,9 @@ impl SigningKey {
     pub fn from_pkcs8_der(kind: KeyKind, der: &[u8]) -> Result<SigningKey, KeyError> {
         let encoding = match kind {
             KeyKind::Es384 => EncodingKey::from_ec_der(der),
-            KeyKind::Rs384 => EncodingKey::from_rsa_der(der),
+            // `from_rsa_der` wants PKCS#1; the PEM path reads PKCS#8.
+            KeyKind::Rs384 => EncodingKey::from_rsa_pem(pem_encode("PRIVATE KEY", der).as_bytes())
+                .map_err(|e| KeyError::Invalid(e.to_string()))?,
         };
         SigningKey::new(kind.algorithm(), encoding)
     }
@@ -175,7 +178,8 @@ impl SigningKey {
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         jwk.common.key_algorithm = Some(key_algorithm(algorithm));
         // Prove the key signs (a mismatched curve or a corrupt key fails here, not later).
-        jsonwebtoken::crypto::sign(b"probe", &encoding, algorithm).map_err(|e| KeyError::Invalid(e.to_string()))?;
+        jsonwebtoken::crypto::sign(b"probe", &encoding, algorithm)
+            .map_err(|e| KeyError::Invalid(e.to_string()))?;
         Ok(SigningKey { algorithm, encoding, public_jwk: jwk })
     }
 
@@ -223,6 +227,14 @@ mod tests {
         assert_eq!(public["crv"], "P-384");
         assert_eq!(public["alg"], "ES384");
         assert_eq!(public["use"], "sig");
+    }
+
+    #[test]
+    fn rsa_keys_from_pkcs8_der() {
+        let der = generate_pkcs8(KeyKind::Rs384).unwrap();
+        let key = SigningKey::from_pkcs8_der(KeyKind::Rs384, &der).unwrap();
+        assert_eq!(key.algorithm, Algorithm::RS384);
+        assert_eq!(serde_json::to_value(&key.public_jwk).unwrap()["kty"], "RSA");
     }
 
     #[test]

@@ -114,13 +114,20 @@ fn insufficient_scope(message: &str) -> GatewayError {
 
 /// 401 with RFC 6750 `invalid_token`.
 fn invalid_token(message: &str) -> GatewayError {
-    let header = format!("Bearer realm=\"fhirwall\", error=\"invalid_token\", error_description=\"{message}\"");
+    let header =
+        format!("Bearer realm=\"fhirwall\", error=\"invalid_token\", error_description=\"{message}\"");
     GatewayError::new(Blame::Caller, StatusCode::UNAUTHORIZED, IssueCode::Login, message.to_owned())
-        .with_header(WWW_AUTHENTICATE, HeaderValue::from_str(&header).unwrap_or(HeaderValue::from_static("Bearer")))
+        .with_header(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_str(&header).unwrap_or(HeaderValue::from_static("Bearer")),
+        )
 }
 
 fn now_s() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Verified tokens leave the cache when they expire.
@@ -231,7 +238,10 @@ impl Auth {
         let body = match Limited::new(body, MAX_TOKEN_REQUEST).collect().await {
             Ok(body) => body.to_bytes(),
             Err(_) => {
-                return oauth_error_response(&OAuthError::request("the request body is too large or unreadable"), false);
+                return oauth_error_response(
+                    &OAuthError::request("the request body is too large or unreadable"),
+                    false,
+                );
             }
         };
         match self.token_request(&parts.headers, &body).await {
@@ -258,47 +268,67 @@ impl Auth {
     }
 
     /// The token request after the HTTP layer: headers and the form body.
-    pub async fn token_request(&self, headers: &HeaderMap, body: &[u8]) -> Result<TokenResponse, TokenFailure> {
+    pub async fn token_request(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<TokenResponse, TokenFailure> {
         let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let media = content_type.split(';').next().unwrap_or("").trim();
         if !media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
             return Err(OAuthError::request("the body must be application/x-www-form-urlencoded").into());
         }
         let form = parse_form(body)?;
-        let grant_type = form.get("grant_type").ok_or_else(|| OAuthError::request("grant_type is required"))?;
+        let grant_type =
+            form.get("grant_type").ok_or_else(|| OAuthError::request("grant_type is required"))?;
         if grant_type != "client_credentials" {
-            return Err(OAuthError::new(ErrorCode::UnsupportedGrantType, "only client_credentials is supported").into());
+            return Err(OAuthError::new(
+                ErrorCode::UnsupportedGrantType,
+                "only client_credentials is supported",
+            )
+            .into());
         }
         let requested = form.get("scope").ok_or_else(|| OAuthError::request("scope is required"))?.clone();
-        if form.get("client_secret").is_some() {
+        if form.contains_key("client_secret") {
             return Err(OAuthError::client("client_secret_post is not supported").into());
         }
         let basic = basic_credentials(headers)?;
-        let (client, assertion) = match (basic, form.get("client_assertion_type"), form.get("client_assertion")) {
-            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-                return Err(OAuthError::request("use one client authentication method, not two").into());
-            }
-            (Some((id, secret)), None, None) => {
-                if form.get("client_id").is_some_and(|c| *c != id) {
-                    return Err(TokenFailure::basic(OAuthError::client("client_id does not match the credentials")));
+        let (client, assertion) =
+            match (basic, form.get("client_assertion_type"), form.get("client_assertion")) {
+                (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                    return Err(OAuthError::request("use one client authentication method, not two").into());
                 }
-                (self.authenticate_secret(&id, &secret).await?, None)
-            }
-            (None, assertion_type, assertion) => {
-                let assertion_type = assertion_type.ok_or_else(|| {
-                    OAuthError::client("client authentication is required (private_key_jwt client_assertion)")
-                })?;
-                if assertion_type != JWT_BEARER {
-                    return Err(OAuthError::request(format!("client_assertion_type must be {JWT_BEARER}")).into());
+                (Some((id, secret)), None, None) => {
+                    if form.get("client_id").is_some_and(|c| *c != id) {
+                        return Err(TokenFailure::basic(OAuthError::client(
+                            "client_id does not match the credentials",
+                        )));
+                    }
+                    (self.authenticate_secret(&id, &secret).await?, None)
                 }
-                let assertion = assertion.ok_or_else(|| OAuthError::request("client_assertion is required"))?;
-                let (client, verified) = self.authenticate_assertion(assertion).await?;
-                if form.get("client_id").is_some_and(|c| *c != client.client_id) {
-                    return Err(OAuthError::client("client_id does not match the client_assertion").into());
+                (None, assertion_type, assertion) => {
+                    let assertion_type = assertion_type.ok_or_else(|| {
+                        OAuthError::client(
+                            "client authentication is required (private_key_jwt client_assertion)",
+                        )
+                    })?;
+                    if assertion_type != JWT_BEARER {
+                        return Err(OAuthError::request(format!(
+                            "client_assertion_type must be {JWT_BEARER}"
+                        ))
+                        .into());
+                    }
+                    let assertion =
+                        assertion.ok_or_else(|| OAuthError::request("client_assertion is required"))?;
+                    let (client, verified) = self.authenticate_assertion(assertion).await?;
+                    if form.get("client_id").is_some_and(|c| *c != client.client_id) {
+                        return Err(
+                            OAuthError::client("client_id does not match the client_assertion").into()
+                        );
+                    }
+                    (client, Some(verified))
                 }
-                (client, Some(verified))
-            }
-        };
+            };
         let granted = ScopeSet::grant(&requested, &client.scopes, self.allow_writes);
         if granted.is_empty() {
             return Err(OAuthError::new(
@@ -321,14 +351,30 @@ impl Auth {
             self.maybe_purge();
         }
         let now = now_s();
-        let claims =
-            self.keys.claims(&client.client_id, &granted, &client.organization, client.npi.as_deref(), &client.reg, now, self.ttl_s);
-        let access_token = self.keys.issue(&claims).map_err(|e| TokenFailure::internal(format!("signing: {e}")))?;
+        let claims = self.keys.claims(
+            &client.client_id,
+            &granted,
+            &client.organization,
+            client.npi.as_deref(),
+            &client.reg,
+            now,
+            self.ttl_s,
+        );
+        let access_token =
+            self.keys.issue(&claims).map_err(|e| TokenFailure::internal(format!("signing: {e}")))?;
         tracing::info!(client_id = %client.client_id, scope = %claims.scope, expires_in = self.ttl_s, "access token issued");
-        Ok(TokenResponse { access_token, token_type: "bearer".into(), expires_in: self.ttl_s, scope: claims.scope })
+        Ok(TokenResponse {
+            access_token,
+            token_type: "bearer".into(),
+            expires_in: self.ttl_s,
+            scope: claims.scope,
+        })
     }
 
-    async fn authenticate_assertion(&self, assertion: &str) -> Result<(Arc<Client>, assertion::Verified), TokenFailure> {
+    async fn authenticate_assertion(
+        &self,
+        assertion: &str,
+    ) -> Result<(Arc<Client>, assertion::Verified), TokenFailure> {
         let unverified = assertion::peek(assertion)?;
         let client = self
             .registry
@@ -418,9 +464,11 @@ impl Auth {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| invalid_token("an access token is required (Authorization: Bearer)"))?;
         let principal = self.verify_token(token)?;
-        let client = self.registry.get(&principal.client_id).await.map_err(|e| {
-            GatewayError::policy_failure(format!("client registry unavailable: {e}"))
-        })?;
+        let client = self
+            .registry
+            .get(&principal.client_id)
+            .await
+            .map_err(|e| GatewayError::policy_failure(format!("client registry unavailable: {e}")))?;
         match client {
             Some(client) if client.reg == principal.reg => {}
             _ => return Err(invalid_token("the access token's client is no longer registered")),
@@ -440,12 +488,15 @@ impl Auth {
             return Err(invalid_token("the access token has expired"));
         }
         let claims = self.keys.verify(token, now).map_err(|e| invalid_token(&e.to_string()))?;
-        let scopes = ScopeSet::parse_strict(&claims.scope).map_err(|_| invalid_token("the access token is malformed"))?;
+        let scopes = ScopeSet::parse_strict(&claims.scope)
+            .map_err(|_| invalid_token("the access token is malformed"))?;
         // A token not bound to a provider organization never reaches data (fail closed).
         let organization = claims
             .org
             .filter(|o| o.strip_prefix("Organization/").is_some_and(crate::fhir::search::is_fhir_id))
-            .ok_or_else(|| GatewayError::forbidden("the access token is not bound to a provider organization"))?;
+            .ok_or_else(|| {
+                GatewayError::forbidden("the access token is not bound to a provider organization")
+            })?;
         let principal = Arc::new(Principal {
             client_id: claims.client_id,
             organization,
@@ -531,7 +582,8 @@ impl Auth {
             }
             _ => {
                 if let Some(object) = cs.as_object_mut() {
-                    object.insert("rest".into(), serde_json::json!([{"mode": "server", "security": security}]));
+                    object
+                        .insert("rest".into(), serde_json::json!([{"mode": "server", "security": security}]));
                 }
             }
         }
@@ -578,7 +630,11 @@ impl Auth {
 
     /// `GET /admin/clients`: the active clients (no secrets are stored).
     pub async fn list_clients(&self) -> Result<serde_json::Value, GatewayError> {
-        let clients = self.registry.list().await.map_err(|e| GatewayError::internal(format!("client registry: {e}")))?;
+        let clients = self
+            .registry
+            .list()
+            .await
+            .map_err(|e| GatewayError::internal(format!("client registry: {e}")))?;
         Ok(serde_json::to_value(clients).unwrap_or_default())
     }
 }
@@ -631,12 +687,16 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, To
     let value = value.to_str().map_err(|_| bad())?;
     let Some((scheme, encoded)) = value.split_once(' ') else { return Err(bad()) };
     if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(OAuthError::client("the token endpoint accepts Basic credentials or a client assertion").into());
+        return Err(
+            OAuthError::client("the token endpoint accepts Basic credentials or a client assertion").into()
+        );
     }
     let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
     let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
     let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
-    let unescape = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+    let unescape = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned())
+    };
     Ok(Some((unescape(id).ok_or_else(bad)?, unescape(secret).ok_or_else(bad)?)))
 }
 

@@ -100,7 +100,9 @@ impl From<sqlx::Error> for RegistrationError {
 pub fn validate(client: &ClientConfig, require_absolute_paths: bool) -> Result<(), String> {
     let id = &client.client_id;
     if id.is_empty() || id.len() > 200 || !id.chars().all(|c| c.is_ascii_graphic()) || id.contains('/') {
-        return Err(format!("client_id {id:?} must be 1-200 printable ASCII characters without '/' or spaces"));
+        return Err(format!(
+            "client_id {id:?} must be 1-200 printable ASCII characters without '/' or spaces"
+        ));
     }
     let org = client.organization.strip_prefix("Organization/").unwrap_or("");
     if !crate::fhir::search::is_fhir_id(org) {
@@ -142,7 +144,8 @@ pub fn validate(client: &ClientConfig, require_absolute_paths: bool) -> Result<(
 
 fn read_jwks_file(path: &Path) -> Result<JwkSet, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     jwks::parse_jwks(&value).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -193,7 +196,10 @@ pub struct Listed {
 }
 
 fn now_s() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn new_reg() -> String {
@@ -217,7 +223,8 @@ impl Registry {
     pub async fn sync_config(&self, clients: &[ClientConfig]) -> Result<(), RegistrationError> {
         let pool = self.store.pool();
         for client in clients {
-            let json = serde_json::to_string(client).map_err(|e| RegistrationError::Invalid(e.to_string()))?;
+            let json =
+                serde_json::to_string(client).map_err(|e| RegistrationError::Invalid(e.to_string()))?;
             sqlx::query(
                 "INSERT INTO fhirwall_clients (client_id, config, source, state, reg, updated_at)
                  VALUES ($1, $2, 'config', 'active', $3, $4)
@@ -231,12 +238,13 @@ impl Registry {
             .bind(now_s())
             .execute(pool)
             .await?;
-            let state: Option<String> = sqlx::query("SELECT state FROM fhirwall_clients WHERE client_id = $1")
-                .bind(&client.client_id)
-                .fetch_optional(pool)
-                .await?
-                .map(|row| row.try_get("state"))
-                .transpose()?;
+            let state: Option<String> =
+                sqlx::query("SELECT state FROM fhirwall_clients WHERE client_id = $1")
+                    .bind(&client.client_id)
+                    .fetch_optional(pool)
+                    .await?
+                    .map(|row| row.try_get("state"))
+                    .transpose()?;
             if state.as_deref() == Some("deleted") {
                 tracing::warn!(
                     client_id = %client.client_id,
@@ -245,9 +253,11 @@ impl Registry {
                 );
             }
         }
-        let rows = sqlx::query("SELECT client_id FROM fhirwall_clients WHERE source = 'config' AND state = 'active'")
-            .fetch_all(pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT client_id FROM fhirwall_clients WHERE source = 'config' AND state = 'active'",
+        )
+        .fetch_all(pool)
+        .await?;
         for row in rows {
             let id: String = row.try_get("client_id")?;
             if !clients.iter().any(|c| c.client_id == id) {
@@ -306,9 +316,11 @@ impl Registry {
 
     /// Active clients, for the admin API.
     pub async fn list(&self) -> Result<Vec<Listed>, StoreError> {
-        let rows = sqlx::query("SELECT config, source FROM fhirwall_clients WHERE state = 'active' ORDER BY client_id")
-            .fetch_all(self.store.pool())
-            .await?;
+        let rows = sqlx::query(
+            "SELECT config, source FROM fhirwall_clients WHERE state = 'active' ORDER BY client_id",
+        )
+        .fetch_all(self.store.pool())
+        .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let config: String = row.try_get("config")?;
@@ -359,15 +371,17 @@ impl Registry {
 }
 
 async fn load(store: &Store, client_id: &str) -> Result<Option<Arc<Client>>, StoreError> {
-    let row = sqlx::query("SELECT config, reg FROM fhirwall_clients WHERE client_id = $1 AND state = 'active'")
-        .bind(client_id)
-        .fetch_optional(store.pool())
-        .await?;
+    let row =
+        sqlx::query("SELECT config, reg FROM fhirwall_clients WHERE client_id = $1 AND state = 'active'")
+            .bind(client_id)
+            .fetch_optional(store.pool())
+            .await?;
     let Some(row) = row else { return Ok(None) };
     let config: String = row.try_get("config")?;
     let reg: String = row.try_get("reg")?;
-    let config: ClientConfig = serde_json::from_str(&config)
-        .map_err(|e| StoreError::Setup(format!("client {client_id}: stored registration is unreadable: {e}")))?;
+    let config: ClientConfig = serde_json::from_str(&config).map_err(|e| {
+        StoreError::Setup(format!("client {client_id}: stored registration is unreadable: {e}"))
+    })?;
     let client = Client::load(&config, reg)
         .map_err(|e| StoreError::Setup(format!("client {client_id}: stored registration is invalid: {e}")))?;
     Ok(Some(Arc::new(client)))
@@ -399,7 +413,8 @@ mod tests {
     #[test]
     fn registrations_are_validated() {
         assert!(validate(&client("a"), true).is_ok());
-        let cases: Vec<(Box<dyn Fn(&mut ClientConfig)>, &str)> = vec![
+        type Patch = Box<dyn Fn(&mut ClientConfig)>;
+        let cases: Vec<(Patch, &str)> = vec![
             (Box::new(|c| c.client_id = String::new()), "client_id"),
             (Box::new(|c| c.client_id = "a b".into()), "client_id"),
             (Box::new(|c| c.organization = "org-1".into()), "organization"),
@@ -409,8 +424,20 @@ mod tests {
             (Box::new(|c| c.jwks_uri = Some("http://ehr.example/jwks".into())), "https"),
             (Box::new(|c| c.jwks_uri = None), "one of"),
             (Box::new(|c| c.jwks = Some(serde_json::json!({"keys": []}))), "only one"),
-            (Box::new(|c| { c.jwks_uri = None; c.jwks_path = Some("rel.json".into()) }), "absolute"),
-            (Box::new(|c| { c.jwks_uri = None; c.jwks_path = Some("/no/such/file.json".into()) }), "jwks_path"),
+            (
+                Box::new(|c| {
+                    c.jwks_uri = None;
+                    c.jwks_path = Some("rel.json".into())
+                }),
+                "absolute",
+            ),
+            (
+                Box::new(|c| {
+                    c.jwks_uri = None;
+                    c.jwks_path = Some("/no/such/file.json".into())
+                }),
+                "jwks_path",
+            ),
         ];
         for (patch, needle) in cases {
             let mut c = client("a");

@@ -142,12 +142,15 @@ impl Scope {
         if text.len() > MAX_SCOPE_LEN {
             return Err(err("too long"));
         }
-        let rest = text.strip_prefix("system/").ok_or_else(|| err("only system/ scopes are granted to backend services"))?;
+        let rest = text
+            .strip_prefix("system/")
+            .ok_or_else(|| err("only system/ scopes are granted to backend services"))?;
         let (head, query) = match rest.split_once('?') {
             Some((head, query)) => (head, Some(query)),
             None => (rest, None),
         };
-        let (resource_type, perms) = head.rsplit_once('.').ok_or_else(|| err("expected {type}.{permissions}"))?;
+        let (resource_type, perms) =
+            head.rsplit_once('.').ok_or_else(|| err("expected {type}.{permissions}"))?;
         let resource_type = match resource_type {
             "*" => None,
             t if is_resource_type(t) => Some(t.to_owned()),
@@ -157,7 +160,11 @@ impl Scope {
             "read" => (Perms::READ, Style::V1),
             "write" => (Perms::WRITE, Style::V1),
             "*" => (Perms::ALL, Style::V1),
-            letters => (Perms::parse_v2(letters).ok_or_else(|| err("permissions must be v1 read/write/* or v2 cruds letters in order"))?, Style::V2),
+            letters => (
+                Perms::parse_v2(letters)
+                    .ok_or_else(|| err("permissions must be v1 read/write/* or v2 cruds letters in order"))?,
+                Style::V2,
+            ),
         };
         let mut constraint = Vec::new();
         if let Some(query) = query {
@@ -168,7 +175,8 @@ impl Scope {
                 return Err(err("empty query constraint"));
             }
             for pair in query.split('&') {
-                let (name, value) = pair.split_once('=').ok_or_else(|| err("constraint must be name=value"))?;
+                let (name, value) =
+                    pair.split_once('=').ok_or_else(|| err("constraint must be name=value"))?;
                 let value = percent_encoding::percent_decode_str(value)
                     .decode_utf8()
                     .map_err(|_| err("constraint value is not UTF-8"))?
@@ -176,7 +184,9 @@ impl Scope {
                 let name_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
                 if !name_ok {
-                    return Err(err("constraint names must be plain search parameters (no modifiers, chaining or _ parameters)"));
+                    return Err(err(
+                        "constraint names must be plain search parameters (no modifiers, chaining or _ parameters)",
+                    ));
                 }
                 if value.is_empty() || value.split(',').any(str::is_empty) || value.contains('\\') {
                     return Err(err("constraint values must be non-empty"));
@@ -222,7 +232,8 @@ impl Scope {
             (false, false) => return None,
         };
         // Keep the requested spelling where it can express the result.
-        let v1_expressible = constraint.is_empty() && [Perms::READ, Perms::WRITE, Perms::ALL].contains(&perms);
+        let v1_expressible =
+            constraint.is_empty() && [Perms::READ, Perms::WRITE, Perms::ALL].contains(&perms);
         let style = if self.style == Style::V1 && v1_expressible { Style::V1 } else { Style::V2 };
         Some(Scope { resource_type, perms, constraint, style })
     }
@@ -360,18 +371,23 @@ impl ScopeSet {
             Interaction::Read { resource_type, .. } => need(resource_type, Perms::R, "read"),
             Interaction::Vread { resource_type, .. } => need(resource_type, Perms::R, "vread"),
             Interaction::HistoryInstance { resource_type, .. } => need(resource_type, Perms::R, "history"),
-            Interaction::SearchType { resource_type } | Interaction::SearchCompartment { resource_type, .. } => {
+            Interaction::SearchType { resource_type }
+            | Interaction::SearchCompartment { resource_type, .. } => {
                 let resource_type = resource_type.clone();
                 self.authorize_search(&resource_type, &mut request.params)
             }
-            Interaction::Operation(Operation::MemberMatch) => need("Patient", Perms::R, "$member-match (read)"),
+            Interaction::Operation(Operation::MemberMatch) => {
+                need("Patient", Perms::R, "$member-match (read)")
+            }
             Interaction::Operation(Operation::ProviderMemberMatch) => {
                 need("Group", Perms::R, "$provider-member-match (read)")
             }
             Interaction::Operation(Operation::DavinciDataExport { .. }) => {
                 need("Group", Perms::R, "$davinci-data-export (read)")
             }
-            Interaction::Operation(Operation::GroupExport { .. }) => need("Group", Perms::R, "$export (read)"),
+            Interaction::Operation(Operation::GroupExport { .. }) => {
+                need("Group", Perms::R, "$export (read)")
+            }
             Interaction::Operation(Operation::SystemExport) => {
                 Err(Denied("system-level $export is not offered".into()))
             }
@@ -383,7 +399,10 @@ impl ScopeSet {
             // The entries of a batch are not inspected here: only a token that
             // may do everything to every type may send one.
             Interaction::Batch => {
-                if self.scopes.iter().any(|s| s.resource_type.is_none() && s.perms == Perms::ALL && s.constraint.is_empty())
+                if self
+                    .scopes
+                    .iter()
+                    .any(|s| s.resource_type.is_none() && s.perms == Perms::ALL && s.constraint.is_empty())
                 {
                     Ok(())
                 } else {
@@ -419,7 +438,9 @@ impl ScopeSet {
                     Some(t) => readable(t),
                     // Target unknown: only a token that reads every type unconstrained.
                     None => self.scopes.iter().any(|s| {
-                        s.resource_type.is_none() && s.constraint.is_empty() && s.perms.intersects(Perms::READ)
+                        s.resource_type.is_none()
+                            && s.constraint.is_empty()
+                            && s.perms.intersects(Perms::READ)
                     }),
                 };
                 if !ok {
@@ -527,7 +548,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             c.constraint,
-            vec![("category".into(), "http://terminology.hl7.org/CodeSystem/observation-category|laboratory".into())]
+            vec![(
+                "category".into(),
+                "http://terminology.hl7.org/CodeSystem/observation-category|laboratory".into()
+            )]
         );
         assert_eq!(Scope::parse(&c.to_string()).unwrap(), c);
     }
@@ -577,7 +601,12 @@ mod tests {
             ("system/Patient.cud", "system/*.cruds", false, ""),
             ("system/Patient.r", "system/*.read", false, "system/Patient.r"),
             ("system/Observation.read", "system/Patient.read", false, ""),
-            ("system/Patient.read system/Observation.read", "system/Patient.read", false, "system/Patient.read"),
+            (
+                "system/Patient.read system/Observation.read",
+                "system/Patient.read",
+                false,
+                "system/Patient.read",
+            ),
             ("system/*.read system/Patient.read", "system/*.read", false, "system/*.read"),
             (
                 "system/*.read",
@@ -603,7 +632,12 @@ mod tests {
                 false,
                 "system/Observation.rs?category=laboratory",
             ),
-            ("system/Observation.rs?category=vital-signs", "system/Observation.rs?category=laboratory", false, ""),
+            (
+                "system/Observation.rs?category=vital-signs",
+                "system/Observation.rs?category=laboratory",
+                false,
+                "",
+            ),
             ("openid fhirUser system/*.read", "system/*.read", false, "system/*.read"),
             ("system/Bogus.read", "system/*.read", false, ""),
             ("", "system/*.read", false, ""),
@@ -669,10 +703,18 @@ mod tests {
             ("system/Patient.read", request(Interaction::Page { token: "t".into() }, ""), true),
             ("system/*.read", search("Observation", "_include=Observation:patient"), true),
             ("system/Observation.rs", search("Observation", "_include=Observation:patient"), false),
-            ("system/Observation.rs system/Patient.rs", search("Observation", "_include=Observation:patient:Patient"), true),
+            (
+                "system/Observation.rs system/Patient.rs",
+                search("Observation", "_include=Observation:patient:Patient"),
+                true,
+            ),
             ("system/Observation.rs", search("Observation", "_include=Observation:patient:Patient"), false),
             ("system/Observation.rs", search("Observation", "_revinclude=Provenance:target"), false),
-            ("system/Observation.rs system/Provenance.rs", search("Observation", "_revinclude=Provenance:target"), true),
+            (
+                "system/Observation.rs system/Provenance.rs",
+                search("Observation", "_revinclude=Provenance:target"),
+                true,
+            ),
             (
                 "system/Observation.rs system/Patient.rs?gender=female",
                 search("Observation", "_include=Observation:patient:Patient"),
@@ -739,10 +781,13 @@ mod tests {
         multi.authorize(&mut req).unwrap();
         assert_eq!(req.params.to_query_string(), "category=laboratory&status=final");
         // A system|code value survives the round trip.
-        let coded = set("system/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory");
+        let coded = set(
+            "system/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
+        );
         let mut req = search("Observation", "");
         coded.authorize(&mut req).unwrap();
-        let reparsed = SearchParams::parse_query(&req.params.to_query_string(), ParamContext::Search).unwrap();
+        let reparsed =
+            SearchParams::parse_query(&req.params.to_query_string(), ParamContext::Search).unwrap();
         assert_eq!(
             reparsed.first("category").unwrap().values,
             vec!["http://terminology.hl7.org/CodeSystem/observation-category|laboratory".to_string()]

@@ -163,7 +163,8 @@ async fn every_token_request_error_is_rfc_6749() {
         c["exp"] = (now() - 600).into();
         assertion(&env.ec, Algorithm::ES384, c)
     };
-    let stranger = SigningKey::from_pkcs8_der(KeyKind::Es384, &generate_pkcs8(KeyKind::Es384).unwrap()).unwrap();
+    let stranger =
+        SigningKey::from_pkcs8_der(KeyKind::Es384, &generate_pkcs8(KeyKind::Es384).unwrap()).unwrap();
     let unknown_client = assertion(&env.ec, Algorithm::ES384, claims("nobody"));
     let bad_signature = assertion(&stranger, Algorithm::ES384, claims("c1"));
     use ErrorCode::*;
@@ -185,7 +186,11 @@ async fn every_token_request_error_is_rfc_6749() {
         (
             "no scope",
             form_headers(),
-            form(&[("grant_type", "client_credentials"), ("client_assertion_type", JWT_BEARER), ("client_assertion", &good())]),
+            form(&[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", &good()),
+            ]),
             InvalidRequest,
         ),
         (
@@ -208,7 +213,11 @@ async fn every_token_request_error_is_rfc_6749() {
         (
             "no assertion",
             form_headers(),
-            form(&[("grant_type", "client_credentials"), ("client_assertion_type", JWT_BEARER), ("scope", "system/*.read")]),
+            form(&[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", JWT_BEARER),
+                ("scope", "system/*.read"),
+            ]),
             InvalidRequest,
         ),
         (
@@ -228,7 +237,12 @@ async fn every_token_request_error_is_rfc_6749() {
         ("expired", form_headers(), grant(&expired, "system/*.read"), InvalidClient),
         ("lifetime over 5 minutes", form_headers(), grant(&too_long, "system/*.read"), InvalidGrant),
         ("garbage assertion", form_headers(), grant("a.b.c", "system/*.read"), InvalidClient),
-        ("only patient/ scopes", form_headers(), grant(&good(), "patient/*.read launch/patient"), InvalidScope),
+        (
+            "only patient/ scopes",
+            form_headers(),
+            grant(&good(), "patient/*.read launch/patient"),
+            InvalidScope,
+        ),
         ("only write scopes", form_headers(), grant(&good(), "system/*.write"), InvalidScope),
         ("empty scope", form_headers(), grant(&good(), ""), InvalidScope),
         (
@@ -322,9 +336,20 @@ async fn bearer_tokens_are_checked_on_every_request() {
     let mut tampered = t.access_token.clone();
     tampered.pop();
     let foreign = {
-        let key = SigningKey::from_pkcs8_der(KeyKind::Es384, &generate_pkcs8(KeyKind::Es384).unwrap()).unwrap();
+        let key =
+            SigningKey::from_pkcs8_der(KeyKind::Es384, &generate_pkcs8(KeyKind::Es384).unwrap()).unwrap();
         let other = tokens::TokenKeys::new(key, TOKEN_URL, BASE);
-        other.issue(&other.claims("c1", &ScopeSet::parse_strict("system/*.read").unwrap(), "Organization/org-1", None, "r", now(), 300)).unwrap()
+        other
+            .issue(&other.claims(
+                "c1",
+                &ScopeSet::parse_strict("system/*.read").unwrap(),
+                "Organization/org-1",
+                None,
+                "r",
+                now(),
+                300,
+            ))
+            .unwrap()
     };
     let expired = {
         let mut c = env.auth.keys.claims(
@@ -342,7 +367,15 @@ async fn bearer_tokens_are_checked_on_every_request() {
     let stale_reg = env
         .auth
         .keys
-        .issue(&env.auth.keys.claims("c1", &ScopeSet::parse_strict("system/*.read").unwrap(), "Organization/org-1", None, "old-registration", now(), 300))
+        .issue(&env.auth.keys.claims(
+            "c1",
+            &ScopeSet::parse_strict("system/*.read").unwrap(),
+            "Organization/org-1",
+            None,
+            "old-registration",
+            now(),
+            300,
+        ))
         .unwrap();
     for (what, headers) in [
         ("no header", HeaderMap::new()),
@@ -357,12 +390,25 @@ async fn bearer_tokens_are_checked_on_every_request() {
     ] {
         let err = env.auth.authenticate(&headers).await.expect_err(what);
         assert_eq!(err.status, StatusCode::UNAUTHORIZED, "{what}");
-        let www = err.headers.iter().find(|(n, _)| *n == WWW_AUTHENTICATE).map(|(_, v)| v.to_str().unwrap()).unwrap();
+        let www = err
+            .headers
+            .iter()
+            .find(|(n, _)| *n == WWW_AUTHENTICATE)
+            .map(|(_, v)| v.to_str().unwrap())
+            .unwrap();
         assert!(www.starts_with("Bearer ") && www.contains("error=\"invalid_token\""), "{what}: {www}");
     }
 
     // A validly signed token without an organization never reaches data (pitfall 2).
-    let mut c = env.auth.keys.claims("c1", &ScopeSet::parse_strict("system/*.read").unwrap(), "x", None, "r", now(), 300);
+    let mut c = env.auth.keys.claims(
+        "c1",
+        &ScopeSet::parse_strict("system/*.read").unwrap(),
+        "x",
+        None,
+        "r",
+        now(),
+        300,
+    );
     c.org = None;
     let orgless = env.auth.keys.issue(&c).unwrap();
     assert_eq!(env.auth.authenticate(&bearer(&orgless)).await.unwrap_err().status, StatusCode::FORBIDDEN);
@@ -373,7 +419,10 @@ async fn bearer_tokens_are_checked_on_every_request() {
     assert_eq!(err.status, StatusCode::UNAUTHORIZED);
     assert!(!env.auth.delete_client("c1").await.unwrap());
     let a = assertion(&env.ec, Algorithm::ES384, claims("c1"));
-    assert_eq!(env.auth.token_request(&form_headers(), &grant(&a, "system/*.read")).await.unwrap_err().error.code, ErrorCode::InvalidClient);
+    assert_eq!(
+        env.auth.token_request(&form_headers(), &grant(&a, "system/*.read")).await.unwrap_err().error.code,
+        ErrorCode::InvalidClient
+    );
 }
 
 #[tokio::test]
@@ -387,7 +436,10 @@ async fn admin_registration_round_trip() {
     });
     let registered = env.auth.register_client(body.to_string().as_bytes()).await.unwrap();
     assert_eq!(registered.client_id, "added");
-    assert_eq!(env.auth.register_client(body.to_string().as_bytes()).await.unwrap_err().status, StatusCode::CONFLICT);
+    assert_eq!(
+        env.auth.register_client(body.to_string().as_bytes()).await.unwrap_err().status,
+        StatusCode::CONFLICT
+    );
     for bad in [
         json!({"client_id": "x", "organization": "Organization/o", "bogus": 1, "jwks": {"keys": [env.ec.public_jwk]}}),
         json!({"client_id": "x", "organization": "nope", "jwks": {"keys": [env.ec.public_jwk]}}),
@@ -396,7 +448,11 @@ async fn admin_registration_round_trip() {
         json!({"client_id": "x", "organization": "Organization/o", "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}}),
         json!({"client_id": "x", "organization": "Organization/o", "jwks": {"keys": [env.ec.public_jwk]}, "scopes": ["patient/*.read"]}),
     ] {
-        assert_eq!(env.auth.register_client(bad.to_string().as_bytes()).await.unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(
+            env.auth.register_client(bad.to_string().as_bytes()).await.unwrap_err().status,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
     }
     let a = assertion(&env.ec, Algorithm::ES384, claims("added"));
     let t = env.auth.token_request(&form_headers(), &grant(&a, "system/*.read")).await.unwrap();
@@ -413,7 +469,9 @@ async fn discovery_documents() {
     assert_eq!(c["token_endpoint_auth_methods_supported"], json!(["private_key_jwt"]));
     assert_eq!(c["grant_types_supported"], json!(["client_credentials"]));
     for alg in ["RS384", "ES384"] {
-        assert!(c["token_endpoint_auth_signing_alg_values_supported"].as_array().unwrap().contains(&json!(alg)));
+        assert!(
+            c["token_endpoint_auth_signing_alg_values_supported"].as_array().unwrap().contains(&json!(alg))
+        );
     }
     for cap in ["client-confidential-asymmetric", "permission-v1", "permission-v2"] {
         assert!(c["capabilities"].as_array().unwrap().contains(&json!(cap)));
@@ -425,11 +483,15 @@ async fn discovery_documents() {
     let cs = r#"{"resourceType":"CapabilityStatement","rest":[{"mode":"server","security":{"service":[{"text":"upstream oauth"}]}}]}"#;
     let out: serde_json::Value = serde_json::from_str(&env.auth.add_security(cs).unwrap()).unwrap();
     let security = &out["rest"][0]["security"];
-    assert_eq!(security["extension"][0]["url"], "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris");
+    assert_eq!(
+        security["extension"][0]["url"],
+        "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+    );
     assert_eq!(security["extension"][0]["extension"][0], json!({"url": "token", "valueUri": TOKEN_URL}));
     assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
     let bare: serde_json::Value =
-        serde_json::from_str(&env.auth.add_security(r#"{"resourceType":"CapabilityStatement"}"#).unwrap()).unwrap();
+        serde_json::from_str(&env.auth.add_security(r#"{"resourceType":"CapabilityStatement"}"#).unwrap())
+            .unwrap();
     assert_eq!(bare["rest"][0]["mode"], "server");
 }
 

@@ -74,11 +74,13 @@ impl TokenKeys {
         let b64 = base64::engine::general_purpose::STANDARD;
         // Concurrent first starts agree: the insert does nothing when another
         // node won, and everyone reads the stored value back.
-        sqlx::query("INSERT INTO fhirwall_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(KEY_NAME)
-            .bind(b64.encode(&fresh))
-            .execute(store.pool())
-            .await?;
+        sqlx::query(
+            "INSERT INTO fhirwall_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(KEY_NAME)
+        .bind(b64.encode(&fresh))
+        .execute(store.pool())
+        .await?;
         let row = sqlx::query("SELECT value FROM fhirwall_secrets WHERE name = $1")
             .bind(KEY_NAME)
             .fetch_one(store.pool())
@@ -145,16 +147,18 @@ impl TokenKeys {
             return Err(TokenError::Malformed);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        if header.alg != Algorithm::ES384 || header.typ.as_deref() != Some(TYP) || header.kid.as_deref() != Some(self.kid())
+        if header.alg != Algorithm::ES384
+            || header.typ.as_deref() != Some(TYP)
+            || header.kid.as_deref() != Some(self.kid())
         {
             return Err(TokenError::Signature);
         }
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).map_err(|e| {
-            match e.kind() {
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).map_err(
+            |e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::Signature,
                 _ => TokenError::Malformed,
-            }
-        })?;
+            },
+        )?;
         let claims = data.claims;
         if claims.iss != self.issuer {
             return Err(TokenError::Signature);
@@ -187,11 +191,23 @@ mod tests {
 
     fn keys() -> TokenKeys {
         let der = keys::generate_pkcs8(KeyKind::Es384).unwrap();
-        TokenKeys::new(SigningKey::from_pkcs8_der(KeyKind::Es384, &der).unwrap(), "https://fw/auth/token", "https://fw/fhir")
+        TokenKeys::new(
+            SigningKey::from_pkcs8_der(KeyKind::Es384, &der).unwrap(),
+            "https://fw/auth/token",
+            "https://fw/fhir",
+        )
     }
 
     fn claims(k: &TokenKeys) -> AccessClaims {
-        k.claims("c", &ScopeSet::parse_strict("system/*.read").unwrap(), "Organization/o", None, "r", 1_000, 300)
+        k.claims(
+            "c",
+            &ScopeSet::parse_strict("system/*.read").unwrap(),
+            "Organization/o",
+            None,
+            "r",
+            1_000,
+            300,
+        )
     }
 
     #[test]

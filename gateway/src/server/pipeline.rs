@@ -30,11 +30,24 @@ use crate::proxy::{UpstreamRequest, UpstreamResponse};
 /// Search query strings longer than this go upstream as POST `_search`.
 const MAX_GET_QUERY: usize = 4096;
 
-/// Who is asking. Until authentication is wired in, every caller is the
-/// anonymous one; paging tokens are already bound to this identity.
+/// Who is asking: the principal of a verified access token (`auth`).
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub client_id: String,
+    /// The authenticated principal (organization, NPI, scopes); `None` only
+    /// on the public `metadata` endpoint.
+    pub principal: Option<Arc<crate::auth::Principal>>,
+    /// What paging links are bound to: client, registration and scopes.
+    pub binding: String,
+}
+
+impl Caller {
+    fn new(principal: Option<Arc<crate::auth::Principal>>) -> Caller {
+        match &principal {
+            Some(p) => Caller { client_id: p.client_id.clone(), binding: p.binding(), principal },
+            None => Caller { client_id: "anonymous".into(), binding: "anonymous".into(), principal: None },
+        }
+    }
 }
 
 /// What one request carries through the pipeline.
@@ -94,10 +107,28 @@ impl FhirHandler {
     /// The pipeline. Returns the interaction name (for metrics) and the answer.
     async fn process(&self, req: Request<Incoming>, request_id: &str) -> (&'static str, Result<Response<Body>, GatewayError>) {
         let gw = &self.gw;
+        // --- auth (issue 3): the token endpoint is outside the FHIR base.
+        if req.uri().path() == crate::auth::TOKEN_PATH {
+            return ("token", Ok(gw.auth.token_endpoint(req).await));
+        }
         let Some(below_base) = below_base(req.uri().path(), &gw.base_path) else {
             return ("unrouted", Err(GatewayError::not_found("no FHIR endpoint at this path")));
         };
         let below_base = below_base.to_owned();
+        // --- auth (issue 3): discovery and metadata are public; everything
+        // else is authenticated before it is even parsed.
+        if below_base == ".well-known/smart-configuration" {
+            return ("smart-configuration", Ok(gw.auth.smart_configuration_response(req.method())));
+        }
+        let principal = if below_base == "metadata" {
+            None
+        } else {
+            match gw.auth.authenticate(req.headers()).await {
+                Ok(principal) => Some(principal),
+                Err(err) => return ("unauthenticated", Err(err)),
+            }
+        };
+        // --- end auth
         let (parts, body) = req.into_parts();
         let body = match read_body(body, gw.config.server.max_request_body_bytes).await {
             Ok(body) => body,
@@ -110,14 +141,25 @@ impl FhirHandler {
             headers: &parts.headers,
             body: &body,
         };
-        let fhir = match request::parse(&request, gw.parse_options) {
+        let mut fhir = match request::parse(&request, gw.parse_options) {
             Ok(fhir) => fhir,
             Err(err) => return ("unparsed", Err(err)),
         };
         let name = fhir.interaction.name();
+        // --- auth (issue 3): the token's scopes must cover the interaction
+        // (searches under a v2 query constraint get the constraint added).
+        let authorized = match &principal {
+            Some(principal) => principal.authorize(&mut fhir),
+            None if fhir.interaction == Interaction::Capabilities => Ok(()),
+            None => Err(GatewayError::forbidden("an access token is required")),
+        };
+        if let Err(err) = authorized {
+            return (name, Err(err));
+        }
+        // --- end auth
         let ctx = RequestCtx {
             request_id: request_id.to_owned(),
-            caller: Caller { client_id: "anonymous".into() },
+            caller: Caller::new(principal),
             self_url: self_url(&gw.public_base, &below_base, &fhir.params),
         };
         let content_type = parts.headers.get(CONTENT_TYPE).cloned();
@@ -155,7 +197,7 @@ impl FhirHandler {
                 (search(resource_type, &params), Some(resource_type.clone()))
             }
             Interaction::Page { token } => {
-                let page = self.gw.pages.open(&ctx.caller.client_id, token)?;
+                let page = self.gw.pages.open(&ctx.caller.binding, token)?;
                 (get(page.upstream_path), Some(page.resource_type))
             }
             Interaction::Operation(Operation::SystemExport) => {
@@ -276,6 +318,12 @@ impl FhirHandler {
                 return Err(err);
             }
             out
+        } else if resource_type == "CapabilityStatement" {
+            // auth (issue 3): fhirwall's SMART security section, not the upstream's.
+            self.gw
+                .auth
+                .add_security(text)
+                .map_err(|e| not_fhir(&format!("CapabilityStatement: {e}")))?
         } else {
             text.to_owned()
         };
@@ -303,7 +351,7 @@ impl FhirHandler {
                     let (Some(resource_type), Some(path)) = (page_type, rewriter.strip_upstream_base(&url)) else {
                         continue;
                     };
-                    let token = self.gw.pages.seal(&ctx.caller.client_id, resource_type, path)?;
+                    let token = self.gw.pages.seal(&ctx.caller.binding, resource_type, path)?;
                     format!("{}/_page/{token}", self.gw.public_base)
                 }
                 _ => continue,
