@@ -4,6 +4,8 @@
 #   (b) nginx as a plain reverse proxy in front of it,
 #   (c) fhirwall in front of it (full pipeline),
 # measured in one run with wrk, for a single read and a 20-entry search Bundle.
+# fhirwall is called with a real access token (bench-ehr, system/*.read), so the
+# figures include token verification; the token is also sent to the others.
 # Machines are noisy: compare the rows of one run, not runs across machines.
 #
 #   bench/proxy.sh [DURATION_S] [CONNECTIONS]
@@ -26,6 +28,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 up_port=19000; fw_port=19080; fw_admin=19081; ngx_port=19090
+"$bin" keygen --client-id bench-ehr --out "$work/keys" >/dev/null
 "$bin" sandbox --listen 127.0.0.1:$up_port >"$work/sandbox.log" 2>&1 & pids+=($!)
 
 cat >"$work/fhirwall.toml" <<TOML
@@ -40,6 +43,12 @@ url = "http://127.0.0.1:$up_port/fhir"
 url = "sqlite://state/fhirwall.db"
 [audit]
 dir = "audit"
+[[clients]]
+client_id = "bench-ehr"
+organization = "Organization/org-grace"
+npi = "1417987256"
+jwks_path = "keys/bench-ehr.jwks.json"
+scopes = ["system/*.read"]
 TOML
 FHIRWALL_LOG=warn "$bin" serve --config "$work/fhirwall.toml" >"$work/fhirwall.log" 2>&1 & pids+=($!)
 
@@ -75,13 +84,17 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
+token=$("$bin" token --client-id bench-ehr --key "$work/keys/bench-ehr.key.pem" \
+  --token-url "http://127.0.0.1:$fw_port/auth/token" --scope 'system/*.read')
+auth="Authorization: Bearer $token"
+
 read_path="/fhir/Patient/pat-0001"
 search_path="/fhir/ExplanationOfBenefit?_count=20"
-entries=$(curl -fs "http://127.0.0.1:$fw_port$search_path" | python3 -c 'import json,sys; print(len(json.load(sys.stdin).get("entry",[])))')
+entries=$(curl -fs -H "$auth" "http://127.0.0.1:$fw_port$search_path" | python3 -c 'import json,sys; print(len(json.load(sys.stdin).get("entry",[])))')
 [ "$entries" = 20 ] || { echo "expected a 20-entry Bundle through fhirwall, got $entries" >&2; exit 1; }
 
 run() { # name url -> "rps p50_ms p99_ms"
-  out=$(wrk -t2 -c"$conns" -d"${duration}s" --latency -H 'Accept: application/fhir+json' "$2")
+  out=$(wrk -t2 -c"$conns" -d"${duration}s" --latency -H 'Accept: application/fhir+json' -H "$auth" "$2")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")

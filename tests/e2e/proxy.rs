@@ -13,9 +13,48 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// GET a FHIR URL as a provider would.
-async fn fhir_get(url: &str) -> Resp {
-    get_with(url, &[("Accept", "application/fhir+json")]).await
+/// The provider client every test here calls fhirwall as.
+const CLIENT: &str = "proxy-test-ehr";
+
+/// A gateway with one registered provider client, and that client's token.
+struct Fixture {
+    gw: Gateway,
+    token: String,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Gateway;
+    fn deref(&self) -> &Gateway {
+        &self.gw
+    }
+}
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Gateway {
+        &mut self.gw
+    }
+}
+
+fn start_gateway(config: GatewayConfig) -> Fixture {
+    let gw =
+        Gateway::start(config.client(CLIENT, "Organization/org-grace", "1417987256", &["system/*.read"]));
+    let token = gw.token(CLIENT, "system/*.read");
+    Fixture { gw, token }
+}
+
+fn gateway_for(upstream_base: &str, timeout_ms: u64) -> Fixture {
+    start_gateway(GatewayConfig::new(upstream_base).upstream_timeout_ms(timeout_ms))
+}
+
+impl Fixture {
+    /// GET a FHIR URL as the provider client would.
+    async fn get(&self, url: &str) -> Resp {
+        get_bearer(url, &self.token).await
+    }
+
+    fn bearer(&self) -> String {
+        format!("Authorization: Bearer {}\r\n", self.token)
+    }
 }
 
 /// Send bytes as-is (no client-side path normalisation) and read the answer.
@@ -146,10 +185,6 @@ fn serve_fake(mut stream: TcpStream, addr: SocketAddr, log: Arc<Mutex<Vec<String
     let _ = stream.flush();
 }
 
-fn gateway_for(upstream_base: &str, timeout_ms: u64) -> Gateway {
-    Gateway::start(GatewayConfig::new(upstream_base).upstream_timeout_ms(timeout_ms))
-}
-
 // ---------------------------------------------------------------------------
 // Misbehaving upstream: every failure is an OperationOutcome, nothing leaks.
 
@@ -170,7 +205,7 @@ async fn upstream_failures_become_operation_outcomes_and_nothing_partial_leaks()
     ];
     for (path, status, hidden) in cases {
         let started = Instant::now();
-        let resp = fhir_get(&gw.url(path)).await;
+        let resp = gw.get(&gw.url(path)).await;
         assert_eq!(resp.status, status, "{path}: {}", resp.text());
         assert_operation_outcome(&resp);
         let body = resp.text();
@@ -186,7 +221,7 @@ async fn upstream_failures_become_operation_outcomes_and_nothing_partial_leaks()
 async fn upstream_down_is_502() {
     let port = free_port(); // nothing listens here
     let gw = gateway_for(&format!("http://127.0.0.1:{port}/fhir"), 2000);
-    let resp = fhir_get(&gw.url("Patient/1")).await;
+    let resp = gw.get(&gw.url("Patient/1")).await;
     assert_eq!(resp.status, 502, "{}", resp.text());
     let outcome = assert_operation_outcome(&resp);
     assert!(!outcome.to_string().contains(&port.to_string()), "upstream port leaked: {outcome}");
@@ -196,7 +231,7 @@ async fn upstream_down_is_502() {
 async fn upstream_urls_and_headers_never_reach_the_caller() {
     let up = FakeUpstream::start();
     let gw = gateway_for(&up.base(), 5000);
-    let resp = fhir_get(&gw.url("Patient/ok")).await;
+    let resp = gw.get(&gw.url("Patient/ok")).await;
     resp.assert_status(200);
     let body = resp.text();
     assert!(!body.contains(&up.addr.to_string()), "upstream base leaked: {body}");
@@ -216,7 +251,7 @@ async fn upstream_urls_and_headers_never_reach_the_caller() {
     assert!(resp.header("x-request-id").is_some_and(|id| id.len() >= 16));
 
     // Bundle links: self is ours, next is sealed, foreign links are dropped.
-    let resp = fhir_get(&gw.url("Observation?code=1")).await;
+    let resp = gw.get(&gw.url("Observation?code=1")).await;
     resp.assert_status(200);
     let text = resp.text();
     assert!(!text.contains(&up.addr.to_string()), "{text}");
@@ -230,7 +265,7 @@ async fn upstream_urls_and_headers_never_reach_the_caller() {
     assert!(next.starts_with(&gw.url("_page/")), "{next}");
     assert!(!next.contains("_offset"), "the upstream link is readable in {next}");
     // Following it asks the upstream for its own next link.
-    fhir_get(&next).await.assert_status(200);
+    gw.get(&next).await.assert_status(200);
     assert!(
         up.requests().iter().any(|r| r.starts_with("GET /fhir/Observation?x=1&_offset=1 ")),
         "{:?}",
@@ -242,7 +277,7 @@ async fn upstream_urls_and_headers_never_reach_the_caller() {
 async fn forged_or_altered_page_tokens_are_404() {
     let up = FakeUpstream::start();
     let gw = gateway_for(&up.base(), 5000);
-    let bundle = fhir_get(&gw.url("Observation?code=1")).await.json();
+    let bundle = gw.get(&gw.url("Observation?code=1")).await.json();
     let next = bundle_link(&bundle, "next").unwrap();
     let token = next.rsplit('/').next().unwrap().to_owned();
     let mut altered: Vec<char> = token.chars().collect();
@@ -250,16 +285,16 @@ async fn forged_or_altered_page_tokens_are_404() {
     altered[mid] = if altered[mid] == 'A' { 'B' } else { 'A' };
     let altered: String = altered.into_iter().collect();
     for bad in [altered.as_str(), "AAAA", "bm90LWEtdG9rZW4"] {
-        let resp = fhir_get(&gw.url(&format!("_page/{bad}"))).await;
+        let resp = gw.get(&gw.url(&format!("_page/{bad}"))).await;
         assert_eq!(resp.status, 404, "{bad}: {}", resp.text());
         assert_operation_outcome(&resp);
     }
     // A restarted gateway (same store) still honours its own links.
     let mut gw = gw;
     gw.restart();
-    let resp =
-        fhir_get(&next.replace(&next[..next.find("/fhir/").unwrap()], &gw.base_url().replace("/fhir", "")))
-            .await;
+    let resp = gw
+        .get(&next.replace(&next[..next.find("/fhir/").unwrap()], &gw.base_url().replace("/fhir", "")))
+        .await;
     resp.assert_status(200);
 }
 
@@ -304,7 +339,10 @@ async fn refused_requests_never_reach_the_upstream() {
         let body = if headers.contains("Content-Length: 2") { "{}" } else { "" };
         let (got, text) = raw_http(
             addr,
-            &format!("{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n{body}"),
+            &format!(
+                "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}{headers}\r\n{body}",
+                gw.bearer()
+            ),
         );
         assert_eq!(got, *status, "{method} {target}: {text}");
         if *method != "HEAD" {
@@ -323,11 +361,16 @@ async fn only_fhirwall_headers_are_sent_upstream() {
     let (status, _) = raw_get(
         gw.listen_addr(),
         "/fhir/Patient/ok",
-        "Authorization: Bearer caller-secret-token\r\nX-Forwarded-For: 10.9.9.9\r\nCookie: s=1\r\nX-Tenant: other\r\nPrefer: handling=lenient\r\n",
+        &format!(
+            "{}X-Forwarded-For: 10.9.9.9\r\nCookie: s=1\r\nX-Tenant: other\r\nPrefer: handling=lenient\r\n",
+            gw.bearer()
+        ),
     );
     assert_eq!(status, 200);
     let head = up.requests().pop().unwrap().to_ascii_lowercase();
-    for leaked in ["caller-secret-token", "10.9.9.9", "cookie", "x-tenant", "lenient"] {
+    for leaked in
+        [gw.token.to_ascii_lowercase().as_str(), "authorization", "10.9.9.9", "cookie", "x-tenant", "lenient"]
+    {
         assert!(!head.contains(leaked), "{leaked} forwarded upstream:\n{head}");
     }
     assert!(head.contains("accept: application/fhir+json"), "{head}");
@@ -343,7 +386,7 @@ async fn sandbox_reads_searches_and_pages_through_fhirwall() {
 
     // A read is the upstream's resource, only URLs rewritten.
     let direct = get(&up.url("Patient/pat-0001")).await.json();
-    let proxied = fhir_get(&gw.url("Patient/pat-0001")).await;
+    let proxied = gw.get(&gw.url("Patient/pat-0001")).await;
     proxied.assert_status(200);
     assert_eq!(proxied.content_type(), Some("application/fhir+json"));
     assert_eq!(proxied.json(), direct);
@@ -361,7 +404,7 @@ async fn sandbox_reads_searches_and_pages_through_fhirwall() {
     let mut pages = 0;
     while let Some(u) = url {
         assert!(u.starts_with(&gw.base_url()), "{u}");
-        let resp = fhir_get(&u).await;
+        let resp = gw.get(&u).await;
         resp.assert_status(200);
         let text = resp.text();
         assert!(!text.contains(up.base_url()), "upstream base leaked on page {pages}");
@@ -377,13 +420,18 @@ async fn sandbox_reads_searches_and_pages_through_fhirwall() {
     assert_eq!(via_ids, direct_ids);
 
     // POST _search (form) finds the same as GET.
-    let form = post_form(&gw.url("Coverage/_search"), &[], &[("beneficiary", "Patient/pat-0001")]).await;
+    let form = post_form(
+        &gw.url("Coverage/_search"),
+        &[("Authorization", &format!("Bearer {}", gw.token))],
+        &[("beneficiary", "Patient/pat-0001")],
+    )
+    .await;
     form.assert_status(200);
-    let get_form = fhir_get(&gw.url("Coverage?beneficiary=Patient/pat-0001")).await.json();
+    let get_form = gw.get(&gw.url("Coverage?beneficiary=Patient/pat-0001")).await.json();
     assert_eq!(bundle_refs(&form.json()), bundle_refs(&get_form));
 
     // Compartment search is served as a type search.
-    let compartment = fhir_get(&gw.url("Patient/pat-0001/ExplanationOfBenefit?_count=50")).await;
+    let compartment = gw.get(&gw.url("Patient/pat-0001/ExplanationOfBenefit?_count=50")).await;
     compartment.assert_status(200);
     let mut ids = bundle_refs(&compartment.json());
     ids.sort();
@@ -392,12 +440,18 @@ async fn sandbox_reads_searches_and_pages_through_fhirwall() {
     assert_eq!(ids, expected);
 
     // HEAD answers like GET without a body.
-    let head = request("HEAD", &gw.url("Patient/pat-0001"), &[], None).await;
+    let head = request(
+        "HEAD",
+        &gw.url("Patient/pat-0001"),
+        &[("Authorization", &format!("Bearer {}", gw.token))],
+        None,
+    )
+    .await;
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
 
     // Missing resources are 404 OperationOutcomes.
-    let missing = fhir_get(&gw.url("Patient/no-such-member")).await;
+    let missing = gw.get(&gw.url("Patient/no-such-member")).await;
     assert_eq!(missing.status, 404);
     assert_operation_outcome(&missing);
 }
@@ -407,7 +461,7 @@ async fn http2_is_served() {
     let up = Upstream::sandbox();
     let gw = gateway_for(up.base_url(), 5000);
     let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    let resp = client.get(gw.url("Patient/pat-0002")).send().await.unwrap();
+    let resp = client.get(gw.url("Patient/pat-0002")).bearer_auth(&gw.token).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
@@ -488,7 +542,8 @@ async fn tls_is_terminated_when_configured() {
             .file("tls/key.pem", &key)
             .extra_toml("[server]\ntls_cert = \"tls/cert.pem\"\ntls_key = \"tls/key.pem\"\n"),
     );
-    let url = format!("https://{}/fhir/Patient/pat-0003", gw.listen_addr());
+    // The CapabilityStatement is public, so no token is needed to prove TLS works.
+    let url = format!("https://{}/fhir/metadata", gw.listen_addr());
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
         .build()
@@ -496,9 +551,9 @@ async fn tls_is_terminated_when_configured() {
     let resp = client.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body["id"], "pat-0003");
+    assert_eq!(body["resourceType"], "CapabilityStatement");
     // Plain HTTP on the TLS port gets no FHIR answer.
-    let (status, _) = raw_get(gw.listen_addr(), "/fhir/Patient/pat-0003", "");
+    let (status, _) = raw_get(gw.listen_addr(), "/fhir/metadata", "");
     assert_ne!(status, 200);
 }
 
@@ -507,7 +562,8 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     let up = FakeUpstream::start();
     let mut gw = gateway_for(&up.base(), 10_000);
     let url = gw.url("Patient/slow");
-    let in_flight = tokio::spawn(async move { fhir_get(&url).await });
+    let token = gw.token.clone();
+    let in_flight = tokio::spawn(async move { get_bearer(&url, &token).await });
     tokio::time::sleep(Duration::from_millis(700)).await;
     let exit = gw.terminate(Duration::from_secs(15));
     let resp = in_flight.await.unwrap();
@@ -519,7 +575,7 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
 async fn admin_health_readiness_and_metrics() {
     let up = Upstream::sandbox();
     let gw = gateway_for(up.base_url(), 5000);
-    fhir_get(&gw.url("Patient/pat-0001")).await.assert_status(200);
+    gw.get(&gw.url("Patient/pat-0001")).await.assert_status(200);
     for path in ["/healthz", "/readyz"] {
         get(&format!("{}{path}", gw.admin_url())).await.assert_status(200);
     }
@@ -581,7 +637,7 @@ async fn medplum_upstream_through_fhirwall() {
     let up = Upstream::medplum(&[&fixture("carin-sample.ndjson")]);
     let gw = gateway_for(up.base_url(), 15_000);
 
-    let meta = fhir_get(&gw.url("metadata")).await;
+    let meta = gw.get(&gw.url("metadata")).await;
     meta.assert_status(200);
     assert_eq!(meta.json()["resourceType"], "CapabilityStatement");
     assert!(!meta.text().contains(up.base_url()));
@@ -590,7 +646,7 @@ async fn medplum_upstream_through_fhirwall() {
     let patients = get_with(&up.url("Patient?_count=5"), &[("Accept", "application/fhir+json")]).await.json();
     let patient = bundle_resources(&patients).into_iter().next().expect("fixture has a Patient");
     let id = patient["id"].as_str().unwrap();
-    let via = fhir_get(&gw.url(&format!("Patient/{id}"))).await;
+    let via = gw.get(&gw.url(&format!("Patient/{id}"))).await;
     via.assert_status(200);
     assert_eq!(via.json()["id"], id);
     assert!(!via.text().contains(up.base_url()));
@@ -599,7 +655,7 @@ async fn medplum_upstream_through_fhirwall() {
     let mut url = Some(gw.url(&format!("ExplanationOfBenefit?patient=Patient/{id}&_count=1")));
     let mut seen = Vec::new();
     while let Some(u) = url {
-        let resp = fhir_get(&u).await;
+        let resp = gw.get(&u).await;
         resp.assert_status(200);
         assert!(!resp.text().contains(up.base_url()), "upstream URL leaked: {}", resp.text());
         let page = resp.json();
@@ -619,18 +675,41 @@ async fn medplum_upstream_through_fhirwall() {
     assert_eq!(seen, want);
 
     // Compartment search on a server we rewrite for.
-    let coverage = fhir_get(&gw.url(&format!("Patient/{id}/Coverage"))).await;
+    let coverage = gw.get(&gw.url(&format!("Patient/{id}/Coverage"))).await;
     coverage.assert_status(200);
     assert!(!coverage.text().contains(up.base_url()));
 
     // Medplum refuses unknown parameters; the OperationOutcome reaches the caller.
-    let unknown = fhir_get(&gw.url("Patient?no-such-param=1")).await;
+    let unknown = gw.get(&gw.url("Patient?no-such-param=1")).await;
     assert_eq!(unknown.status, 400, "{}", unknown.text());
     assert_operation_outcome(&unknown);
     assert!(!unknown.text().contains(up.base_url()));
 
     // A missing resource is Medplum's 404, as an OperationOutcome.
-    let missing = fhir_get(&gw.url("Patient/does-not-exist-123")).await;
+    let missing = gw.get(&gw.url("Patient/does-not-exist-123")).await;
     assert_eq!(missing.status, 404);
     assert_operation_outcome(&missing);
+}
+
+#[tokio::test]
+async fn paging_links_are_bound_to_the_client_that_searched() {
+    let up = FakeUpstream::start();
+    let gw = start_gateway(GatewayConfig::new(up.base()).client(
+        "other-ehr",
+        "Organization/org-hopkins",
+        "1526347814",
+        &["system/*.read"],
+    ));
+    let other = gw.token("other-ehr", "system/*.read");
+    let bundle = gw.get(&gw.url("Observation?code=1")).await.json();
+    let next = bundle_link(&bundle, "next").unwrap();
+    let before = up.requests().len();
+    let stolen = get_bearer(&next, &other).await;
+    assert_eq!(stolen.status, 404, "another client's paging link opened: {}", stolen.text());
+    assert_operation_outcome(&stolen);
+    assert_eq!(up.requests().len(), before, "a stolen link reached the upstream");
+    // Without a token the link is useless too.
+    assert_eq!(get(&next).await.status, 401);
+    // Its owner can follow it.
+    gw.get(&next).await.assert_status(200);
 }

@@ -1105,3 +1105,60 @@ pub fn bundle_link(bundle: &serde_json::Value, relation: &str) -> Option<String>
         .and_then(|l| l["url"].as_str())
         .map(str::to_string)
 }
+
+// ---------------------------------------------------------------------------
+// Provider clients made with fhirwall's own CLI (`keygen`, `token`). Tests of
+// authentication itself use the independent PyJWT client instead
+// (tests/clients/); these are for tests of what comes after authentication.
+
+impl GatewayConfig {
+    /// Registers a provider client: makes a key pair with `fhirwall keygen`,
+    /// writes it as `keys/{client_id}.key.pem` / `.jwks.json` in the gateway's
+    /// dir, and adds a `[[clients]]` entry. Get its token with [`Gateway::token`].
+    pub fn client(
+        mut self,
+        client_id: &str,
+        organization: &str,
+        npi: &str,
+        scopes: &[&str],
+    ) -> GatewayConfig {
+        let dir = test_tempdir("fhirwall-keys-");
+        let out = Command::new(fhirwall_bin())
+            .args(["keygen", "--client-id", client_id, "--out"])
+            .arg(dir.path())
+            .output()
+            .expect("running fhirwall keygen");
+        assert!(out.status.success(), "fhirwall keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+        for suffix in ["key.pem", "jwks.json"] {
+            let bytes = fs::read(dir.path().join(format!("{client_id}.{suffix}")))
+                .unwrap_or_else(|e| panic!("keygen wrote no {client_id}.{suffix}: {e}"));
+            self = self.file(&format!("keys/{client_id}.{suffix}"), bytes);
+        }
+        let scopes = scopes.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        self.extra_toml(&format!(
+            "[[clients]]\nclient_id = {client_id:?}\norganization = {organization:?}\nnpi = {npi:?}\n\
+             jwks_path = \"keys/{client_id}.jwks.json\"\nscopes = [{scopes}]\n"
+        ))
+    }
+}
+
+impl Gateway {
+    /// An access token for a client registered with [`GatewayConfig::client`],
+    /// fetched with `fhirwall token`.
+    pub fn token(&self, client_id: &str, scope: &str) -> String {
+        let key = self.dir().join(format!("keys/{client_id}.key.pem"));
+        let out = Command::new(fhirwall_bin())
+            .args(["token", "--client-id", client_id, "--key"])
+            .arg(&key)
+            .args(["--token-url", &self.token_url(), "--scope", scope])
+            .output()
+            .expect("running fhirwall token");
+        assert!(
+            out.status.success(),
+            "fhirwall token failed: {}\ngateway log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8(out.stdout).expect("token is UTF-8").trim().to_string()
+    }
+}
