@@ -347,7 +347,10 @@ impl Default for AuthConfig {
 }
 impl Default for AttributionConfig {
     fn default() -> Self {
-        AttributionConfig { source: defaults::attribution_source(), refresh_s: defaults::attribution_refresh_s() }
+        AttributionConfig {
+            source: defaults::attribution_source(),
+            refresh_s: defaults::attribution_refresh_s(),
+        }
     }
 }
 impl Default for PolicyConfig {
@@ -372,13 +375,15 @@ impl Default for AuditConfig {
 impl Config {
     /// Read, parse, resolve relative paths and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
         Config::from_toml(&text, &dir).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
-            ConfigError::Invalid { key, message, .. } => ConfigError::Invalid { path: path.to_owned(), key, message },
+            ConfigError::Invalid { key, message, .. } => {
+                ConfigError::Invalid { path: path.to_owned(), key, message }
+            }
             other => other,
         })
     }
@@ -447,7 +452,9 @@ impl Config {
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return Err(invalid("server.tls_cert", "tls_cert and tls_key go together".into()));
         }
-        for (key, path) in [("server.tls_cert", &self.server.tls_cert), ("server.tls_key", &self.server.tls_key)] {
+        for (key, path) in
+            [("server.tls_cert", &self.server.tls_cert), ("server.tls_key", &self.server.tls_key)]
+        {
             if let Some(p) = path
                 && !p.is_file()
             {
@@ -492,7 +499,10 @@ impl Config {
                 return Err(invalid("plugins.path", format!("no such file: {}", plugin.path.display())));
             }
             if plugin.memory_mb == 0 || plugin.timeout_ms == 0 {
-                return Err(invalid("plugins.memory_mb", "memory_mb and timeout_ms must be at least 1".into()));
+                return Err(invalid(
+                    "plugins.memory_mb",
+                    "memory_mb and timeout_ms must be at least 1".into(),
+                ));
             }
         }
         Ok(())
@@ -502,7 +512,10 @@ impl Config {
         let mut ids = std::collections::HashSet::new();
         for client in &self.clients {
             if client.client_id.is_empty() || !ids.insert(&client.client_id) {
-                return Err(invalid("clients.client_id", format!("empty or duplicate: {:?}", client.client_id)));
+                return Err(invalid(
+                    "clients.client_id",
+                    format!("empty or duplicate: {:?}", client.client_id),
+                ));
             }
             let org = client.organization.strip_prefix("Organization/").unwrap_or("");
             if org.is_empty() || org.contains('/') {
@@ -521,7 +534,10 @@ impl Config {
             if let Some(p) = &client.jwks_path
                 && !p.is_file()
             {
-                return Err(invalid("clients.jwks_path", format!("{}: no such file: {}", client.client_id, p.display())));
+                return Err(invalid(
+                    "clients.jwks_path",
+                    format!("{}: no such file: {}", client.client_id, p.display()),
+                ));
             }
         }
         Ok(())

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use fhirwall::config::Config;
 
 #[derive(Parser)]
-#[command(name = "fhirwall", version, about = "A CMS-0057-F Provider Access gateway in front of any FHIR R4 server")]
+#[command(
+    name = "fhirwall",
+    version,
+    about = "A CMS-0057-F Provider Access gateway in front of any FHIR R4 server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -134,7 +138,8 @@ fn sandbox(listen: SocketAddr, faults: bool, data: Option<PathBuf>) -> anyhow::R
     runtime()?.block_on(async move {
         let sandbox = match data {
             Some(path) => {
-                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                let text =
+                    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
                 fhirwall::sandbox::Sandbox::from_ndjson(&text)?
             }
             None => fhirwall::sandbox::Sandbox::builtin()?,
@@ -227,7 +232,10 @@ fn rand_bytes() -> [u8; 16] {
 fn keygen(client_id: &str, out: &std::path::Path, alg: &str, force: bool) -> anyhow::Result<()> {
     let kind = fhirwall::auth::cli::parse_key_kind(alg)?;
     let made = fhirwall::auth::cli::keygen(client_id, out, kind, force)?;
-    println!("private key  {}  (keep it secret; it never leaves the provider system)", made.key_path.display());
+    println!(
+        "private key  {}  (keep it secret; it never leaves the provider system)",
+        made.key_path.display()
+    );
     println!("public JWKS  {}  (register it with the payer)", made.jwks_path.display());
     println!("kid          {} ({:?})", made.kid, made.algorithm);
     println!(
@@ -254,7 +262,8 @@ fn token(
         ),
         None => None,
     };
-    let response = runtime()?.block_on(fhirwall::auth::cli::fetch_token(client_id, key, token_url, scope, alg))?;
+    let response =
+        runtime()?.block_on(fhirwall::auth::cli::fetch_token(client_id, key, token_url, scope, alg))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&response)?);
     } else {

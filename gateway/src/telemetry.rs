@@ -21,10 +21,10 @@ pub fn init_logging(default_text: bool) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if text {
         {
-        use std::io::IsTerminal;
-        let color = std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();
-        builder.with_ansi(color).try_init()
-    }
+            use std::io::IsTerminal;
+            let color = std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();
+            builder.with_ansi(color).try_init()
+        }
     } else {
         builder.json().flatten_event(true).with_current_span(false).try_init()
     };
@@ -118,7 +118,8 @@ impl Metrics {
         self.upstream_duration.render("fhirwall_upstream_duration_seconds", &mut out);
         out.push_str("# HELP fhirwall_upstream_errors_total Upstream exchanges that failed or timed out.\n");
         out.push_str("# TYPE fhirwall_upstream_errors_total counter\n");
-        let _ = writeln!(out, "fhirwall_upstream_errors_total {}", self.upstream_errors.load(Ordering::Relaxed));
+        let _ =
+            writeln!(out, "fhirwall_upstream_errors_total {}", self.upstream_errors.load(Ordering::Relaxed));
         out.push_str("# HELP fhirwall_connections_open Client connections currently open.\n");
         out.push_str("# TYPE fhirwall_connections_open gauge\n");
         let _ = writeln!(out, "fhirwall_connections_open {}", self.connections_open.load(Ordering::Relaxed));

@@ -28,7 +28,9 @@ impl CompartmentTable {
     /// The table shipped with fhirwall.
     pub fn builtin() -> &'static CompartmentTable {
         static TABLE: OnceLock<CompartmentTable> = OnceLock::new();
-        TABLE.get_or_init(|| serde_json::from_str(BUILTIN).expect("policies/patient-compartment.json is valid"))
+        TABLE.get_or_init(|| {
+            serde_json::from_str(BUILTIN).expect("policies/patient-compartment.json is valid")
+        })
     }
 
     /// The parameter that scopes `resource_type` to one patient, if the type

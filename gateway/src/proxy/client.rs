@@ -74,8 +74,9 @@ impl Upstream {
                 let value = std::env::var(var).map_err(|_| {
                     anyhow::anyhow!("upstream.authorization_env: environment variable {var} is not set")
                 })?;
-                let mut value = HeaderValue::from_str(&value)
-                    .map_err(|_| anyhow::anyhow!("upstream.authorization_env: {var} is not a valid header value"))?;
+                let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                    anyhow::anyhow!("upstream.authorization_env: {var} is not a valid header value")
+                })?;
                 value.set_sensitive(true);
                 Some(value)
             }
@@ -130,11 +131,16 @@ impl Upstream {
             }
             None => Full::new(Bytes::new()),
         };
-        let request = builder.body(body).map_err(|e| GatewayError::internal(format!("upstream request: {e}")))?;
+        let request =
+            builder.body(body).map_err(|e| GatewayError::internal(format!("upstream request: {e}")))?;
 
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
-                let what = if e.is_connect() { "could not connect to the upstream" } else { "upstream request failed" };
+                let what = if e.is_connect() {
+                    "could not connect to the upstream"
+                } else {
+                    "upstream request failed"
+                };
                 GatewayError::bad_gateway("the upstream FHIR server is unavailable")
                     .with_detail(format!("{what}: {e:?}"))
             })?;

@@ -48,7 +48,12 @@ impl PageSealer {
     }
 
     /// Seal an upstream link for `caller`.
-    pub fn seal(&self, caller: &str, resource_type: &str, upstream_path: &str) -> Result<String, GatewayError> {
+    pub fn seal(
+        &self,
+        caller: &str,
+        resource_type: &str,
+        upstream_path: &str,
+    ) -> Result<String, GatewayError> {
         let page = PageRef {
             resource_type: resource_type.to_owned(),
             upstream_path: upstream_path.to_owned(),
@@ -58,7 +63,11 @@ impl PageSealer {
         self.rng.fill(&mut nonce).map_err(|_| GatewayError::internal("no randomness for page token"))?;
         let mut data = serde_json::to_vec(&page).map_err(|e| GatewayError::internal(e.to_string()))?;
         self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(caller.as_bytes()), &mut data)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(caller.as_bytes()),
+                &mut data,
+            )
             .map_err(|_| GatewayError::internal("page token sealing failed"))?;
         let mut token = Vec::with_capacity(NONCE_LEN + data.len());
         token.extend_from_slice(&nonce);
@@ -77,7 +86,8 @@ impl PageSealer {
         let (nonce, sealed) = raw.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| gone())?;
         let mut sealed = sealed.to_vec();
-        let plain = self.key.open_in_place(nonce, Aad::from(caller.as_bytes()), &mut sealed).map_err(|_| gone())?;
+        let plain =
+            self.key.open_in_place(nonce, Aad::from(caller.as_bytes()), &mut sealed).map_err(|_| gone())?;
         let page: PageRef = serde_json::from_slice(plain).map_err(|_| gone())?;
         if page.expires < now_unix() {
             return Err(gone());

@@ -32,7 +32,7 @@ impl UrlRewriter {
             }
         }
         // Longest first, so a base that extends another wins.
-        patterns.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         UrlRewriter { patterns, public_base }
     }
 
@@ -115,7 +115,10 @@ mod tests {
             ("https://public.payer.example/r4/Coverage/9", "https://gw.example/fhir/Coverage/9"),
             ("http://up:9000/fhir2/Patient/1", "http://up:9000/fhir2/Patient/1"),
             ("no urls here", "no urls here"),
-            ("a http://up:9000/fhir/A b http://up:9000/fhir/B", "a https://gw.example/fhir/A b https://gw.example/fhir/B"),
+            (
+                "a http://up:9000/fhir/A b http://up:9000/fhir/B",
+                "a https://gw.example/fhir/A b https://gw.example/fhir/B",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(r.rewrite(input), want, "{input}");
@@ -125,7 +128,10 @@ mod tests {
     #[test]
     fn strips_the_upstream_base() {
         let r = rewriter();
-        assert_eq!(r.strip_upstream_base("http://up:9000/fhir/Patient?_offset=20"), Some("Patient?_offset=20"));
+        assert_eq!(
+            r.strip_upstream_base("http://up:9000/fhir/Patient?_offset=20"),
+            Some("Patient?_offset=20")
+        );
         assert_eq!(r.strip_upstream_base("http://up:9000/fhir?_getpages=x"), Some("?_getpages=x"));
         assert_eq!(r.strip_upstream_base("http://up:9000/fhirX/Patient"), None);
         assert_eq!(r.strip_upstream_base("http://evil.example/fhir/Patient"), None);

@@ -94,7 +94,9 @@ pub async fn serve<H: Handler>(
         tokio::spawn(async move {
             metrics.connection_opened();
             match tls {
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                    .await
+                {
                     Ok(Ok(tls_stream)) => {
                         let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
                         let _ = watcher.watch(conn).await;

@@ -79,7 +79,9 @@ impl Gateway {
             );
         }
         if !config.plugins.is_empty() {
-            anyhow::bail!("plugins: this build of fhirwall cannot load WebAssembly plugins yet; remove [[plugins]]");
+            anyhow::bail!(
+                "plugins: this build of fhirwall cannot load WebAssembly plugins yet; remove [[plugins]]"
+            );
         }
 
         Ok(Arc::new(Gateway {
@@ -132,10 +134,12 @@ pub async fn run_until(
         (Some(cert), Some(key)) => Some(listener::tls_acceptor(cert, key)?),
         _ => None,
     };
-    let fhir_listener =
-        TcpListener::bind(fhir_addr).await.with_context(|| format!("server.listen: cannot bind {fhir_addr}"))?;
-    let admin_listener =
-        TcpListener::bind(admin_addr).await.with_context(|| format!("admin.listen: cannot bind {admin_addr}"))?;
+    let fhir_listener = TcpListener::bind(fhir_addr)
+        .await
+        .with_context(|| format!("server.listen: cannot bind {fhir_addr}"))?;
+    let admin_listener = TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("admin.listen: cannot bind {admin_addr}"))?;
 
     let gateway = Gateway::build(config, admin_token).await?;
     let grace = Duration::from_secs(gateway.config.server.shutdown_grace_s);
@@ -151,7 +155,13 @@ pub async fn run_until(
 
     let fhir = listener::serve(
         fhir_listener,
-        listener::ListenerSettings { name: "fhir", tls, max_connections, grace, metrics: gateway.metrics.clone() },
+        listener::ListenerSettings {
+            name: "fhir",
+            tls,
+            max_connections,
+            grace,
+            metrics: gateway.metrics.clone(),
+        },
         Arc::new(pipeline::FhirHandler::new(gateway.clone())),
         stop.clone(),
     );

@@ -105,7 +105,11 @@ impl Handler for FhirHandler {
 
 impl FhirHandler {
     /// The pipeline. Returns the interaction name (for metrics) and the answer.
-    async fn process(&self, req: Request<Incoming>, request_id: &str) -> (&'static str, Result<Response<Body>, GatewayError>) {
+    async fn process(
+        &self,
+        req: Request<Incoming>,
+        request_id: &str,
+    ) -> (&'static str, Result<Response<Body>, GatewayError>) {
         let gw = &self.gw;
         // --- auth (issue 3): the token endpoint is outside the FHIR base.
         if req.uri().path() == crate::auth::TOKEN_PATH {
@@ -213,7 +217,9 @@ impl FhirHandler {
                     format!("{op:?} is not available in this version of fhirwall"),
                 ));
             }
-            Interaction::Create { resource_type } => (write(Method::POST, resource_type.clone(), body, content_type), None),
+            Interaction::Create { resource_type } => {
+                (write(Method::POST, resource_type.clone(), body, content_type), None)
+            }
             Interaction::Update { resource_type, id } => {
                 (write(Method::PUT, format!("{resource_type}/{}", enc(id)), body, content_type), None)
             }
@@ -243,21 +249,28 @@ impl FhirHandler {
         head: bool,
     ) -> Result<Response<Body>, GatewayError> {
         let status = upstream.status;
-        let usable = status.is_success() || (status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 407));
+        let usable =
+            status.is_success() || (status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 407));
         if !usable {
             return Err(GatewayError::bad_gateway("the upstream FHIR server failed")
                 .with_detail(format!("upstream answered {status}")));
         }
         let rewriter = self.gw.upstream.rewriter();
-        let body = if upstream.body.is_empty() && (status == StatusCode::NO_CONTENT || status.is_client_error()) {
-            None
-        } else {
-            Some(self.relay_body(ctx, &upstream, page_type)?)
-        };
+        let body =
+            if upstream.body.is_empty() && (status == StatusCode::NO_CONTENT || status.is_client_error()) {
+                None
+            } else {
+                Some(self.relay_body(ctx, &upstream, page_type)?)
+            };
         let mut response = match (body, status.is_client_error()) {
             (Some(body), _) => respond::fhir_json(status, body),
             (None, true) => {
-                let err = GatewayError::new(Blame::Upstream, status, IssueCode::Processing, "the upstream FHIR server refused the request");
+                let err = GatewayError::new(
+                    Blame::Upstream,
+                    status,
+                    IssueCode::Processing,
+                    "the upstream FHIR server refused the request",
+                );
                 respond::error(&err)
             }
             (None, false) => respond::empty(status),
@@ -283,9 +296,15 @@ impl FhirHandler {
         Ok(response)
     }
 
-    fn relay_body(&self, ctx: &RequestCtx, upstream: &UpstreamResponse, page_type: Option<&str>) -> Result<String, GatewayError> {
+    fn relay_body(
+        &self,
+        ctx: &RequestCtx,
+        upstream: &UpstreamResponse,
+        page_type: Option<&str>,
+    ) -> Result<String, GatewayError> {
         let not_fhir = |why: &str| {
-            GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer").with_detail(why.to_owned())
+            GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
+                .with_detail(why.to_owned())
         };
         let content_type = upstream.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         if !content_type.to_ascii_lowercase().contains("json") {
@@ -293,8 +312,10 @@ impl FhirHandler {
         }
         let text = std::str::from_utf8(&upstream.body).map_err(|_| not_fhir("body is not UTF-8"))?;
         // Parsing validates the whole document: truncated or malformed JSON stops here.
-        let object = RawObject::parse(text).map_err(|e| not_fhir(&format!("body is not a JSON object: {e}")))?;
-        let resource_type = object.get_str("resourceType").ok_or_else(|| not_fhir("body has no resourceType"))?;
+        let object =
+            RawObject::parse(text).map_err(|e| not_fhir(&format!("body is not a JSON object: {e}")))?;
+        let resource_type =
+            object.get_str("resourceType").ok_or_else(|| not_fhir("body has no resourceType"))?;
         if upstream.status.is_client_error() && resource_type != "OperationOutcome" {
             return Err(not_fhir("an error answer that is not an OperationOutcome"));
         }
@@ -320,10 +341,7 @@ impl FhirHandler {
             out
         } else if resource_type == "CapabilityStatement" {
             // auth (issue 3): fhirwall's SMART security section, not the upstream's.
-            self.gw
-                .auth
-                .add_security(text)
-                .map_err(|e| not_fhir(&format!("CapabilityStatement: {e}")))?
+            self.gw.auth.add_security(text).map_err(|e| not_fhir(&format!("CapabilityStatement: {e}")))?
         } else {
             text.to_owned()
         };
@@ -332,14 +350,20 @@ impl FhirHandler {
 
     /// `self` becomes this request's public URL; paging relations become
     /// sealed fhirwall links bound to the caller; anything else is dropped.
-    fn rewrite_links(&self, ctx: &RequestCtx, links: &RawValue, page_type: Option<&str>) -> Result<String, GatewayError> {
+    fn rewrite_links(
+        &self,
+        ctx: &RequestCtx,
+        links: &RawValue,
+        page_type: Option<&str>,
+    ) -> Result<String, GatewayError> {
         #[derive(serde::Deserialize)]
         struct Link {
             relation: Option<String>,
             url: Option<String>,
         }
         let links: Vec<Link> = serde_json::from_str(links.get()).map_err(|e| {
-            GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer").with_detail(format!("Bundle.link: {e}"))
+            GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
+                .with_detail(format!("Bundle.link: {e}"))
         })?;
         let rewriter = self.gw.upstream.rewriter();
         let mut out = Vec::new();
@@ -348,7 +372,8 @@ impl FhirHandler {
             let url = match relation.as_str() {
                 "self" => ctx.self_url.clone(),
                 "next" | "previous" | "prev" | "first" | "last" => {
-                    let (Some(resource_type), Some(path)) = (page_type, rewriter.strip_upstream_base(&url)) else {
+                    let (Some(resource_type), Some(path)) = (page_type, rewriter.strip_upstream_base(&url))
+                    else {
                         continue;
                     };
                     let token = self.gw.pages.seal(&ctx.caller.binding, resource_type, path)?;
@@ -385,7 +410,13 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, GatewayError> 
 }
 
 fn get(path_and_query: String) -> UpstreamRequest {
-    UpstreamRequest { method: Method::GET, path_and_query, body: None, headers: Vec::new(), request_id: String::new() }
+    UpstreamRequest {
+        method: Method::GET,
+        path_and_query,
+        body: None,
+        headers: Vec::new(),
+        request_id: String::new(),
+    }
 }
 
 /// A type search: GET with the canonical query, or POST `_search` when long.
@@ -449,8 +480,12 @@ fn new_request_id() -> String {
 fn log_error(err: &GatewayError, request_id: &str) {
     let detail = err.detail.as_deref().unwrap_or("");
     match err.blame {
-        Blame::Caller => tracing::debug!(request_id, status = err.status.as_u16(), message = %err.message, detail, "refused"),
-        Blame::Upstream => tracing::warn!(request_id, status = err.status.as_u16(), message = %err.message, detail, "upstream failure"),
+        Blame::Caller => {
+            tracing::debug!(request_id, status = err.status.as_u16(), message = %err.message, detail, "refused")
+        }
+        Blame::Upstream => {
+            tracing::warn!(request_id, status = err.status.as_u16(), message = %err.message, detail, "upstream failure")
+        }
         Blame::Policy | Blame::Internal => {
             tracing::error!(request_id, status = err.status.as_u16(), blame = ?err.blame, detail, "failed closed")
         }

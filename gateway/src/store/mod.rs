@@ -99,14 +99,20 @@ impl Store {
     pub async fn shared_secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
         let mut fresh = [0u8; 32];
         rand::rng().fill_bytes(&mut fresh);
-        sqlx::query("INSERT INTO fhirwall_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+        sqlx::query(
+            "INSERT INTO fhirwall_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(hex::encode(fresh))
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT value FROM fhirwall_secrets WHERE name = $1")
             .bind(name)
-            .bind(hex::encode(fresh))
-            .execute(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
-        let row = sqlx::query("SELECT value FROM fhirwall_secrets WHERE name = $1").bind(name).fetch_one(&self.pool).await?;
         let value: String = row.try_get("value")?;
-        let bytes = hex::decode(value).map_err(|e| StoreError::Setup(format!("secret {name} is corrupt: {e}")))?;
+        let bytes =
+            hex::decode(value).map_err(|e| StoreError::Setup(format!("secret {name} is corrupt: {e}")))?;
         bytes.try_into().map_err(|_| StoreError::Setup(format!("secret {name} has the wrong length")))
     }
 }
