@@ -301,7 +301,7 @@ impl FhirHandler {
         ctx: &RequestCtx,
         upstream: &UpstreamResponse,
         page_type: Option<&str>,
-    ) -> Result<String, GatewayError> {
+    ) -> Result<Bytes, GatewayError> {
         let not_fhir = |why: &str| {
             GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
                 .with_detail(why.to_owned())
@@ -320,7 +320,10 @@ impl FhirHandler {
             return Err(not_fhir("an error answer that is not an OperationOutcome"));
         }
         let rewriter = self.gw.upstream.rewriter();
-        let body = if resource_type == "Bundle" {
+        // Only a Bundle (links) or the CapabilityStatement (security) is
+        // rebuilt; anything else leaves as the upstream's bytes unless an
+        // upstream URL has to be rewritten, so the common case copies nothing.
+        let rebuilt = if resource_type == "Bundle" {
             let mut out = String::with_capacity(text.len() + 256);
             let mut failure = None;
             object.write_with(&mut out, |key, value| {
@@ -338,14 +341,24 @@ impl FhirHandler {
             if let Some(err) = failure {
                 return Err(err);
             }
-            out
+            Some(out)
         } else if resource_type == "CapabilityStatement" {
             // auth (issue 3): fhirwall's SMART security section, not the upstream's.
-            self.gw.auth.add_security(text).map_err(|e| not_fhir(&format!("CapabilityStatement: {e}")))?
+            Some(self.gw.auth.add_security(text).map_err(|e| not_fhir(&format!("CapabilityStatement: {e}")))?)
         } else {
-            text.to_owned()
+            None
         };
-        Ok(rewriter.rewrite(&body).into_owned())
+        let rewritten = |text: &str| match rewriter.rewrite(text) {
+            std::borrow::Cow::Owned(changed) => Some(changed),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
+        Ok(match rebuilt {
+            Some(out) => {
+                let changed = rewritten(&out);
+                Bytes::from(changed.unwrap_or(out))
+            }
+            None => rewritten(text).map(Bytes::from).unwrap_or_else(|| upstream.body.clone()),
+        })
     }
 
     /// `self` becomes this request's public URL; paging relations become
