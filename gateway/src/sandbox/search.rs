@@ -216,13 +216,13 @@ impl Search {
                 }
                 _ => match params::param(rtype, name) {
                     Some(def) => {
-                        if let Some(m) = modifier {
-                            if !modifier_ok(def, m) {
-                                if lenient {
-                                    continue;
-                                }
-                                return Err(unsupported(format!("modifier {name}:{m} is not supported")));
+                        if let Some(m) = modifier
+                            && !modifier_ok(def, m)
+                        {
+                            if lenient {
+                                continue;
                             }
+                            return Err(unsupported(format!("modifier {name}:{m} is not supported")));
                         }
                         let values = split_values(value);
                         for v in &values {
@@ -503,10 +503,10 @@ impl Search {
                         if spec.param.as_deref().is_some_and(|p| p != *name) {
                             continue;
                         }
-                        if let Some(t) = &spec.target {
-                            if !target.starts_with(&format!("{t}/")) {
-                                continue;
-                            }
+                        if let Some(t) = &spec.target
+                            && !target.starts_with(&format!("{t}/"))
+                        {
+                            continue;
                         }
                         if let Some(&i) = store.by_id.get(target) {
                             let inc = &store.entries[i];

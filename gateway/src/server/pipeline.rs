@@ -344,7 +344,12 @@ impl FhirHandler {
             Some(out)
         } else if resource_type == "CapabilityStatement" {
             // auth (issue 3): fhirwall's SMART security section, not the upstream's.
-            Some(self.gw.auth.add_security(text).map_err(|e| not_fhir(&format!("CapabilityStatement: {e}")))?)
+            Some(
+                self.gw
+                    .auth
+                    .add_security(text)
+                    .map_err(|e| not_fhir(&format!("CapabilityStatement: {e}")))?,
+            )
         } else {
             None
         };

@@ -213,10 +213,10 @@ fn spawn_until_ready(name: &str, mut cmd: Command, log_path: PathBuf, timeout: D
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             let _ = writeln!(stdout_log, "{line}");
-            if let Some(rest) = line.strip_prefix("READY ") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(rest.trim().to_string());
-                }
+            if let Some(rest) = line.strip_prefix("READY ")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(rest.trim().to_string());
             }
         }
     });
@@ -848,11 +848,11 @@ dir = {audit}
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
-        if std::env::var_os("FHIRWALL_TEST_KEEP").is_some_and(|v| v != "0") {
-            if let Some(dir) = self.dir.take() {
-                let kept = dir.keep();
-                eprintln!("FHIRWALL_TEST_KEEP: gateway dir kept at {}", kept.display());
-            }
+        if std::env::var_os("FHIRWALL_TEST_KEEP").is_some_and(|v| v != "0")
+            && let Some(dir) = self.dir.take()
+        {
+            let kept = dir.keep();
+            eprintln!("FHIRWALL_TEST_KEEP: gateway dir kept at {}", kept.display());
         }
     }
 }
