@@ -255,9 +255,14 @@ pub struct PluginConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// Directory of the hash-chained NDJSON audit log.
+    /// Directory of the hash-chained NDJSON audit log. One writer per
+    /// directory: give each gateway node its own.
     #[serde(default = "defaults::audit_dir")]
     pub dir: PathBuf,
+    /// A log file is rotated (the chain continues in the next file) once it
+    /// reaches this many bytes, at a batch boundary.
+    #[serde(default = "defaults::audit_rotate_bytes")]
+    pub rotate_bytes: u64,
 }
 
 /// Every default, in one place.
@@ -328,6 +333,9 @@ mod defaults {
     pub fn audit_dir() -> PathBuf {
         PathBuf::from("data/audit")
     }
+    pub fn audit_rotate_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
 }
 
 impl Default for AdminConfig {
@@ -368,7 +376,7 @@ impl Default for PolicyConfig {
 }
 impl Default for AuditConfig {
     fn default() -> Self {
-        AuditConfig { dir: defaults::audit_dir() }
+        AuditConfig { dir: defaults::audit_dir(), rotate_bytes: defaults::audit_rotate_bytes() }
     }
 }
 
@@ -463,6 +471,9 @@ impl Config {
         }
         if self.server.listen == self.admin.listen {
             return Err(invalid("admin.listen", "must differ from server.listen".into()));
+        }
+        if self.audit.rotate_bytes < 4096 {
+            return Err(invalid("audit.rotate_bytes", "must be at least 4096".into()));
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1".into()));

@@ -11,11 +11,13 @@
 //! - `server`: listeners, TLS, graceful shutdown, the FHIR request pipeline.
 //! - `auth`: SMART Backend Services: token endpoint, clients, token checks, scopes.
 //! - `admin`: the operator API on its own listener (health, metrics, ...).
+//! - `audit`: the hash-chained, durable audit log (one AuditEvent per request).
 //! - `store`: persistent state in SQLite or PostgreSQL.
 //! - `sandbox`: the built-in demo/test FHIR server (not the product).
 //! - `telemetry`: logging and Prometheus metrics.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
