@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use fhirwall::config::Config;
 
 /// mimalloc: the proxy allocates and frees many short-lived buffers per
@@ -53,6 +53,9 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The audit log: check its hash chain, find records.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Make a client key pair: a private key (PKCS#8 PEM) and the public JWKS to register.
     Keygen {
         /// The client id (names the files: ID.key.pem, ID.jwks.json).
@@ -100,9 +103,124 @@ enum ConfigCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the audit log.
+    ///
+    /// Checks every record's seq, prev and hash across all files. Exit 0 when
+    /// intact; exit 1 naming the first bad seq (edited, removed, reordered or
+    /// inserted records, truncated or missing files); exit 2 when it cannot run.
+    Verify {
+        #[command(flatten)]
+        dir: AuditDirArgs,
+    },
+    /// Print the audit lines whose event matches every given filter, as NDJSON.
+    Query {
+        /// Records naming this patient (`ID` or `Patient/ID`).
+        #[arg(long)]
+        patient: Option<String>,
+        /// Records of requests by this client id.
+        #[arg(long)]
+        client: Option<String>,
+        /// Records at or after this RFC 3339 date or instant (2025-06-30, 2025-06-30T12:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records with a seq greater than this.
+        #[arg(long)]
+        after: Option<String>,
+        /// Stop after this many lines.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        dir: AuditDirArgs,
+    },
+}
+
+/// Where the audit log is: `--dir`, or the `audit.dir` of `--config`.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct AuditDirArgs {
+    /// The audit directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// A fhirwall config file; its `audit.dir` is used.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl AuditDirArgs {
+    fn resolve(&self) -> anyhow::Result<PathBuf> {
+        match (&self.dir, &self.config) {
+            (Some(dir), _) => Ok(dir.clone()),
+            (None, Some(config)) => Ok(Config::load(config)?.audit.dir),
+            (None, None) => anyhow::bail!("give --dir or --config"),
+        }
+    }
+}
+
+fn audit(command: AuditCommand) -> ExitCode {
+    let fail = |e: anyhow::Error| {
+        eprintln!("fhirwall: {e:#}");
+        ExitCode::from(2)
+    };
+    match command {
+        AuditCommand::Verify { dir } => {
+            let dir = match dir.resolve() {
+                Ok(dir) => dir,
+                Err(e) => return fail(e),
+            };
+            match fhirwall::audit::verify::verify_dir(&dir) {
+                Ok(ok) => {
+                    println!(
+                        "audit log intact: {} records (seq 1..{}) in {} files; head {}",
+                        ok.records, ok.last_seq, ok.files, ok.head
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(broken) => {
+                    eprintln!("audit log BROKEN at {broken}");
+                    println!("first bad seq: {}", broken.seq);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        AuditCommand::Query { patient, client, since, after, limit, dir } => {
+            let run = || -> anyhow::Result<()> {
+                let dir = dir.resolve()?;
+                let filter = fhirwall::audit::Filter::parse(
+                    patient.as_deref(),
+                    client.as_deref(),
+                    since.as_deref(),
+                    after.as_deref(),
+                )?;
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                let stats = fhirwall::audit::query::query_dir(&dir, &filter, limit, &mut out)
+                    .with_context(|| format!("reading {}", dir.display()))?;
+                std::io::Write::flush(&mut out)?;
+                if let Some(last) = stats.truncated_at {
+                    eprintln!("(--limit reached; continue with --after {last})");
+                }
+                if stats.unreadable > 0 {
+                    eprintln!(
+                        "warning: {} unreadable lines skipped; run `fhirwall audit verify`",
+                        stats.unreadable
+                    );
+                }
+                Ok(())
+            };
+            match run() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Audit(command) => return audit(command),
         Command::Serve { config } => serve(config),
         Command::Demo { port } => demo(port),
         Command::Sandbox { listen, faults, data } => sandbox(listen, faults, data),

@@ -77,6 +77,9 @@ impl AdminHandler {
                 }
             }
             // --- end auth
+            // --- audit (issue 6)
+            (&Method::GET, "/admin/audit") => audit_query(&self.gw, req.uri().query()).await,
+            // --- end audit
             _ => Err(GatewayError::not_found("no admin endpoint at this path")),
         }
     }
@@ -86,16 +89,75 @@ impl Handler for AdminHandler {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let response = match self.route(req).await {
-            Ok(r) => r,
-            Err(e) => respond::error(&e),
+        // Probes and scrapes (no token, no data) are not audited: a load
+        // balancer would otherwise fill the log with health checks.
+        let probe = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+        let record = (!probe).then(|| {
+            crate::audit::AuditRecord::admin(&method, &path, self.authorized(&req), Some(peer.ip()))
+        });
+        let (mut response, error) = match self.route(req).await {
+            Ok(r) => (r, None),
+            Err(e) => (respond::error(&e), Some(e)),
         };
-        if !matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+        if let Some(mut record) = record {
+            // --- audit (issue 6): durable before the response leaves.
+            record.set_outcome(response.status().as_u16(), error.as_ref());
+            if let Err(e) = self.gw.audit.record(&record).await {
+                response = respond::error(&crate::audit::fail_closed(&e));
+            }
+            if let Ok(value) = http::HeaderValue::from_str(&record.request_id) {
+                response.headers_mut().insert(http::HeaderName::from_static("x-request-id"), value);
+            }
             tracing::info!(%peer, %method, %path, status = response.status().as_u16(), "admin request");
         }
         response
     }
 }
+
+/// `GET /admin/audit?patient=ID|Patient/ID&client=ID&since=DATE|INSTANT&after=SEQ&limit=N`:
+/// matching audit lines as NDJSON, oldest first. At most `limit` lines
+/// (default and maximum [`AUDIT_QUERY_MAX`]); when more match, the
+/// `X-Audit-Next-After` header gives the `after` for the next page.
+async fn audit_query(gw: &Gateway, query: Option<&str>) -> Result<Response<Body>, GatewayError> {
+    let mut params: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if !matches!(name.as_ref(), "patient" | "client" | "since" | "after" | "limit") {
+            return Err(GatewayError::bad_request(format!("unknown parameter {name}")));
+        }
+        if params.insert(name.to_string(), value.to_string()).is_some() {
+            return Err(GatewayError::bad_request(format!("parameter {name} given twice")));
+        }
+    }
+    let get = |name: &str| params.get(name).map(String::as_str);
+    let filter = crate::audit::Filter::parse(get("patient"), get("client"), get("since"), get("after"))
+        .map_err(|e| GatewayError::bad_request(e.to_string()))?;
+    let limit = match get("limit") {
+        None => AUDIT_QUERY_MAX,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=AUDIT_QUERY_MAX).contains(l))
+            .ok_or_else(|| GatewayError::bad_request(format!("limit must be 1..={AUDIT_QUERY_MAX}")))?,
+    };
+    let dir = gw.audit.dir().to_owned();
+    let (out, stats) = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        crate::audit::query::query_dir(&dir, &filter, Some(limit), &mut out).map(|stats| (out, stats))
+    })
+    .await
+    .map_err(|e| GatewayError::internal(format!("audit query task: {e}")))?
+    .map_err(|e| GatewayError::internal(format!("audit query: {e}")))?;
+    let mut response = respond::text(StatusCode::OK, "application/x-ndjson", out);
+    if let Some(after) = stats.truncated_at
+        && let Ok(value) = http::HeaderValue::from_str(&after.to_string())
+    {
+        response.headers_mut().insert(http::HeaderName::from_static("x-audit-next-after"), value);
+    }
+    Ok(response)
+}
+
+/// Most lines one `GET /admin/audit` answers with.
+const AUDIT_QUERY_MAX: usize = 10_000;
 
 /// An admin request body (JSON), at most 1 MiB.
 async fn read_json_body(req: Request<Incoming>) -> Result<bytes::Bytes, GatewayError> {

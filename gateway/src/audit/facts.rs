@@ -21,6 +21,33 @@ impl AuditRecord {
         AuditRecord::new(Kind::Rest { interaction: "unrouted", operation: None }, request_id)
     }
 
+    /// A call on the admin listener: who is `admin` when the admin token was
+    /// right, the action from the route, the patient or client its path names.
+    /// Nothing an admin call returns is patient data, so it discloses nobody.
+    pub fn admin(
+        method: &Method,
+        path: &str,
+        authorized: bool,
+        peer: Option<std::net::IpAddr>,
+    ) -> AuditRecord {
+        let (code, action, target) = admin_action(method, path);
+        let mut record = AuditRecord::new(Kind::Admin { action: code }, super::event::new_event_id());
+        record.action = action;
+        record.peer = peer;
+        record.who.authenticated = authorized;
+        record.disclosure = Some(super::Disclosure::default());
+        let method = method.as_str();
+        record.detail("method", if method.len() <= 16 { method } else { "other" });
+        match target {
+            AdminTarget::Patient(id) => {
+                record.requested_patients.insert(id);
+            }
+            AdminTarget::Client(id) => record.detail("client", id),
+            AdminTarget::None => {}
+        }
+        record
+    }
+
     /// The stage reached, for requests that end before parsing.
     pub fn set_interaction(&mut self, interaction: &'static str) {
         self.kind = Kind::Rest { interaction, operation: None };
@@ -85,12 +112,33 @@ impl AuditRecord {
         self.requested_patients.extend(named_patients(request));
     }
 
+    /// A token request: the client (verified, or only claimed when refused),
+    /// the granted scope or the OAuth error.
+    pub fn set_token(&mut self, token: crate::auth::TokenAudit) {
+        self.kind = Kind::Token;
+        self.action = Action::Execute;
+        self.who = super::Who {
+            client_id: token.client_id,
+            organization: token.organization,
+            npi: token.npi,
+            authenticated: token.authenticated,
+        };
+        if let Some(scope) = token.scope {
+            self.detail("scope", scope);
+        }
+        if let Some(error) = token.error {
+            self.issue = Some(error);
+        }
+    }
+
     /// The outcome the client received.
     pub fn set_outcome(&mut self, status: u16, error: Option<&GatewayError>) {
         self.status = status;
         if let Some(err) = error {
             self.blame = Some(err.blame);
             self.issue = Some(err.code.as_str());
+        } else if status >= 400 && self.blame.is_none() {
+            self.blame = Some(if status >= 500 { crate::Blame::Internal } else { crate::Blame::Caller });
         }
     }
 }

@@ -225,46 +225,65 @@ impl Auth {
     // ---------------------------------------------------------------------
     // The token endpoint
 
-    /// `POST /auth/token`: the whole HTTP exchange.
-    pub async fn token_endpoint(&self, req: hyper::Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    /// `POST /auth/token`: the whole HTTP exchange, and what the audit log
+    /// records about it.
+    pub async fn token_endpoint(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> (Response<Full<Bytes>>, TokenAudit) {
         let (parts, body) = req.into_parts();
+        let refused = |code: ErrorCode| TokenAudit { error: Some(code.as_str()), ..TokenAudit::default() };
         if parts.method != Method::POST {
             let mut response =
                 oauth_error_response(&OAuthError::request("the token endpoint takes POST"), false);
             *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             response.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("POST"));
-            return response;
+            return (response, refused(ErrorCode::InvalidRequest));
         }
         let body = match Limited::new(body, MAX_TOKEN_REQUEST).collect().await {
             Ok(body) => body.to_bytes(),
             Err(_) => {
-                return oauth_error_response(
+                let response = oauth_error_response(
                     &OAuthError::request("the request body is too large or unreadable"),
                     false,
                 );
+                return (response, refused(ErrorCode::InvalidRequest));
             }
         };
-        match self.token_request(&parts.headers, &body).await {
-            Ok(token) => {
+        let failure = match self.token_request_by(&parts.headers, &body).await {
+            Ok((token, client)) => {
+                let audit = TokenAudit {
+                    client_id: Some(client.client_id.clone()),
+                    organization: Some(client.organization.clone()),
+                    npi: client.npi.clone(),
+                    authenticated: true,
+                    scope: Some(token.scope.clone()),
+                    error: None,
+                };
                 let body = serde_json::to_vec(&token).unwrap_or_default();
                 let mut response = Response::new(Full::new(Bytes::from(body)));
                 no_store(response.headers_mut());
-                response
+                return (response, audit);
             }
-            Err(failure) => {
-                if failure.error.code == ErrorCode::InvalidClient {
-                    tracing::info!(reason = %failure.error.description, "token request refused: invalid_client");
-                } else {
-                    tracing::debug!(error = failure.error.code.as_str(), reason = %failure.error.description, "token request refused");
-                }
-                if failure.internal {
-                    let mut response = oauth_error_response(&failure.error, false);
-                    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                    return response;
-                }
-                oauth_error_response(&failure.error, failure.basic)
-            }
+            Err(failure) => failure,
+        };
+        let audit =
+            TokenAudit { client_id: claimed_client_id(&parts.headers, &body), ..refused(failure.error.code) };
+        (Self::token_failure_response(failure), audit)
+    }
+
+    fn token_failure_response(failure: TokenFailure) -> Response<Full<Bytes>> {
+        if failure.error.code == ErrorCode::InvalidClient {
+            tracing::info!(reason = %failure.error.description, "token request refused: invalid_client");
+        } else {
+            tracing::debug!(error = failure.error.code.as_str(), reason = %failure.error.description, "token request refused");
         }
+        if failure.internal {
+            let mut response = oauth_error_response(&failure.error, false);
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            return response;
+        }
+        oauth_error_response(&failure.error, failure.basic)
     }
 
     /// The token request after the HTTP layer: headers and the form body.
@@ -273,6 +292,15 @@ impl Auth {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<TokenResponse, TokenFailure> {
+        self.token_request_by(headers, body).await.map(|(token, _)| token)
+    }
+
+    /// [`Auth::token_request`], with the client the token was issued to.
+    async fn token_request_by(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(TokenResponse, Arc<Client>), TokenFailure> {
         let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let media = content_type.split(';').next().unwrap_or("").trim();
         if !media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
@@ -363,12 +391,13 @@ impl Auth {
         let access_token =
             self.keys.issue(&claims).map_err(|e| TokenFailure::internal(format!("signing: {e}")))?;
         tracing::info!(client_id = %client.client_id, scope = %claims.scope, expires_in = self.ttl_s, "access token issued");
-        Ok(TokenResponse {
+        let token = TokenResponse {
             access_token,
             token_type: "bearer".into(),
             expires_in: self.ttl_s,
             scope: claims.scope,
-        })
+        };
+        Ok((token, client))
     }
 
     async fn authenticate_assertion(
@@ -637,6 +666,35 @@ impl Auth {
             .map_err(|e| GatewayError::internal(format!("client registry: {e}")))?;
         Ok(serde_json::to_value(clients).unwrap_or_default())
     }
+}
+
+/// What the audit log records about a token request: the client (verified
+/// when a token was issued, else only the id the request claimed), the
+/// granted scope or the OAuth error code. Never the assertion or a secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenAudit {
+    pub client_id: Option<String>,
+    pub organization: Option<String>,
+    pub npi: Option<String>,
+    pub authenticated: bool,
+    pub scope: Option<String>,
+    pub error: Option<&'static str>,
+}
+
+/// The client id a refused token request claimed (Basic user, `client_id`,
+/// or the unverified `iss` of the assertion), for the audit log.
+fn claimed_client_id(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    let id = match basic_credentials(headers) {
+        Ok(Some((id, _))) => id,
+        _ => {
+            let form = parse_form(body).ok()?;
+            match form.get("client_id") {
+                Some(id) => id.clone(),
+                None => assertion::peek(form.get("client_assertion")?).ok()?.client_id,
+            }
+        }
+    };
+    (!id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control)).then_some(id)
 }
 
 /// A token endpoint failure: the OAuth error, whether the client tried HTTP

@@ -43,6 +43,8 @@ pub struct Gateway {
     pub parse_options: ParseOptions,
     /// The admin bearer token; `None` locks every authenticated admin endpoint.
     pub admin_token: Option<String>,
+    /// The audit log every request is recorded in before it is answered.
+    pub audit: crate::audit::AuditLog,
     ready: AtomicBool,
     /// Keeps the built-in sandbox running when `upstream.url = "sandbox"`.
     _sandbox: Option<sandbox::SandboxHandle>,
@@ -55,6 +57,7 @@ impl Gateway {
         let public_base = config.server.base_url.as_str().trim_end_matches('/').to_owned();
         let base_path = config.server.base_url.path().trim_end_matches('/').to_owned();
 
+        let audit = open_audit(&config).await?;
         let store = Store::open(&config.state.url).await.context("state.url")?;
         let page_key = store.shared_secret("page-token-key").await.context("state: page token key")?;
         let auth = crate::auth::Auth::new(&config, &store).await.context("auth")?;
@@ -95,6 +98,7 @@ impl Gateway {
             auth,
             metrics: Arc::new(Metrics::default()),
             admin_token,
+            audit,
             ready: AtomicBool::new(false),
             _sandbox: sandbox,
         }))
@@ -179,8 +183,26 @@ pub async fn run_until(
     );
     gateway.ready.store(true, Ordering::Relaxed);
     tokio::join!(fhir, admin);
+    if let Err(e) = gateway.audit.record(&crate::audit::AuditRecord::application(false)).await {
+        tracing::error!(error = %e, "audit: cannot record the stop");
+    }
     tracing::info!("fhirwall stopped");
     Ok(())
+}
+
+/// Open the audit log (recovering a crash's torn tail) and record the start.
+async fn open_audit(config: &Config) -> anyhow::Result<crate::audit::AuditLog> {
+    let (audit, recovery) = crate::audit::AuditLog::open(&config.audit.dir, config.audit.rotate_bytes)
+        .with_context(|| format!("audit.dir {}", config.audit.dir.display()))?;
+    let mut start = crate::audit::AuditRecord::application(true);
+    if recovery.torn_bytes > 0 {
+        start.detail("recovered.torn-bytes", recovery.torn_bytes.to_string());
+    }
+    if recovery.last_record_damaged {
+        start.detail("recovered.last-record-damaged", "true");
+    }
+    audit.record(&start).await.context("audit: cannot record the start")?;
+    Ok(audit)
 }
 
 async fn wait_for_signal() {

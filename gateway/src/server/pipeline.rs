@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 use super::Gateway;
 use super::listener::Handler;
 use super::respond::{self, Body};
+use crate::audit::AuditRecord;
 use crate::error::{Blame, GatewayError, IssueCode};
 use crate::fhir::bundle::RawObject;
 use crate::fhir::compartment::CompartmentTable;
@@ -75,14 +76,27 @@ impl Handler for FhirHandler {
         let method = req.method().clone();
         // The query is left out of logs: search values can be PHI.
         let path = req.uri().path().to_owned();
-        let (interaction, result) = self.process(req, &request_id).await;
+        let mut record = AuditRecord::rest(&request_id);
+        record.peer = Some(peer.ip());
+        let (interaction, result) = self.process(req, &request_id, &mut record).await;
         let mut response = match result {
-            Ok(response) => response,
+            Ok(response) => {
+                record.set_outcome(response.status().as_u16(), None);
+                response
+            }
             Err(err) => {
                 log_error(&err, &request_id);
+                record.set_outcome(err.status.as_u16(), Some(&err));
                 respond::error(&err)
             }
         };
+        // --- audit (issue 6): durable before the response leaves; no record, no data.
+        if let Err(e) = self.gw.audit.record(&record).await {
+            let err = crate::audit::fail_closed(&e);
+            log_error(&err, &request_id);
+            response = respond::error(&err);
+        }
+        // --- end audit
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(HeaderName::from_static("x-request-id"), value);
         }
@@ -104,16 +118,20 @@ impl Handler for FhirHandler {
 }
 
 impl FhirHandler {
-    /// The pipeline. Returns the interaction name (for metrics) and the answer.
+    /// The pipeline. Returns the interaction name (for metrics) and the
+    /// answer; fills `record` (audit) with who asked and what for.
     async fn process(
         &self,
         req: Request<Incoming>,
         request_id: &str,
+        record: &mut AuditRecord,
     ) -> (&'static str, Result<Response<Body>, GatewayError>) {
         let gw = &self.gw;
         // --- auth (issue 3): the token endpoint is outside the FHIR base.
         if req.uri().path() == crate::auth::TOKEN_PATH {
-            return ("token", Ok(gw.auth.token_endpoint(req).await));
+            let (response, token) = gw.auth.token_endpoint(req).await;
+            record.set_token(token);
+            return ("token", Ok(response));
         }
         let Some(below_base) = below_base(req.uri().path(), &gw.base_path) else {
             return ("unrouted", Err(GatewayError::not_found("no FHIR endpoint at this path")));
@@ -122,6 +140,7 @@ impl FhirHandler {
         // --- auth (issue 3): discovery and metadata are public; everything
         // else is authenticated before it is even parsed.
         if below_base == ".well-known/smart-configuration" {
+            record.set_interaction("smart-configuration");
             return ("smart-configuration", Ok(gw.auth.smart_configuration_response(req.method())));
         }
         let principal = if below_base == "metadata" {
@@ -129,10 +148,17 @@ impl FhirHandler {
         } else {
             match gw.auth.authenticate(req.headers()).await {
                 Ok(principal) => Some(principal),
-                Err(err) => return ("unauthenticated", Err(err)),
+                Err(err) => {
+                    record.set_interaction("unauthenticated");
+                    return ("unauthenticated", Err(err));
+                }
             }
         };
         // --- end auth
+        if let Some(principal) = &principal {
+            record.set_principal(principal);
+        }
+        record.set_interaction("unparsed");
         let (parts, body) = req.into_parts();
         let body = match read_body(body, gw.config.server.max_request_body_bytes).await {
             Ok(body) => body,
@@ -150,6 +176,7 @@ impl FhirHandler {
             Err(err) => return ("unparsed", Err(err)),
         };
         let name = fhir.interaction.name();
+        record.set_request(&fhir);
         // --- auth (issue 3): the token's scopes must cover the interaction
         // (searches under a v2 query constraint get the constraint added).
         let authorized = match &principal {
