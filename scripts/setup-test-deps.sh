@@ -9,7 +9,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STEPS=(node medplum jwt_clients)
+STEPS=(node medplum jwt_clients postgres openssl)
 
 log() { printf 'setup-test-deps: %s\n' "$*"; }
 die() { printf 'setup-test-deps: error: %s\n' "$*" >&2; exit 1; }
@@ -81,6 +81,26 @@ step_jwt_clients() {
   "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req"
   cp "$req" "$venv/requirements.installed"
   log "jwt_clients: installed $("$venv/bin/python" -c 'import jwt, cryptography; print("PyJWT", jwt.__version__, "cryptography", cryptography.__version__)')"
+}
+
+# Debian's PostgreSQL server binaries, for the multi-node tests (the tests run
+# their own private server in a temp dir; no system cluster is needed).
+step_postgres() {
+  if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    log "postgres: $(ls -d /usr/lib/postgresql/*/bin/initdb | tail -n 1) already installed"
+    return
+  fi
+  apt_install postgresql
+  log "postgres: installed $(ls -d /usr/lib/postgresql/*/bin/initdb | tail -n 1)"
+}
+
+# openssl, to make test certificates for the TLS tests.
+step_openssl() {
+  if command -v openssl >/dev/null 2>&1; then
+    log "openssl: $(openssl version) already installed"
+    return
+  fi
+  apt_install openssl
 }
 
 main() {

@@ -8,110 +8,13 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use support::*;
 
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-// ---------------------------------------------------------------------------
-// The independent client (PyJWT)
-
-fn python() -> PathBuf {
-    static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let venv = std::env::var_os("FHIRWALL_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-            cache.join("fhirwall-test-clients/venv")
-        });
-        let py = venv.join("bin/python");
-        let req = std::fs::read(repo_root().join("tests/clients/requirements.txt")).unwrap();
-        if std::fs::read(venv.join("requirements.installed")).ok().as_deref() != Some(req.as_slice()) {
-            let status = Command::new("bash")
-                .arg(repo_root().join("scripts/setup-test-deps.sh"))
-                .arg("jwt_clients")
-                .status()
-                .expect("running scripts/setup-test-deps.sh jwt_clients");
-            assert!(status.success(), "scripts/setup-test-deps.sh jwt_clients failed");
-        }
-        py
-    })
-    .clone()
-}
-
-fn pyjwt(args: &[&str]) -> Value {
-    let out = Command::new(python())
-        .arg(repo_root().join("tests/clients/jwt_client.py"))
-        .args(args)
-        .output()
-        .expect("running tests/clients/jwt_client.py");
-    assert!(out.status.success(), "jwt_client.py {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("jwt_client.py prints JSON")
-}
-
-/// A client key pair made by PyJWT/cryptography.
-struct Key {
-    alg: String,
-    pem: PathBuf,
-    jwk: Value,
-    _dir: tempfile::TempDir,
-}
-
-impl Key {
-    fn new(alg: &str) -> Key {
-        let made = pyjwt(&["keygen", "--alg", alg]);
-        let dir = tempfile::tempdir().unwrap();
-        let pem = dir.path().join("key.pem");
-        std::fs::write(&pem, made["private_pem"].as_str().unwrap()).unwrap();
-        Key { alg: alg.into(), pem, jwk: made["jwk"].clone(), _dir: dir }
-    }
-
-    fn jwks(&self) -> Value {
-        json!({"keys": [self.jwk]})
-    }
-
-    fn kid(&self) -> &str {
-        self.jwk["kid"].as_str().unwrap()
-    }
-
-    /// A client assertion; `extra` are extra jwt_client.py `sign` flags.
-    fn assertion(&self, client_id: &str, aud: &str, extra: &[&str]) -> String {
-        let pem = self.pem.to_str().unwrap();
-        let mut args = vec!["sign", "--key-pem", pem, "--alg", &self.alg, "--iss", client_id, "--aud", aud];
-        args.extend_from_slice(extra);
-        pyjwt(&args)["assertion"].as_str().unwrap().to_owned()
-    }
-}
-
-fn toml_client(id: &str, org: &str, npi: &str, jwks: &Value, scopes: &[&str]) -> String {
-    format!(
-        "[[clients]]\nclient_id = {id:?}\norganization = {org:?}\nnpi = {npi:?}\njwks = {jwks}\nscopes = {scopes}\n",
-        jwks = json_to_toml_inline(jwks),
-        scopes = serde_json::to_string(scopes).unwrap(),
-    )
-}
-
-/// A JSON value as a TOML inline value.
-fn json_to_toml_inline(v: &Value) -> String {
-    match v {
-        Value::Object(map) => format!(
-            "{{ {} }}",
-            map.iter()
-                .map(|(k, v)| format!("{k:?} = {}", json_to_toml_inline(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Value::Array(items) => {
-            format!("[{}]", items.iter().map(json_to_toml_inline).collect::<Vec<_>>().join(", "))
-        }
-        other => other.to_string(),
-    }
-}
+use support::pyjwt::{JWT_BEARER, Key, pyjwt, toml_client};
 
 async fn token_request(gw: &Gateway, form: &[(&str, &str)]) -> Resp {
     post_form(&gw.token_url(), &[("Accept", "application/json")], form).await

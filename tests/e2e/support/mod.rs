@@ -25,6 +25,9 @@
 
 #![allow(dead_code)]
 
+pub mod postgres;
+pub mod pyjwt;
+
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};

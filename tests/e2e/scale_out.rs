@@ -1,0 +1,85 @@
+//! Two fhirwall nodes on one PostgreSQL behave as one (DESIGN.md "Scale-out"):
+//! a token issued by one node works on the other, a client assertion used on
+//! one node is a replay on the other, a paging link sealed by one node opens
+//! on the other, and a client deleted on one node loses access on the other
+//! within seconds. Both nodes share one public base URL, as behind a load
+//! balancer.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::postgres::Postgres;
+use support::pyjwt::{JWT_BEARER, Key, toml_client};
+use support::*;
+
+const CLIENT: &str = "lb-ehr";
+
+async fn ask_token(node: &Gateway, assertion: &str) -> Resp {
+    post_form(
+        &node.token_url(),
+        &[("Accept", "application/json")],
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", assertion),
+            ("scope", "system/*.read"),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn two_nodes_on_one_postgres_behave_as_one() {
+    let pg = Postgres::start();
+    let up = Upstream::sandbox();
+    let key = Key::new("ES384");
+    let client = toml_client(CLIENT, "Organization/org-grace", "1417987256", &key.jwks(), &["system/*.read"]);
+    let state = format!("[state]\nurl = {:?}\n", pg.url());
+    let a = Gateway::start(GatewayConfig::new(up.base_url()).extra_toml(&state).extra_toml(&client));
+    // Node B serves the same public base URL as node A (a load balancer's).
+    let public = format!("[server]\nbase_url = {:?}\n", a.base_url());
+    let b = Gateway::start(
+        GatewayConfig::new(up.base_url()).extra_toml(&state).extra_toml(&client).extra_toml(&public),
+    );
+    let audience = a.token_url();
+
+    // A token issued by A works on B (one signing key, in the store).
+    let resp = ask_token(&a, &key.assertion(CLIENT, &audience, &[])).await;
+    resp.assert_status(200);
+    let token = resp.json()["access_token"].as_str().unwrap().to_owned();
+    get_bearer(&b.url("Patient/pat-0001"), &token).await.assert_status(200);
+
+    // An assertion used on A is a replay on B.
+    let assertion = key.assertion(CLIENT, &audience, &[]);
+    ask_token(&a, &assertion).await.assert_status(200);
+    let replay = ask_token(&b, &assertion).await;
+    assert_eq!(replay.status, 401, "replay accepted by the other node: {}", replay.text());
+    assert_eq!(replay.json()["error"], "invalid_client");
+
+    // A paging link sealed by A opens on B.
+    let page =
+        get_bearer(&a.url("ExplanationOfBenefit?patient=Patient/pat-0001&_count=2"), &token).await.json();
+    let next = bundle_link(&page, "next").expect("a next link");
+    let token_part = next.rsplit('/').next().unwrap();
+    let on_b = get_bearer(&b.url(&format!("_page/{token_part}")), &token).await;
+    on_b.assert_status(200);
+    assert_eq!(bundle_refs(&on_b.json()).len(), 2);
+
+    // A client deleted on A loses access on B within seconds.
+    a.admin("DELETE", &format!("/admin/clients/{CLIENT}"), None).await.assert_status(204);
+    assert_eq!(get_bearer(&a.url("Patient/pat-0001"), &token).await.status, 401, "not revoked on A at once");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = get_bearer(&b.url("Patient/pat-0001"), &token).await.status;
+        if status == 401 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node B still serves a deleted client's token after 10 s ({status})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
