@@ -7,8 +7,10 @@
 //! - `config`: the TOML configuration, validated at startup.
 //! - `error`: the one gateway error with blame, status and issue code.
 //! - `fhir`: the REST request model, Bundles, OperationOutcome.
+//! - `net`: outbound HTTP plumbing (TLS roots, connect deadlines).
 //! - `proxy`: the pooled upstream client, deadlines and URL rewriting.
 //! - `server`: listeners, TLS, graceful shutdown, the FHIR request pipeline.
+//! - `access`: attribution, opt-outs, request decisions and the response filter.
 //! - `auth`: SMART Backend Services: token endpoint, clients, token checks, scopes.
 //! - `admin`: the operator API on its own listener (health, metrics, ...).
 //! - `audit`: the hash-chained, durable audit log (one AuditEvent per request).
@@ -16,12 +18,14 @@
 //! - `sandbox`: the built-in demo/test FHIR server (not the product).
 //! - `telemetry`: logging and Prometheus metrics.
 
+pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fhir;
+pub mod net;
 pub mod proxy;
 pub mod sandbox;
 pub mod server;

@@ -33,10 +33,33 @@ pub struct Store {
 
 /// Schema, applied idempotently at startup. Types are the common subset of
 /// SQLite and PostgreSQL (TEXT, BIGINT) so one query text serves both.
-const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS fhirwall_secrets (
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS fhirwall_secrets (
         name TEXT PRIMARY KEY,
         value TEXT NOT NULL
-    )"];
+    )",
+    // --- access (issue 4): opt-outs, ingested attribution rosters, and the
+    // change counters every node polls (see access::state).
+    "CREATE TABLE IF NOT EXISTS fhirwall_opt_outs (
+        patient_id TEXT PRIMARY KEY,
+        reason TEXT,
+        created_at BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS fhirwall_rosters (
+        group_id TEXT PRIMARY KEY,
+        organization TEXT NOT NULL,
+        body TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS fhirwall_access_versions (
+        name TEXT PRIMARY KEY,
+        version BIGINT NOT NULL
+    )",
+    "INSERT INTO fhirwall_access_versions (name, version)
+        VALUES ('opt-outs', 0), ('rosters', 0), ('attribution', 0)
+        ON CONFLICT (name) DO NOTHING",
+    // --- end access
+];
 
 impl Store {
     /// Open (creating an SQLite file and its directory if needed) and migrate.
