@@ -172,15 +172,7 @@ impl JwksFetcher {
 
 /// An https (and loopback http) client with webpki roots; no redirects.
 pub fn http_client() -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(Duration::from_secs(3)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+    let https = crate::net::https_connector(Duration::from_secs(3));
     Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https)
 }
 

@@ -54,17 +54,7 @@ pub struct Upstream {
 impl Upstream {
     /// `base_url`: the resolved upstream base (the sandbox's URL for "sandbox").
     pub fn new(config: &UpstreamConfig, base_url: &str, public_base: &str) -> anyhow::Result<Upstream> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let https = crate::net::https_connector(Duration::from_millis(config.connect_timeout_ms));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
