@@ -63,6 +63,10 @@ pub enum Reason {
     DateFloor,
     /// A policy plugin's verdict.
     Plugin,
+    /// No patient link fhirwall can check, or a type Provider Access does not serve.
+    Unlinked,
+    /// Group members hidden from the caller (not visible, opted out, inactive, expired).
+    GroupMember,
 }
 
 impl Reason {
@@ -74,6 +78,8 @@ impl Reason {
             Reason::Financial => "financial",
             Reason::DateFloor => "date-floor",
             Reason::Plugin => "plugin",
+            Reason::Unlinked => "unlinked",
+            Reason::GroupMember => "group-member",
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use http::Method;
 
-use super::event::{Action, AuditRecord, Kind};
+use super::event::{Action, AuditRecord, Kind, Reason};
 use crate::auth::Principal;
 use crate::error::GatewayError;
 use crate::fhir::search::{Modifier, is_fhir_id};
@@ -129,6 +129,30 @@ impl AuditRecord {
         if let Some(error) = token.error {
             self.issue = Some(error);
         }
+    }
+
+    /// What the access filter reported for the answer: the patients whose
+    /// records left and what it removed. Several reports (pages, includes)
+    /// are merged by the caller first.
+    pub fn set_filter_report(&mut self, report: &crate::access::FilterReport) {
+        let mut d = self.disclosure.take().unwrap_or_default();
+        d.patients.extend(report.patients.iter().cloned());
+        for (reason, n) in [
+            (Reason::Attribution, report.suppressed_attribution),
+            (Reason::OptOut, report.suppressed_opt_out),
+            (Reason::Unlinked, report.suppressed_unlinked),
+        ] {
+            if n > 0 {
+                *d.suppressed.entry(reason).or_default() += n;
+            }
+        }
+        if report.members_removed > 0 {
+            *d.redacted.entry(Reason::GroupMember).or_default() += report.members_removed;
+        }
+        if let Some(n) = report.narrowed_to {
+            self.detail("narrowed-to-patients", n.to_string());
+        }
+        self.disclosure = Some(d);
     }
 
     /// The outcome the client received.
@@ -302,6 +326,33 @@ mod tests {
         r.set_request(&parse("Observation/obs-1", None));
         assert!(r.requested_patients.is_empty());
         assert_eq!(r.resources.iter().collect::<Vec<_>>(), ["Observation/obs-1"]);
+    }
+
+    #[test]
+    fn filter_reports_become_the_disclosure() {
+        let mut report = crate::access::FilterReport::default();
+        report.patients.insert("pat-1".into());
+        report.suppressed_attribution = 2;
+        report.suppressed_opt_out = 1;
+        report.members_removed = 4;
+        report.narrowed_to = Some(7);
+        let mut r = AuditRecord::rest("r");
+        r.requested_patients.insert("pat-2".into());
+        r.set_filter_report(&report);
+        r.status = 200;
+        let d = r.disclosure.clone().unwrap();
+        assert_eq!(d.suppressed.get(&Reason::Attribution), Some(&2));
+        assert_eq!(d.suppressed.get(&Reason::OptOut), Some(&1));
+        assert_eq!(d.suppressed.get(&Reason::Unlinked), None);
+        assert_eq!(d.redacted.get(&Reason::GroupMember), Some(&4));
+        // The filter decides who was disclosed, not what the request named.
+        assert_eq!(r.disclosed_patients().into_iter().collect::<Vec<_>>(), ["pat-1"]);
+        let json = r.to_json();
+        for s in
+            ["suppressed.attribution", "suppressed.opt-out", "redacted.group-member", "narrowed-to-patients"]
+        {
+            assert!(json.contains(s), "{s} in {json}");
+        }
     }
 
     #[test]
