@@ -470,20 +470,21 @@ async fn scopes_limit_interactions_and_types() {
     let read = get_bearer(&gw.url("Observation/obs-0001-1"), &valley).await;
     assert_eq!(read.status, 403, "{read:?}");
     // ...and its searches carry the constraint: every dataset Observation is a lab,
-    // so under category=vital-signs the same search comes back empty.
-    let open = get_bearer(&gw.url("Observation?patient=Patient/pat-0001"), &grace).await;
+    // so under category=vital-signs the same search comes back empty. (pat-0040 is
+    // attributed to both org-grace and org-valley: access control, issue 4.)
+    let open = get_bearer(&gw.url("Observation?patient=Patient/pat-0040"), &grace).await;
     open.assert_status(200);
-    assert!(!bundle_resources(&open.json()).is_empty(), "grace sees pat-0001's labs");
-    let constrained = get_bearer(&gw.url("Observation?patient=Patient/pat-0001"), &valley).await;
+    assert!(!bundle_resources(&open.json()).is_empty(), "grace sees pat-0040's labs");
+    let constrained = get_bearer(&gw.url("Observation?patient=Patient/pat-0040"), &valley).await;
     constrained.assert_status(200);
     assert!(bundle_resources(&constrained.json()).is_empty(), "{constrained:?}");
-    let lab = get_bearer(&gw.url("Observation?patient=Patient/pat-0001&category=laboratory"), &valley).await;
+    let lab = get_bearer(&gw.url("Observation?patient=Patient/pat-0040&category=laboratory"), &valley).await;
     lab.assert_status(200);
     assert!(
         bundle_resources(&lab.json()).is_empty(),
         "asking for labs does not lift the constraint: {lab:?}"
     );
-    let compartment = get_bearer(&gw.url("Patient/pat-0001/Observation"), &valley).await;
+    let compartment = get_bearer(&gw.url("Patient/pat-0040/Observation"), &valley).await;
     compartment.assert_status(200);
     assert!(bundle_resources(&compartment.json()).is_empty());
     // Includes may not pull in types the token cannot read.

@@ -36,8 +36,14 @@ impl std::ops::DerefMut for Fixture {
 }
 
 fn start_gateway(config: GatewayConfig) -> Fixture {
-    let gw =
-        Gateway::start(config.client(CLIENT, "Organization/org-grace", "1417987256", &["system/*.read"]));
+    start_gateway_as(config, "Organization/org-grace", "1417987256")
+}
+
+/// Access control (issue 4) scopes every answer to the patients attributed to
+/// the client's organization: tests pick the organization whose attribution
+/// Group holds the patients they read.
+fn start_gateway_as(config: GatewayConfig, organization: &str, npi: &str) -> Fixture {
+    let gw = Gateway::start(config.client(CLIENT, organization, npi, &["system/*.read"]));
     let token = gw.token(CLIENT, "system/*.read");
     Fixture { gw, token }
 }
@@ -107,6 +113,11 @@ impl FakeUpstream {
     fn requests(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// Requests other than fhirwall's own attribution lookups (`Group?managing-entity=…`).
+    fn caller_requests(&self) -> Vec<String> {
+        self.requests().into_iter().filter(|r| !r.starts_with("GET /fhir/Group?")).collect()
+    }
 }
 
 fn serve_fake(mut stream: TcpStream, addr: SocketAddr, log: Arc<Mutex<Vec<String>>>) {
@@ -168,6 +179,22 @@ fn serve_fake(mut stream: TcpStream, addr: SocketAddr, log: Arc<Mutex<Vec<String
         ),
         "/fhir/Patient/redirect" => "HTTP/1.1 302 Found\r\nLocation: http://elsewhere.example/fhir/Patient/1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
         "/fhir/Patient/array" => json("200 OK", "[1,2,3]".into(), ""),
+        // Access control (issue 4): org-grace's attribution Group holds every
+        // patient these tests read.
+        t if t.starts_with("/fhir/Group?") => {
+            let members = ["ok", "other", "truncated", "cut-json", "notjson", "html", "slow", "error500", "unauth", "redirect", "array"]
+                .iter()
+                .map(|p| format!(r#"{{"entity":{{"reference":"Patient/{p}"}}}}"#))
+                .collect::<Vec<_>>()
+                .join(",");
+            json(
+                "200 OK",
+                format!(
+                    r#"{{"resourceType":"Bundle","type":"searchset","entry":[{{"resource":{{"resourceType":"Group","id":"grp-grace","type":"person","actual":true,"managingEntity":{{"reference":"Organization/org-grace"}},"member":[{members}]}}}}]}}"#
+                ),
+                "",
+            )
+        }
         t if t.starts_with("/fhir/Observation?") => json(
             "200 OK",
             format!(
@@ -350,7 +377,7 @@ async fn refused_requests_never_reach_the_upstream() {
             assert!(text.to_ascii_lowercase().contains("content-type: application/fhir+json"), "{text}");
         }
     }
-    let reached = up.requests();
+    let reached = up.caller_requests();
     assert!(reached.is_empty(), "refused requests reached the upstream: {reached:?}");
 }
 
@@ -461,11 +488,12 @@ async fn http2_is_served() {
     let up = Upstream::sandbox();
     let gw = gateway_for(up.base_url(), 5000);
     let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    let resp = client.get(gw.url("Patient/pat-0002")).bearer_auth(&gw.token).send().await.unwrap();
+    // pat-0001 is attributed to org-grace (examples/dataset/facts.json).
+    let resp = client.get(gw.url("Patient/pat-0001")).bearer_auth(&gw.token).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body["id"], "pat-0002");
+    assert_eq!(body["id"], "pat-0001");
 }
 
 #[tokio::test]
@@ -635,17 +663,23 @@ fn bad_configs_fail_at_startup_naming_the_problem() {
 #[tokio::test]
 async fn medplum_upstream_through_fhirwall() {
     let up = Upstream::medplum(&[&fixture("carin-sample.ndjson")]);
-    let gw = gateway_for(up.base_url(), 15_000);
+    // The fixture's attribution Group (carin-attribution) is managed by
+    // ProviderOrganization1 and holds ExamplePatient1 (tests/fixtures/README.md).
+    let gw = start_gateway_as(
+        GatewayConfig::new(up.base_url()).upstream_timeout_ms(15_000),
+        "Organization/ProviderOrganization1",
+        "1234567893",
+    );
 
     let meta = gw.get(&gw.url("metadata")).await;
     meta.assert_status(200);
     assert_eq!(meta.json()["resourceType"], "CapabilityStatement");
     assert!(!meta.text().contains(up.base_url()));
 
-    // Find a patient id in the fixture, read it directly and through fhirwall.
-    let patients = get_with(&up.url("Patient?_count=5"), &[("Accept", "application/fhir+json")]).await.json();
-    let patient = bundle_resources(&patients).into_iter().next().expect("fixture has a Patient");
-    let id = patient["id"].as_str().unwrap();
+    // The attributed patient, read directly and through fhirwall.
+    let direct =
+        get_with(&up.url("Patient/ExamplePatient1"), &[("Accept", "application/fhir+json")]).await.json();
+    let id = direct["id"].as_str().expect("fixture has ExamplePatient1");
     let via = gw.get(&gw.url(&format!("Patient/{id}"))).await;
     via.assert_status(200);
     assert_eq!(via.json()["id"], id);
@@ -703,11 +737,11 @@ async fn paging_links_are_bound_to_the_client_that_searched() {
     let other = gw.token("other-ehr", "system/*.read");
     let bundle = gw.get(&gw.url("Observation?code=1")).await.json();
     let next = bundle_link(&bundle, "next").unwrap();
-    let before = up.requests().len();
+    let before = up.caller_requests().len();
     let stolen = get_bearer(&next, &other).await;
     assert_eq!(stolen.status, 404, "another client's paging link opened: {}", stolen.text());
     assert_operation_outcome(&stolen);
-    assert_eq!(up.requests().len(), before, "a stolen link reached the upstream");
+    assert_eq!(up.caller_requests().len(), before, "a stolen link reached the upstream");
     // Without a token the link is useless too.
     assert_eq!(get(&next).await.status, 401);
     // Its owner can follow it.

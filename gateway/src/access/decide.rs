@@ -37,8 +37,11 @@ pub const NOT_FOUND: &str = "resource not found";
 pub enum Mode {
     /// read / vread: a removed resource is a 404.
     Read,
-    /// Searches, pages, history: Bundles with entries removed.
+    /// Searches and pages: Bundles with entries removed.
     Search,
+    /// history-instance: like `Search`, and a history with nothing left is a
+    /// 404 (an empty history would tell that the resource exists).
+    History,
     /// Operations and (where enabled) writes: filtered like the rest; a
     /// removed top-level resource is a 404.
     Other,
@@ -315,7 +318,7 @@ fn check_params(
         }
         param.values = values;
         param.modifier = None;
-        if all_patients && scope_params.iter().any(|s| *s == param.name) {
+        if all_patients && scope_params.contains(&param.name) {
             scoped = true;
         }
     }

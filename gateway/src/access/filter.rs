@@ -46,6 +46,8 @@ const MAX_NESTING: usize = 3;
 pub struct FilterReport {
     /// The patients (bare ids) whose records left in the answer.
     pub patients: BTreeSet<String>,
+    /// The resource types that left.
+    pub resource_types: BTreeSet<String>,
     /// Resources removed because their patient is not attributed to the caller.
     pub suppressed_attribution: u32,
     /// Resources removed because their patient opted out.
@@ -76,6 +78,7 @@ impl FilterReport {
     /// Fold another report into this one.
     pub fn merge(&mut self, other: FilterReport) {
         self.patients.extend(other.patients);
+        self.resource_types.extend(other.resource_types);
         self.suppressed_attribution += other.suppressed_attribution;
         self.suppressed_opt_out += other.suppressed_opt_out;
         self.suppressed_unlinked += other.suppressed_unlinked;
@@ -113,6 +116,19 @@ pub struct BundleEdit {
     pub total: TotalEdit,
     /// Entries removed.
     pub dropped: usize,
+    /// Entries kept.
+    pub kept: usize,
+}
+
+impl BundleEdit {
+    /// The replacement for the `total` member, in `RawObject::write_with` terms.
+    pub fn total_member(&self) -> Option<String> {
+        match self.total {
+            TotalEdit::Absent => None,
+            TotalEdit::Drop => Some(String::new()),
+            TotalEdit::Set(n) => Some(n.to_string()),
+        }
+    }
 }
 
 /// What happens to `Bundle.total`.
@@ -527,7 +543,7 @@ impl<'s> Checker<'s> {
             (true, false) => TotalEdit::Set(matches),
         };
         let Some(entries) = object.get("entry") else {
-            return Ok(BundleEdit { entry: None, total: total_edit(0), dropped: 0 });
+            return Ok(BundleEdit { entry: None, total: total_edit(0), dropped: 0, kept: 0 });
         };
         let entries: Vec<&RawValue> =
             serde_json::from_str(entries.get()).map_err(|_| "Bundle.entry is malformed")?;
@@ -610,6 +626,11 @@ impl<'s> Checker<'s> {
                     }
                 }
             };
+            if let Some(Some(t)) =
+                resource_probes.get(index).map(|p| p.as_ref().and_then(|p| p.resource_type.clone()))
+            {
+                report.resource_types.insert(t);
+            }
             if matches!(probes[index].mode.as_deref(), None | Some("match")) {
                 matches += 1;
             }
@@ -625,7 +646,7 @@ impl<'s> Checker<'s> {
             (true, 0) => Some(String::new()),
             (true, _) => Some(out),
         };
-        Ok(BundleEdit { entry, total: total_edit(matches), dropped })
+        Ok(BundleEdit { entry, total: total_edit(matches), dropped, kept: written })
     }
 }
 

@@ -394,13 +394,16 @@ impl Access {
         report: &mut FilterReport,
     ) -> Result<Option<String>, GatewayError> {
         let checker = filter::Checker::new(&decision.scope, &self.policy, &self.refs);
+        let resource_type = crate::fhir::bundle::resource_type(text);
         match checker.resource(text) {
             Verdict::Keep(patients) => {
                 report.patients.extend(patients);
+                report.resource_types.extend(resource_type);
                 Ok(None)
             }
             Verdict::Rewrite { text, members_removed } => {
                 report.members_removed += members_removed;
+                report.resource_types.extend(resource_type);
                 Ok(Some(text))
             }
             Verdict::Drop(reason) => {

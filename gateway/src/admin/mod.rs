@@ -77,6 +77,11 @@ impl AdminHandler {
                 }
             }
             // --- end auth
+            // --- access (issue 4): opt-outs and attribution rosters.
+            (_, path) if crate::access::admin::handles(path) => {
+                crate::access::admin::route(&self.gw.access, req).await
+            }
+            // --- end access
             // --- audit (issue 6)
             (&Method::GET, "/admin/audit") => audit_query(&self.gw, req.uri().query()).await,
             // --- end audit

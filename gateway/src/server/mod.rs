@@ -45,6 +45,8 @@ pub struct Gateway {
     pub admin_token: Option<String>,
     /// The audit log every request is recorded in before it is answered.
     pub audit: crate::audit::AuditLog,
+    /// Attribution, opt-outs, request decisions and the response filter (issue 4).
+    pub access: Arc<crate::access::Access>,
     ready: AtomicBool,
     /// Keeps the built-in sandbox running when `upstream.url = "sandbox"`.
     _sandbox: Option<sandbox::SandboxHandle>,
@@ -72,6 +74,12 @@ impl Gateway {
             (config.upstream.url.clone(), None)
         };
         let upstream = Upstream::new(&config.upstream, &upstream_base, &public_base)?;
+        // --- access (issue 4): attribution is loaded per organization on first
+        // use and refreshed every attribution.refresh_s in the background.
+        let access = crate::access::Access::new(&config, store.clone(), upstream.clone(), &public_base)
+            .context("access")?;
+        access.spawn_refresher();
+        // --- end access
 
         let admin_token =
             admin_token.or_else(|| std::env::var(&config.admin.token_env).ok()).filter(|t| !t.is_empty());
@@ -99,6 +107,7 @@ impl Gateway {
             metrics: Arc::new(Metrics::default()),
             admin_token,
             audit,
+            access,
             ready: AtomicBool::new(false),
             _sandbox: sandbox,
         }))

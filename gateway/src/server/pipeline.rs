@@ -57,6 +57,11 @@ struct RequestCtx {
     caller: Caller,
     /// The public URL of this request (for Bundle `self` links).
     self_url: String,
+    // --- access (issue 4): the decision (caller's scope, how to filter the
+    // answer) and what the response filter let out and held back.
+    access: Option<crate::access::Decision>,
+    access_report: std::sync::Mutex<crate::access::FilterReport>,
+    // --- end access
 }
 
 pub struct FhirHandler {
@@ -188,13 +193,41 @@ impl FhirHandler {
             return (name, Err(err));
         }
         // --- end auth
+        let self_url = self_url(&gw.public_base, &below_base, &fhir.params);
+        // --- access (issue 4): attribution and opt-outs, before anything goes
+        // upstream (404 / 403 / narrowing / 400); fails closed.
+        let access = match gw.access.decide(principal.as_deref(), &mut fhir).await {
+            Ok(decision) => decision,
+            Err(err) => return (name, Err(err)),
+        };
+        // --- end access
         let ctx = RequestCtx {
             request_id: request_id.to_owned(),
             caller: Caller::new(principal),
-            self_url: self_url(&gw.public_base, &below_base, &fhir.params),
+            self_url,
+            access,
+            access_report: Default::default(),
         };
         let content_type = parts.headers.get(CONTENT_TYPE).cloned();
-        (name, self.dispatch(&ctx, fhir, body, content_type).await)
+        let result = self.dispatch(&ctx, fhir, body, content_type).await;
+        // --- access (issue 4): what the response filter let out, for the audit record.
+        if ctx.access.is_some() {
+            let report = ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let disclosure = record.disclosure.get_or_insert_with(Default::default);
+            disclosure.patients.extend(report.patients);
+            disclosure.resource_types.extend(report.resource_types);
+            use crate::audit::Reason as Why;
+            for (why, n) in [
+                (Why::Attribution, report.suppressed_attribution + report.suppressed_unlinked),
+                (Why::OptOut, report.suppressed_opt_out),
+            ] {
+                if n > 0 {
+                    *disclosure.suppressed.entry(why).or_default() += n;
+                }
+            }
+        }
+        // --- end access
+        (name, result)
     }
 
     async fn dispatch(
@@ -205,6 +238,15 @@ impl FhirHandler {
         content_type: Option<HeaderValue>,
     ) -> Result<Response<Body>, GatewayError> {
         let head = fhir.head;
+        // --- access (issue 4): answers fhirwall gives itself (an empty visible
+        // set, a stored attribution roster).
+        if let Some(decision) = &ctx.access {
+            let mut report = ctx.access_report.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(body) = self.gw.access.local_body(decision, &ctx.self_url, &mut report)? {
+                return Ok(respond::fhir_json(StatusCode::OK, if head { Bytes::new() } else { body }));
+            }
+        }
+        // --- end access
         let (upstream_request, page_type) = match &fhir.interaction {
             Interaction::Capabilities => (get("metadata".into()), None),
             Interaction::Read { resource_type, id } => (get(format!("{resource_type}/{}", enc(id))), None),
@@ -282,6 +324,15 @@ impl FhirHandler {
             return Err(GatewayError::bad_gateway("the upstream FHIR server failed")
                 .with_detail(format!("upstream answered {status}")));
         }
+        // --- access (issue 4): a missing or deleted resource answers exactly
+        // like a hidden one (same status, same body, no upstream headers).
+        if let Some(decision) = &ctx.access
+            && matches!(decision.mode, crate::access::Mode::Read | crate::access::Mode::History)
+            && matches!(status.as_u16(), 404 | 410)
+        {
+            return Err(crate::access::decide::not_found());
+        }
+        // --- end access
         let rewriter = self.gw.upstream.rewriter();
         let body =
             if upstream.body.is_empty() && (status == StatusCode::NO_CONTENT || status.is_client_error()) {
@@ -346,6 +397,18 @@ impl FhirHandler {
         if upstream.status.is_client_error() && resource_type != "OperationOutcome" {
             return Err(not_fhir("an error answer that is not an OperationOutcome"));
         }
+        // --- access (issue 4): the response filter, on every body that leaves
+        // (Bundle entries, _include/_revinclude, contained, single resources).
+        let (mut bundle_edit, mut filtered) = (None, None);
+        if let Some(decision) = &ctx.access {
+            let mut report = ctx.access_report.lock().unwrap_or_else(|e| e.into_inner());
+            if resource_type == "Bundle" {
+                bundle_edit = Some(self.gw.access.filter_bundle(decision, &object, &mut report)?);
+            } else {
+                filtered = self.gw.access.filter_resource(decision, text, &mut report)?;
+            }
+        }
+        // --- end access
         let rewriter = self.gw.upstream.rewriter();
         // Only a Bundle (links) or the CapabilityStatement (security) is
         // rebuilt; anything else leaves as the upstream's bytes unless an
@@ -354,6 +417,12 @@ impl FhirHandler {
             let mut out = String::with_capacity(text.len() + 256);
             let mut failure = None;
             object.write_with(&mut out, |key, value| {
+                // access (issue 4): filtered entries; a total that counts only them.
+                match (key, &bundle_edit) {
+                    ("entry", Some(edit)) => return edit.entry.clone(),
+                    ("total", Some(edit)) => return edit.total_member(),
+                    _ => {}
+                }
                 if key != "link" {
                     return None;
                 }
@@ -378,7 +447,7 @@ impl FhirHandler {
                     .map_err(|e| not_fhir(&format!("CapabilityStatement: {e}")))?,
             )
         } else {
-            None
+            filtered.take() // access (issue 4): a rebuilt Group, or None
         };
         let rewritten = |text: &str| match rewriter.rewrite(text) {
             std::borrow::Cow::Owned(changed) => Some(changed),
