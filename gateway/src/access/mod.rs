@@ -186,6 +186,13 @@ pub struct Decision {
     pub narrowed_to: Option<u32>,
 }
 
+impl Decision {
+    /// A fresh report for this request's answer (carries the narrowing).
+    pub fn report(&self) -> FilterReport {
+        FilterReport { narrowed_to: self.narrowed_to, ..FilterReport::default() }
+    }
+}
+
 impl Access {
     /// Build the access layer. Nothing is loaded yet: attribution is read on
     /// the first request of each organization.

@@ -205,26 +205,14 @@ impl FhirHandler {
             request_id: request_id.to_owned(),
             caller: Caller::new(principal),
             self_url,
+            access_report: std::sync::Mutex::new(access.as_ref().map(|d| d.report()).unwrap_or_default()),
             access,
-            access_report: Default::default(),
         };
         let content_type = parts.headers.get(CONTENT_TYPE).cloned();
         let result = self.dispatch(&ctx, fhir, body, content_type).await;
         // --- access (issue 4): what the response filter let out, for the audit record.
         if ctx.access.is_some() {
-            let report = ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let disclosure = record.disclosure.get_or_insert_with(Default::default);
-            disclosure.patients.extend(report.patients);
-            disclosure.resource_types.extend(report.resource_types);
-            use crate::audit::Reason as Why;
-            for (why, n) in [
-                (Why::Attribution, report.suppressed_attribution + report.suppressed_unlinked),
-                (Why::OptOut, report.suppressed_opt_out),
-            ] {
-                if n > 0 {
-                    *disclosure.suppressed.entry(why).or_default() += n;
-                }
-            }
+            record.set_filter_report(&ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()));
         }
         // --- end access
         (name, result)
