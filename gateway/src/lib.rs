@@ -9,6 +9,8 @@
 //! - `fhir`: the REST request model, Bundles, OperationOutcome.
 //! - `net`: outbound HTTP plumbing (TLS roots, connect deadlines).
 //! - `proxy`: the pooled upstream client, deadlines and URL rewriting.
+//! - `redact`: 42 CFR Part 2, financial stripping, service-date floor, prior
+//!   authorizations: what of each resource may leave (policies/ as data).
 //! - `server`: listeners, TLS, graceful shutdown, the FHIR request pipeline.
 //! - `access`: attribution, opt-outs, request decisions and the response filter.
 //! - `auth`: SMART Backend Services: token endpoint, clients, token checks, scopes.
@@ -27,6 +29,7 @@ pub mod error;
 pub mod fhir;
 pub mod net;
 pub mod proxy;
+pub mod redact;
 pub mod sandbox;
 pub mod server;
 pub mod store;

@@ -1,0 +1,696 @@
+//! Redaction and data scope (DESIGN.md "Data-scope and redaction rules"):
+//! what of a resource the Provider Access API may disclose, decided on every
+//! resource that leaves fhirwall — a read body, every Bundle entry
+//! (`_include` results too), contained resources — after the access filter.
+//!
+//! Rules, in the order they apply (the first that withholds a resource is
+//! the reason counted):
+//! 1. **42 CFR Part 2.** A resource is Part 2 when its `meta.security`
+//!    carries a Part 2 label (`policies/part2/labels.toml`), when it names a
+//!    Part 2 program anywhere — provider, performer, facility, care team,
+//!    organization — by reference or NPI (`part2/programs.toml` plus
+//!    `policy.part2_programs`), or when one of its codings is in a Part 2
+//!    code set (`part2/codesets.toml`). `policy.part2 = "exclude"` withholds
+//!    it. `"redact"` removes the Part 2 entries where that is safe
+//!    (`part2/redaction.toml`: e.g. EOB diagnosis, procedure, item and care
+//!    team entries, and the sequence references pointing at them), drops the
+//!    narrative and adds the `REDACTED` security label; a resource-level
+//!    label, a hit in a required element, in `contained`, or in a type
+//!    without redaction rules withholds it.
+//! 2. **Drug prior authorizations** (`prior-auth.toml`): withheld. Other
+//!    prior authorizations leave with their decision and denial reason.
+//! 3. **Service-date floor** (`service-dates.toml`): a resource whose
+//!    service date is before `policy.service_date_floor` is withheld.
+//! 4. **Financial stripping** (`financial.toml`): claims data leaves as the
+//!    CARIN BB Non-Financial basis (no payment, totals, benefit balances,
+//!    payee, prices or adjudication amounts).
+//!
+//! Inside a Bundle, a resource that points at one withheld for Part 2 or as
+//! a drug PA is withheld too, and so is a Provenance whose target was
+//! withheld for any reason: nothing left in the answer names what is gone.
+//! A withheld resource simply is not there (a read answers 404); nothing
+//! says what kind of record was withheld or for whom — the counts go only to
+//! the audit record ([`RedactionReport`]).
+//!
+//! Hot path: every resource is read once by a streaming scanner that
+//! borrows from the body ([`scan`]); an untouched resource is re-emitted as
+//! its original bytes; only the top-level members a rewrite changes are
+//! parsed into a `serde_json::Value`.
+
+pub mod codes;
+pub mod dates;
+pub mod policy;
+pub mod rewrite;
+pub mod scan;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::{FinancialMode, Part2Mode, PolicyConfig};
+use crate::fhir::bundle::RawObject;
+pub use policy::{Policies, PolicyError};
+use rewrite::{Plan, Rewrite};
+use scan::{HitKind, Rules, Scan, Trie};
+
+/// Deepest Bundle-in-Bundle nesting looked into; deeper is withheld.
+const MAX_NESTING: usize = 3;
+
+/// Why a resource was withheld.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Reason {
+    /// 42 CFR Part 2 (excluded, or not safely redactable).
+    Part2,
+    /// A drug (pharmacy) prior authorization.
+    DrugPriorAuth,
+    /// Service date before `policy.service_date_floor`.
+    BeforeFloor,
+    /// Not readable as a FHIR resource (malformed, duplicated members,
+    /// nested too deep): nothing unreadable leaves.
+    Unreadable,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Part2 => "part2-excluded",
+            Reason::DrugPriorAuth => "drug-pa",
+            Reason::BeforeFloor => "before-floor",
+            Reason::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// The decision on one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Leaves as its original bytes.
+    Keep,
+    /// Withheld.
+    Drop(Reason),
+    /// Leaves as this text instead (redacted and/or financially stripped).
+    Replace(String),
+}
+
+/// What redaction did to one answer, per reason (for the audit record).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RedactionReport {
+    /// Resources withheld as 42 CFR Part 2.
+    pub part2_excluded: u32,
+    /// Resources that left with Part 2 elements removed (REDACTED label).
+    pub part2_redacted: u32,
+    /// Resources that left without their financial elements.
+    pub financial_stripped: u32,
+    /// Resources withheld for a service date before the floor.
+    pub before_floor: u32,
+    /// Drug prior authorizations withheld.
+    pub drug_pa: u32,
+    /// Resources withheld because they could not be read.
+    pub unreadable: u32,
+}
+
+impl RedactionReport {
+    fn drop(&mut self, reason: Reason) {
+        match reason {
+            Reason::Part2 => self.part2_excluded += 1,
+            Reason::DrugPriorAuth => self.drug_pa += 1,
+            Reason::BeforeFloor => self.before_floor += 1,
+            Reason::Unreadable => self.unreadable += 1,
+        }
+    }
+
+    /// Resources withheld for any reason.
+    pub fn withheld(&self) -> u32 {
+        self.part2_excluded + self.before_floor + self.drug_pa + self.unreadable
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == RedactionReport::default()
+    }
+
+    /// Fold another report into this one.
+    pub fn merge(&mut self, other: &RedactionReport) {
+        self.part2_excluded += other.part2_excluded;
+        self.part2_redacted += other.part2_redacted;
+        self.financial_stripped += other.financial_stripped;
+        self.before_floor += other.before_floor;
+        self.drug_pa += other.drug_pa;
+        self.unreadable += other.unreadable;
+    }
+
+    /// The counts by name (`part2-excluded`, `part2-redacted`,
+    /// `financial-stripped`, `before-floor`, `drug-pa`, `unreadable`),
+    /// zeros left out.
+    pub fn counts(&self) -> Vec<(&'static str, u32)> {
+        [
+            ("part2-excluded", self.part2_excluded),
+            ("part2-redacted", self.part2_redacted),
+            ("financial-stripped", self.financial_stripped),
+            ("before-floor", self.before_floor),
+            ("drug-pa", self.drug_pa),
+            ("unreadable", self.unreadable),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
+}
+
+/// The redaction chain, built once at startup.
+pub struct Redactor {
+    policies: Arc<Policies>,
+    /// `part2/programs.toml` plus `policy.part2_programs`.
+    programs: policy::Programs,
+    trie: Trie,
+    /// Date watch id -> (type, tier).
+    watches: Vec<(String, usize)>,
+    mode: Part2Mode,
+    floor: String,
+    financial: bool,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("mode", &self.mode)
+            .field("floor", &self.floor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a Bundle's `entry` changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntriesEdit {
+    /// New JSON for `entry`: `None` keep it, `Some("")` remove the member.
+    pub entry: Option<String>,
+    /// Kept entries with `search.mode` match (or no mode).
+    pub kept_matches: usize,
+    /// Withheld entries with `search.mode` match (or no mode).
+    pub dropped_matches: usize,
+    /// The reason of the first withheld entry.
+    pub first_reason: Option<Reason>,
+}
+
+/// The result for one resource, with what a Bundle pass needs.
+struct Outcome<'a> {
+    verdict: Verdict,
+    scan: Option<Scan<'a>>,
+    /// Counted as redacted / stripped (undone if a Bundle pass withholds it).
+    redacted: bool,
+    stripped: bool,
+}
+
+impl<'a> Outcome<'a> {
+    fn keep(scan: Scan<'a>) -> Outcome<'a> {
+        Outcome { verdict: Verdict::Keep, scan: Some(scan), redacted: false, stripped: false }
+    }
+}
+
+impl Redactor {
+    /// Load the policies (`policy.dir` over the built-in files) and build
+    /// the chain. Invalid policy data is an error: fhirwall does not start.
+    pub fn new(config: &PolicyConfig) -> Result<Redactor, PolicyError> {
+        let policies = Arc::new(Policies::load(config.dir.as_deref())?);
+        Redactor::with_policies(config, policies)
+    }
+
+    /// The chain over already-loaded policies.
+    pub fn with_policies(config: &PolicyConfig, policies: Arc<Policies>) -> Result<Redactor, PolicyError> {
+        let mut programs = policies.programs.clone();
+        for entry in &config.part2_programs {
+            programs.add(entry).map_err(PolicyError::Programs)?;
+        }
+        if !crate::config::is_iso_date(&config.service_date_floor) {
+            return Err(PolicyError::Invalid {
+                file: "config".into(),
+                message: "policy.service_date_floor must be YYYY-MM-DD".into(),
+            });
+        }
+        let mut trie = Trie::new();
+        let mut watches = Vec::new();
+        let mut types: Vec<&String> = policies.dates.keys().collect();
+        types.sort();
+        for resource_type in types {
+            for (tier, paths) in policies.dates[resource_type].iter().enumerate() {
+                let watch = watches.len() as u32;
+                watches.push((resource_type.clone(), tier));
+                for path in paths {
+                    trie.add_date(path, watch);
+                }
+            }
+        }
+        for (index, marker) in policies.prior_auth.markers.iter().enumerate() {
+            trie.add_marker(&marker.element, index as u32);
+        }
+        Ok(Redactor {
+            programs,
+            trie,
+            watches,
+            mode: config.part2,
+            floor: config.service_date_floor.clone(),
+            financial: config.financial == FinancialMode::Strip,
+            policies,
+        })
+    }
+
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    pub fn mode(&self) -> Part2Mode {
+        self.mode
+    }
+
+    fn rules(&self) -> Rules<'_> {
+        Rules {
+            codes: &self.policies.codes,
+            labels: &self.policies.labels,
+            programs: &self.programs,
+            markers: &self.policies.prior_auth.markers,
+            trie: &self.trie,
+        }
+    }
+
+    /// Decide on one resource (a read body, a bulk export line, an
+    /// operation's output) and count the decision in `report`.
+    pub fn apply(&self, resource: &str, report: &mut RedactionReport) -> Verdict {
+        self.outcome(resource, report, 0).verdict
+    }
+
+    /// [`Redactor::apply`] on raw JSON.
+    pub fn apply_raw(&self, resource: &RawValue, report: &mut RedactionReport) -> Verdict {
+        self.apply(resource.get(), report)
+    }
+
+    fn outcome<'a>(&self, text: &'a str, report: &mut RedactionReport, depth: usize) -> Outcome<'a> {
+        let dropped = |reason: Reason, report: &mut RedactionReport, scan: Option<Scan<'a>>| {
+            report.drop(reason);
+            Outcome { verdict: Verdict::Drop(reason), scan, redacted: false, stripped: false }
+        };
+        let Ok(scan) = scan::scan(text, &self.rules()) else {
+            return dropped(Reason::Unreadable, report, None);
+        };
+        if scan.duplicated {
+            return dropped(Reason::Unreadable, report, Some(scan));
+        }
+        let Some(resource_type) = scan.resource_type.as_deref() else {
+            return dropped(Reason::Unreadable, report, Some(scan));
+        };
+        if resource_type == "Bundle" {
+            let verdict = self.nested_bundle(text, report, depth);
+            return Outcome { verdict, scan: Some(scan), redacted: false, stripped: false };
+        }
+
+        // 1. Part 2.
+        let program_itself = resource_type == "Organization"
+            && scan.id.as_deref().is_some_and(|id| self.programs.organizations.contains(id));
+        let mut plan = None;
+        if scan.label || program_itself || !scan.hits.is_empty() {
+            match (self.mode, scan.label || program_itself) {
+                (Part2Mode::Redact, false) => match self.plan(resource_type, &scan) {
+                    Some(p) => plan = Some(p),
+                    None => return dropped(Reason::Part2, report, Some(scan)),
+                },
+                _ => return dropped(Reason::Part2, report, Some(scan)),
+            }
+        }
+
+        // 2. Drug prior authorizations.
+        let prior_auth = &self.policies.prior_auth;
+        if scan.drug_marker
+            && scan.use_.as_deref() == Some("preauthorization")
+            && prior_auth.types.contains(resource_type)
+        {
+            return dropped(Reason::DrugPriorAuth, report, Some(scan));
+        }
+
+        // 3. Service-date floor.
+        if let Some(tiers) = self.policies.dates.get(resource_type) {
+            match dates::service_date(&scan.dates, resource_type, &self.watches, tiers.len()) {
+                dates::ServiceDate::None => {}
+                dates::ServiceDate::Date(date) if date.as_str() >= self.floor.as_str() => {}
+                _ => return dropped(Reason::BeforeFloor, report, Some(scan)),
+            }
+        }
+
+        // 4. Rewrites: Part 2 redaction, financial stripping.
+        static NO_TOP_LEVEL: policy::FinancialType =
+            policy::FinancialType { remove: Vec::new(), walk: Vec::new() };
+        let financial = if !self.financial {
+            None
+        } else if let Some(ft) = self.policies.financial.types.get(resource_type) {
+            let present = scan.money || ft.remove.iter().any(|m| scan.members.iter().any(|k| k == m));
+            present.then_some(ft)
+        } else {
+            // Contained claims data in any resource.
+            (scan.money && scan.members.iter().any(|k| k == "contained")).then_some(&NO_TOP_LEVEL)
+        };
+        if plan.is_none() && financial.is_none() {
+            return Outcome::keep(scan);
+        }
+        let rule = self.policies.redaction.get(resource_type);
+        let rw = Rewrite {
+            part2: plan.as_ref().zip(rule),
+            financial: financial.map(|ft| (ft, &self.policies.financial)),
+            redacted_label: &self.policies.labels.redacted,
+        };
+        match rewrite::rewrite(text, &rw) {
+            Ok(out) if out.redacted || out.stripped => {
+                report.part2_redacted += out.redacted as u32;
+                report.financial_stripped += out.stripped as u32;
+                Outcome {
+                    verdict: Verdict::Replace(out.text),
+                    scan: Some(scan),
+                    redacted: out.redacted,
+                    stripped: out.stripped,
+                }
+            }
+            Ok(_) => Outcome::keep(scan),
+            // A Part 2 resource that cannot be redacted safely is withheld;
+            // anything else that cannot be rewritten is unreadable.
+            Err(_) if plan.is_some() => dropped(Reason::Part2, report, Some(scan)),
+            Err(_) => dropped(Reason::Unreadable, report, Some(scan)),
+        }
+    }
+
+    /// The redaction plan for a Part 2 resource in `redact` mode; `None`
+    /// when a hit is where nothing may be removed.
+    fn plan(&self, resource_type: &str, scan: &Scan<'_>) -> Option<Plan> {
+        let rule = self.policies.redaction.get(resource_type)?;
+        let mut plan = Plan::default();
+        for hit in &scan.hits {
+            if !rule.removable.contains(hit.member.as_ref()) {
+                return None;
+            }
+            // A label on an element is honoured like a code; a label on a
+            // contained resource never reaches here (`contained` is never removable).
+            debug_assert!(matches!(hit.kind, HitKind::Code | HitKind::Program | HitKind::Label));
+            match hit.index {
+                Some(index) => {
+                    plan.entries.entry(hit.member.to_string()).or_default().insert(index);
+                }
+                None => {
+                    plan.members.insert(hit.member.to_string());
+                }
+            }
+        }
+        Some(plan)
+    }
+
+    /// A Bundle inside a Bundle (or read directly): kept only when nothing
+    /// in it has to change.
+    fn nested_bundle(&self, text: &str, report: &mut RedactionReport, depth: usize) -> Verdict {
+        if depth >= MAX_NESTING {
+            report.drop(Reason::Unreadable);
+            return Verdict::Drop(Reason::Unreadable);
+        }
+        let Ok(object) = RawObject::parse(text) else {
+            report.drop(Reason::Unreadable);
+            return Verdict::Drop(Reason::Unreadable);
+        };
+        let Some(entries) = object.get("entry") else { return Verdict::Keep };
+        let mut inner = RedactionReport::default();
+        match self.entries_at(entries.get(), &mut inner, depth + 1) {
+            Ok(edit) if edit.entry.is_none() => Verdict::Keep,
+            Ok(edit) => {
+                let reason = edit.first_reason.unwrap_or(Reason::Unreadable);
+                report.drop(reason);
+                Verdict::Drop(reason)
+            }
+            Err(_) => {
+                report.drop(Reason::Unreadable);
+                Verdict::Drop(Reason::Unreadable)
+            }
+        }
+    }
+
+    /// Redact a Bundle's `entry` array (raw JSON). `Err` when it is not an
+    /// array.
+    pub fn entries(&self, entries: &str, report: &mut RedactionReport) -> Result<EntriesEdit, &'static str> {
+        self.entries_at(entries, report, 0)
+    }
+
+    fn entries_at(
+        &self,
+        entries: &str,
+        report: &mut RedactionReport,
+        depth: usize,
+    ) -> Result<EntriesEdit, &'static str> {
+        let entries: Vec<&RawValue> =
+            serde_json::from_str(entries).map_err(|_| "Bundle.entry is malformed")?;
+        struct Slot<'a> {
+            raw: &'a RawValue,
+            probe: Option<EntryProbe<'a>>,
+            outcome: Option<Outcome<'a>>,
+        }
+        let mut slots: Vec<Slot<'_>> = entries
+            .iter()
+            .map(|raw| Slot {
+                raw,
+                probe: serde_json::from_str::<EntryProbe<'_>>(raw.get()).ok(),
+                outcome: None,
+            })
+            .collect();
+        // What is withheld, by `Type/id` and by fullUrl, and why.
+        let mut gone: HashMap<String, Reason> = HashMap::new();
+        let mut first_reason = None;
+        for slot in &mut slots {
+            let outcome = match slot.probe.as_ref().and_then(|p| p.resource) {
+                Some(resource) => self.outcome(resource.get(), report, depth),
+                // No resource (a history delete) or an unreadable entry:
+                // nothing fhirwall cannot check leaves.
+                None => {
+                    report.drop(Reason::Unreadable);
+                    Outcome {
+                        verdict: Verdict::Drop(Reason::Unreadable),
+                        scan: None,
+                        redacted: false,
+                        stripped: false,
+                    }
+                }
+            };
+            if let Verdict::Drop(reason) = outcome.verdict {
+                first_reason.get_or_insert(reason);
+                remember(&mut gone, slot.probe.as_ref(), outcome.scan.as_ref(), reason);
+            }
+            slot.outcome = Some(outcome);
+        }
+        // Follow-up: nothing kept may point at a Part 2 / drug-PA resource
+        // that was withheld; a Provenance goes with its target whatever the
+        // reason. Repeat until stable (a chain of references).
+        if !gone.is_empty() {
+            loop {
+                let mut more = Vec::new();
+                for (index, slot) in slots.iter().enumerate() {
+                    let Some(outcome) = &slot.outcome else { continue };
+                    if matches!(outcome.verdict, Verdict::Drop(_)) {
+                        continue;
+                    }
+                    let Some(scan) = &outcome.scan else { continue };
+                    let provenance = scan.resource_type.as_deref() == Some("Provenance");
+                    let hit = scan.refs.iter().find_map(|r| {
+                        let reason = gone.get(r.as_ref()).or_else(|| gone.get(&normalize_reference(r)?))?;
+                        (provenance || matches!(reason, Reason::Part2 | Reason::DrugPriorAuth))
+                            .then_some(*reason)
+                    });
+                    if let Some(reason) = hit {
+                        more.push((index, reason));
+                    }
+                }
+                if more.is_empty() {
+                    break;
+                }
+                for (index, reason) in more {
+                    let slot = &mut slots[index];
+                    if let Some(outcome) = slot.outcome.as_mut() {
+                        // It no longer leaves redacted or stripped.
+                        report.part2_redacted -= outcome.redacted as u32;
+                        report.financial_stripped -= outcome.stripped as u32;
+                        outcome.verdict = Verdict::Drop(reason);
+                        report.drop(reason);
+                        remember(&mut gone, slot.probe.as_ref(), outcome.scan.as_ref(), reason);
+                    }
+                }
+            }
+        }
+        let mut out = String::with_capacity(entries.iter().map(|e| e.get().len() + 1).sum::<usize>() + 2);
+        out.push('[');
+        let (mut changed, mut written, mut kept_matches, mut dropped_matches) = (false, 0, 0, 0);
+        for slot in &slots {
+            let is_match = slot.probe.as_ref().is_none_or(|p| p.is_match());
+            let text = match slot.outcome.as_ref().map(|o| &o.verdict) {
+                Some(Verdict::Keep) => std::borrow::Cow::Borrowed(slot.raw.get()),
+                Some(Verdict::Replace(resource)) => match replace_entry_resource(slot.raw.get(), resource) {
+                    Some(entry) => {
+                        changed = true;
+                        std::borrow::Cow::Owned(entry)
+                    }
+                    None => {
+                        changed = true;
+                        dropped_matches += is_match as usize;
+                        continue;
+                    }
+                },
+                _ => {
+                    changed = true;
+                    dropped_matches += is_match as usize;
+                    continue;
+                }
+            };
+            kept_matches += is_match as usize;
+            if written > 0 {
+                out.push(',');
+            }
+            out.push_str(&text);
+            written += 1;
+        }
+        out.push(']');
+        let entry = match (changed, written) {
+            (false, _) => None,
+            (true, 0) => Some(String::new()),
+            (true, _) => Some(out),
+        };
+        Ok(EntriesEdit { entry, kept_matches, dropped_matches, first_reason })
+    }
+}
+
+fn remember(
+    gone: &mut HashMap<String, Reason>,
+    probe: Option<&EntryProbe<'_>>,
+    scan: Option<&Scan<'_>>,
+    reason: Reason,
+) {
+    if let Some(full_url) = probe.and_then(|p| p.full_url.as_deref()) {
+        gone.entry(full_url.to_owned()).or_insert(reason);
+        if let Some(key) = normalize_reference(full_url) {
+            gone.entry(key).or_insert(reason);
+        }
+    }
+    if let Some(scan) = scan
+        && let (Some(t), Some(id)) = (scan.resource_type.as_deref(), scan.id.as_deref())
+    {
+        gone.entry(format!("{t}/{id}")).or_insert(reason);
+    }
+}
+
+/// `Type/id` of a literal reference (relative, absolute or versioned).
+pub fn normalize_reference(reference: &str) -> Option<String> {
+    let reference = reference.split(['?', '#']).next().unwrap_or("");
+    let reference = match reference.find("/_history/") {
+        Some(at) => &reference[..at],
+        None => reference,
+    };
+    let mut segments = reference.rsplit('/');
+    let id = segments.next().filter(|s| !s.is_empty())?;
+    let resource_type =
+        segments.next().filter(|s| s.bytes().next().is_some_and(|b| b.is_ascii_uppercase()))?;
+    Some(format!("{resource_type}/{id}"))
+}
+
+/// One Bundle entry: its resource, fullUrl and search mode. An entry with a
+/// duplicated `resource` or `fullUrl` is unreadable (parsers disagree).
+#[derive(Default)]
+struct EntryProbe<'a> {
+    resource: Option<&'a RawValue>,
+    full_url: Option<std::borrow::Cow<'a, str>>,
+    mode: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for EntryProbe<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EntryProbe<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a Bundle entry")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<EntryProbe<'de>, M::Error> {
+                use serde::de::Error;
+                #[derive(Deserialize)]
+                struct Search {
+                    #[serde(default)]
+                    mode: Option<String>,
+                }
+                let mut out = EntryProbe::default();
+                let mut seen_search = false;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "resource" => {
+                            if out.resource.replace(map.next_value()?).is_some() {
+                                return Err(M::Error::custom("duplicate resource"));
+                            }
+                        }
+                        "fullUrl" => {
+                            let url: std::borrow::Cow<'de, str> = map.next_value::<BorrowedStr<'de>>()?.0;
+                            if out.full_url.replace(url).is_some() {
+                                return Err(M::Error::custom("duplicate fullUrl"));
+                            }
+                        }
+                        "search" => {
+                            if std::mem::replace(&mut seen_search, true) {
+                                return Err(M::Error::custom("duplicate search"));
+                            }
+                            out.mode = map.next_value::<Search>()?.mode;
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_map(V)
+    }
+}
+
+/// A string, borrowed when it has no escapes.
+struct BorrowedStr<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for BorrowedStr<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = BorrowedStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<BorrowedStr<'de>, E> {
+                Ok(BorrowedStr(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BorrowedStr<'de>, E> {
+                Ok(BorrowedStr(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
+impl EntryProbe<'_> {
+    fn is_match(&self) -> bool {
+        matches!(self.mode.as_deref(), None | Some("match"))
+    }
+}
+
+/// The entry JSON with its `resource` replaced.
+fn replace_entry_resource(entry: &str, resource: &str) -> Option<String> {
+    let object = RawObject::parse(entry).ok()?;
+    let mut out = String::with_capacity(entry.len());
+    object.write_with(&mut out, |key, _| (key == "resource").then(|| resource.to_owned()));
+    Some(out)
+}
+
+/// The `total` a filtered searchset may carry: the kept matches when the
+/// answer is complete (one page), nothing when more pages follow (their
+/// filtering is unknown, and a count would reveal withheld records).
+pub fn total_after(had_total: bool, more_pages: bool, kept_matches: usize) -> Option<usize> {
+    (had_total && !more_pages).then_some(kept_matches)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,446 @@
+//! Rewriting a resource: partial Part 2 redaction and financial stripping.
+//! Only the top-level members that change are parsed into a
+//! `serde_json::Value`; every other member is copied as its raw bytes.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde_json::{Map, Value};
+
+use super::policy::{Financial, FinancialType, RedactedLabel, RedactionRule};
+use crate::fhir::bundle::RawObject;
+
+/// What Part 2 redaction removes, from the scan's hits.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Array members: the entry indices to remove.
+    pub entries: HashMap<String, BTreeSet<usize>>,
+    /// Members removed as a whole (a hit in a non-array member).
+    pub members: HashSet<String>,
+}
+
+/// Why a resource cannot be partially redacted (it is withheld instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unredactable(pub &'static str);
+
+/// The result of a rewrite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewritten {
+    pub text: String,
+    /// Part 2 elements were removed (REDACTED label added).
+    pub redacted: bool,
+    /// Financial elements were removed.
+    pub stripped: bool,
+}
+
+/// The parts of the policy a rewrite uses.
+pub struct Rewrite<'p> {
+    pub part2: Option<(&'p Plan, &'p RedactionRule)>,
+    pub financial: Option<(&'p FinancialType, &'p Financial)>,
+    pub redacted_label: &'p RedactedLabel,
+}
+
+/// Top-level members, raw until touched.
+struct Members<'a> {
+    object: RawObject<'a>,
+    /// Parsed (and possibly changed) members; `None` = removed.
+    edited: HashMap<String, Option<Value>>,
+}
+
+impl<'a> Members<'a> {
+    fn has(&self, name: &str) -> bool {
+        match self.edited.get(name) {
+            Some(v) => v.is_some(),
+            None => self.object.get(name).is_some(),
+        }
+    }
+
+    /// The member as a mutable `Value` (parsed on first use).
+    fn get(&mut self, name: &str) -> Result<Option<&mut Value>, Unredactable> {
+        if !self.edited.contains_key(name) {
+            let Some(raw) = self.object.get(name) else { return Ok(None) };
+            let value: Value =
+                serde_json::from_str(raw.get()).map_err(|_| Unredactable("unreadable member"))?;
+            self.edited.insert(name.to_owned(), Some(value));
+        }
+        Ok(self.edited.get_mut(name).and_then(Option::as_mut))
+    }
+
+    fn remove(&mut self, name: &str) -> bool {
+        let present = self.has(name);
+        if present {
+            self.edited.insert(name.to_owned(), None);
+        }
+        present
+    }
+
+    fn write(&self, extra: Option<(&str, &Value)>) -> String {
+        let mut out =
+            String::with_capacity(self.object.members.iter().map(|(_, v)| v.get().len() + 16).sum());
+        out.push('{');
+        let mut first = true;
+        let mut push = |out: &mut String, key: &str, text: &str| {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(&serde_json::to_string(key).unwrap_or_else(|_| "\"\"".into()));
+            out.push(':');
+            out.push_str(text);
+        };
+        let mut extra = extra;
+        for (key, raw) in &self.object.members {
+            match self.edited.get(key.as_ref()) {
+                Some(None) => {}
+                Some(Some(value)) => push(&mut out, key, &value.to_string()),
+                None => push(&mut out, key, raw.get()),
+            }
+            // A new member goes right after `id` (where FHIR puts `meta`).
+            if key == "id"
+                && let Some((name, value)) = extra.take()
+            {
+                push(&mut out, name, &value.to_string());
+            }
+        }
+        if let Some((name, value)) = extra {
+            push(&mut out, name, &value.to_string());
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// Apply a rewrite to a resource's text.
+pub fn rewrite(text: &str, rw: &Rewrite<'_>) -> Result<Rewritten, Unredactable> {
+    let object = RawObject::parse(text).map_err(|_| Unredactable("not a JSON object"))?;
+    let mut m = Members { object, edited: HashMap::new() };
+    let mut redacted = false;
+    if let Some((plan, rule)) = rw.part2 {
+        redact(&mut m, plan, rule)?;
+        redacted = true;
+    }
+    let mut stripped = false;
+    if let Some((ft, fin)) = rw.financial {
+        stripped = strip(&mut m, ft, fin)?;
+    }
+    if !redacted && !stripped {
+        return Ok(Rewritten { text: text.to_owned(), redacted, stripped });
+    }
+    let mut new_meta = None;
+    if redacted {
+        // The narrative may describe what was removed.
+        m.remove("text");
+        match m.get("meta")? {
+            Some(Value::Object(meta)) => add_label(meta, rw.redacted_label),
+            Some(_) => return Err(Unredactable("meta is not an object")),
+            None => {
+                let mut meta = Map::new();
+                add_label(&mut meta, rw.redacted_label);
+                new_meta = Some(Value::Object(meta));
+            }
+        }
+    }
+    if stripped
+        && let Some((_, fin)) = rw.financial
+        && let Some(Value::Object(meta)) = m.get("meta")?
+        && let Some(Value::Array(profiles)) = meta.get_mut("profile")
+    {
+        for profile in profiles.iter_mut() {
+            if let Some(p) = profile.as_str() {
+                let (base, version) = p.split_once('|').map_or((p, None), |(b, v)| (b, Some(v)));
+                if let Some(basis) = fin.profiles.get(base) {
+                    *profile = Value::String(match version {
+                        Some(v) => format!("{basis}|{v}"),
+                        None => basis.clone(),
+                    });
+                }
+            }
+        }
+    }
+    let text = m.write(new_meta.as_ref().map(|v| ("meta", v)));
+    Ok(Rewritten { text, redacted, stripped })
+}
+
+fn add_label(meta: &mut Map<String, Value>, label: &RedactedLabel) {
+    let security = meta.entry("security").or_insert_with(|| Value::Array(Vec::new()));
+    if !security.is_array() {
+        *security = Value::Array(Vec::new());
+    }
+    let Value::Array(codings) = security else { return };
+    let present = codings.iter().any(|c| {
+        c.get("system").and_then(Value::as_str) == Some(label.system.as_str())
+            && c.get("code").and_then(Value::as_str) == Some(label.code.as_str())
+    });
+    if !present {
+        let mut coding = Map::new();
+        coding.insert("system".into(), Value::String(label.system.clone()));
+        coding.insert("code".into(), Value::String(label.code.clone()));
+        if let Some(display) = &label.display {
+            coding.insert("display".into(), Value::String(display.clone()));
+        }
+        codings.push(Value::Object(coding));
+    }
+}
+
+// ---------------------------------------------------------------- Part 2
+
+/// Integer keys referenced by a link field: an integer or a list of them.
+fn numbers(value: Option<&Value>) -> Result<Vec<i64>, Unredactable> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Number(n)) => {
+            n.as_i64().map(|n| vec![n]).ok_or(Unredactable("a sequence is not an integer"))
+        }
+        Some(Value::Array(items)) => {
+            items.iter().map(|i| i.as_i64().ok_or(Unredactable("a sequence is not an integer"))).collect()
+        }
+        Some(_) => Err(Unredactable("a sequence is not an integer")),
+    }
+}
+
+fn entries(m: &mut Members<'_>, member: &str) -> Result<usize, Unredactable> {
+    match m.get(member)? {
+        None => Ok(0),
+        Some(Value::Array(items)) => Ok(items.len()),
+        Some(_) => Err(Unredactable("a removable element is not a list")),
+    }
+}
+
+fn redact(m: &mut Members<'_>, plan: &Plan, rule: &RedactionRule) -> Result<(), Unredactable> {
+    let mut removed: HashMap<String, BTreeSet<usize>> = plan.entries.clone();
+    for (member, indices) in &removed {
+        let len = entries(m, member)?;
+        if indices.iter().any(|i| *i >= len) {
+            return Err(Unredactable("hit outside its list"));
+        }
+    }
+    // Follow the sequence links until nothing more goes.
+    loop {
+        let mut changed = false;
+        for link in &rule.links {
+            let gone_targets: HashSet<i64> = match removed.get(&link.to_member) {
+                Some(gone) if !gone.is_empty() => {
+                    let Some(Value::Array(targets)) = m.get(&link.to_member)? else { continue };
+                    let mut keys = HashSet::new();
+                    for i in gone {
+                        keys.extend(numbers(targets[*i].get(&link.to_field))?);
+                    }
+                    keys
+                }
+                _ => HashSet::new(),
+            };
+            let from_len = entries(m, &link.from_member)?;
+            let Some(Value::Array(from)) = m.get(&link.from_member)? else { continue };
+            let mut remove_from = Vec::new();
+            let mut owned = HashSet::new();
+            let from_removed = removed.get(&link.from_member).cloned().unwrap_or_default();
+            for (j, entry) in from.iter().enumerate().take(from_len) {
+                let refs = numbers(entry.get(&link.from_field))?;
+                if from_removed.contains(&j) {
+                    if link.owns {
+                        owned.extend(refs);
+                    }
+                } else if link.remove && refs.iter().any(|r| gone_targets.contains(r)) {
+                    remove_from.push(j);
+                }
+            }
+            for j in remove_from {
+                changed |= removed.entry(link.from_member.clone()).or_default().insert(j);
+            }
+            if !owned.is_empty()
+                && let Some(Value::Array(targets)) = m.get(&link.to_member)?
+            {
+                let mut hit = Vec::new();
+                for (i, target) in targets.iter().enumerate() {
+                    if numbers(target.get(&link.to_field))?.iter().any(|k| owned.contains(k)) {
+                        hit.push(i);
+                    }
+                }
+                for i in hit {
+                    changed |= removed.entry(link.to_member.clone()).or_default().insert(i);
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    for member in &rule.nonempty {
+        let len = entries(m, member)?;
+        if len > 0 && removed.get(member).is_some_and(|gone| gone.len() >= len) {
+            return Err(Unredactable("every entry of a required list is Part 2"));
+        }
+    }
+    // Numbers of removed targets, per link target, before removing anything.
+    let mut gone_keys: HashMap<(String, String), HashSet<i64>> = HashMap::new();
+    for link in &rule.links {
+        let key = (link.to_member.clone(), link.to_field.clone());
+        if gone_keys.contains_key(&key) {
+            continue;
+        }
+        let mut keys = HashSet::new();
+        if let Some(gone) = removed.get(&link.to_member)
+            && let Some(Value::Array(targets)) = m.get(&link.to_member)?
+        {
+            for i in gone {
+                keys.extend(numbers(targets[*i].get(&link.to_field))?);
+            }
+        }
+        gone_keys.insert(key, keys);
+    }
+    for (member, gone) in &removed {
+        if gone.is_empty() {
+            continue;
+        }
+        let Some(Value::Array(items)) = m.get(member)? else { continue };
+        let mut index = 0;
+        items.retain(|_| {
+            let keep = !gone.contains(&index);
+            index += 1;
+            keep
+        });
+        if items.is_empty() {
+            m.remove(member);
+        }
+    }
+    for member in &plan.members {
+        m.remove(member);
+    }
+    // Unlink: kept entries no longer point at removed ones.
+    for link in &rule.links {
+        let Some(keys) = gone_keys.get(&(link.to_member.clone(), link.to_field.clone())) else { continue };
+        if keys.is_empty() {
+            continue;
+        }
+        let Some(Value::Array(from)) = m.get(&link.from_member)? else { continue };
+        for entry in from.iter_mut() {
+            let Value::Object(entry) = entry else { continue };
+            match entry.get_mut(&link.from_field) {
+                Some(Value::Array(refs)) => {
+                    refs.retain(|r| r.as_i64().is_none_or(|k| !keys.contains(&k)));
+                    if refs.is_empty() {
+                        entry.remove(&link.from_field);
+                    }
+                }
+                Some(Value::Number(n)) if n.as_i64().is_some_and(|k| keys.contains(&k)) => {
+                    entry.remove(&link.from_field);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- financial
+
+fn strip(m: &mut Members<'_>, ft: &FinancialType, fin: &Financial) -> Result<bool, Unredactable> {
+    let mut changed = false;
+    for member in &ft.remove {
+        changed |= m.remove(member);
+    }
+    for member in &ft.walk {
+        let Some(value) = m.get(member)? else { continue };
+        let member_changed = if member == "adjudication" {
+            match value {
+                Value::Array(adjudications) => clean_adjudications(adjudications, fin),
+                _ => return Err(Unredactable("adjudication is not a list")),
+            }
+        } else {
+            strip_lines(value, fin)
+        };
+        let empty = matches!(value, Value::Array(items) if items.is_empty());
+        if empty {
+            m.remove(member);
+        }
+        changed |= member_changed;
+    }
+    // Contained claims data is stripped the same way.
+    if let Some(Value::Array(contained)) = m.get("contained")? {
+        for resource in contained.iter_mut() {
+            changed |= strip_value(resource, fin);
+        }
+    }
+    Ok(changed)
+}
+
+/// Strip a whole resource held as a `Value` (contained resources).
+pub fn strip_value(resource: &mut Value, fin: &Financial) -> bool {
+    let Some(ft) = resource.get("resourceType").and_then(Value::as_str).and_then(|t| fin.types.get(t)) else {
+        return false;
+    };
+    let Value::Object(map) = resource else { return false };
+    let mut changed = false;
+    for member in &ft.remove {
+        changed |= map.remove(member).is_some();
+    }
+    for member in &ft.walk {
+        let Some(value) = map.get_mut(member) else { continue };
+        changed |= if member == "adjudication" {
+            match value {
+                Value::Array(adjudications) => clean_adjudications(adjudications, fin),
+                _ => false,
+            }
+        } else {
+            strip_lines(value, fin)
+        };
+        if matches!(value, Value::Array(items) if items.is_empty()) {
+            map.remove(member);
+        }
+    }
+    changed
+}
+
+/// Items (and their detail/subDetail levels): prices go, adjudications are cleaned.
+fn strip_lines(value: &mut Value, fin: &Financial) -> bool {
+    match value {
+        Value::Array(items) => items.iter_mut().fold(false, |changed, item| strip_lines(item, fin) | changed),
+        Value::Object(map) => {
+            let mut changed = false;
+            for element in &fin.line_elements {
+                changed |= map.remove(element).is_some();
+            }
+            if let Some(Value::Array(adjudications)) = map.get_mut("adjudication") {
+                changed |= clean_adjudications(adjudications, fin);
+                if adjudications.is_empty() {
+                    map.remove("adjudication");
+                }
+            }
+            for level in ["detail", "subDetail"] {
+                if let Some(inner) = map.get_mut(level) {
+                    changed |= strip_lines(inner, fin);
+                }
+            }
+            changed
+        }
+        _ => false,
+    }
+}
+
+/// Remove amounts (and values of monetary categories); drop entries left
+/// with nothing but their category.
+fn clean_adjudications(adjudications: &mut Vec<Value>, fin: &Financial) -> bool {
+    let mut changed = false;
+    for adjudication in adjudications.iter_mut() {
+        let Value::Object(map) = adjudication else { continue };
+        changed |= map.remove("amount").is_some();
+        let monetary =
+            map.get("category").and_then(|c| c.get("coding")).and_then(Value::as_array).is_some_and(
+                |codings| {
+                    codings.iter().any(|c| {
+                        c.get("code").and_then(Value::as_str).is_some_and(|code| {
+                            fin.is_monetary(c.get("system").and_then(Value::as_str), code)
+                        })
+                    })
+                },
+            );
+        if monetary {
+            changed |= map.remove("value").is_some();
+        }
+    }
+    let before = adjudications.len();
+    adjudications.retain(|a| match a {
+        Value::Object(map) => map.keys().any(|k| k != "category" && k != "id"),
+        _ => true,
+    });
+    changed || adjudications.len() != before
+}
