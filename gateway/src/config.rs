@@ -39,6 +39,9 @@ pub struct Config {
     /// WebAssembly plugins (matcher and policy worlds).
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
+    /// `$member-match` response options (issue 7).
+    #[serde(default)]
+    pub member_match: MemberMatchConfig,
     #[serde(default)]
     pub audit: AuditConfig,
 }
@@ -247,10 +250,64 @@ pub struct PluginConfig {
     /// Linear memory cap per instance.
     #[serde(default = "defaults::plugin_memory_mb")]
     pub memory_mb: u64,
-    /// Deadline per call.
+    /// Deadline per call: the plugin's own compute time (time the host
+    /// spends answering its `candidates` queries is not counted).
     #[serde(default = "defaults::plugin_timeout_ms")]
     pub timeout_ms: u64,
+    // --- plugins (issue 7): sandbox grants; nothing is granted by default.
+    /// Environment variables the plugin sees (its configuration). Without
+    /// this the environment is empty; the gateway's own is never inherited.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Give the plugin the real wall and monotonic clocks. Without this both
+    /// read as the Unix epoch (deterministic plugins, no timing channel).
+    #[serde(default)]
+    pub clock: bool,
+    /// Directories the plugin may read (read-only, at the same path).
+    /// Network access is never granted.
+    #[serde(default)]
+    pub read_dirs: Vec<PathBuf>,
+    /// Matchers: most members one `candidates` query returns.
+    #[serde(default = "defaults::plugin_max_candidates")]
+    pub max_candidates: usize,
+    // --- end plugins
 }
+
+// --- plugins (issue 7)
+/// `$member-match` (HRex) response details.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberMatchConfig {
+    /// `MemberIdentifier.type`: `MB` (v2-0203, HRex 1.0) or `UMB` (HRex 1.1
+    /// hrex-temp).
+    #[serde(default = "defaults::member_identifier_type")]
+    pub identifier_type: MemberIdentifierType,
+    /// Also return `MemberId` (a reference to the member's Patient; HRex 1.1).
+    #[serde(default = "defaults::yes")]
+    pub member_id: bool,
+    /// `MemberIdentifier.system` when the member's own identifier has none.
+    #[serde(default)]
+    pub identifier_system: Option<String>,
+}
+
+impl Default for MemberMatchConfig {
+    fn default() -> Self {
+        MemberMatchConfig {
+            identifier_type: defaults::member_identifier_type(),
+            member_id: true,
+            identifier_system: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberIdentifierType {
+    #[serde(rename = "MB")]
+    Mb,
+    #[serde(rename = "UMB")]
+    Umb,
+}
+// --- end plugins
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -329,6 +386,12 @@ mod defaults {
     }
     pub fn plugin_timeout_ms() -> u64 {
         100
+    }
+    pub fn plugin_max_candidates() -> usize {
+        100
+    }
+    pub fn member_identifier_type() -> super::MemberIdentifierType {
+        super::MemberIdentifierType::Mb
     }
     pub fn audit_dir() -> PathBuf {
         PathBuf::from("data/audit")
@@ -424,6 +487,7 @@ impl Config {
         }
         for plugin in &mut self.plugins {
             resolve(&mut plugin.path);
+            plugin.read_dirs.iter_mut().for_each(resolve);
         }
         if let Some(p) = self.policy.dir.as_mut() {
             resolve(p);
@@ -502,12 +566,32 @@ impl Config {
             return Err(invalid("policy.service_date_floor", "must be a date YYYY-MM-DD".into()));
         }
         let mut names = std::collections::HashSet::new();
+        if self.plugins.iter().filter(|p| p.world == PluginWorld::Matcher).count() > 1 {
+            return Err(invalid("plugins.world", "at most one matcher plugin".into()));
+        }
         for plugin in &self.plugins {
             if !names.insert(&plugin.name) {
                 return Err(invalid("plugins.name", format!("duplicate plugin name {}", plugin.name)));
             }
             if !plugin.path.is_file() {
                 return Err(invalid("plugins.path", format!("no such file: {}", plugin.path.display())));
+            }
+            for dir in &plugin.read_dirs {
+                if !dir.is_dir() {
+                    return Err(invalid(
+                        "plugins.read_dirs",
+                        format!("no such directory: {}", dir.display()),
+                    ));
+                }
+            }
+            if plugin.memory_mb > 4096 || plugin.timeout_ms > 60_000 {
+                return Err(invalid(
+                    "plugins.memory_mb",
+                    "memory_mb is at most 4096 and timeout_ms at most 60000".into(),
+                ));
+            }
+            if plugin.max_candidates == 0 {
+                return Err(invalid("plugins.max_candidates", "must be at least 1".into()));
             }
             if plugin.memory_mb == 0 || plugin.timeout_ms == 0 {
                 return Err(invalid(

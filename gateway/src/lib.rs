@@ -18,6 +18,8 @@
 //! - `audit`: the hash-chained, durable audit log (one AuditEvent per request).
 //! - `store`: persistent state in SQLite or PostgreSQL.
 //! - `sandbox`: the built-in demo/test FHIR server (not the product).
+//! - `plugins`: the WebAssembly plugin host (matcher and policy worlds).
+//! - `ops`: FHIR operations fhirwall implements itself (`$member-match`).
 //! - `telemetry`: logging and Prometheus metrics.
 
 pub mod access;
@@ -28,6 +30,8 @@ pub mod config;
 pub mod error;
 pub mod fhir;
 pub mod net;
+pub mod ops;
+pub mod plugins;
 pub mod proxy;
 pub mod redact;
 pub mod sandbox;

@@ -1,0 +1,6 @@
+//! FHIR operations fhirwall implements itself rather than pass upstream.
+//!
+//! - `member_match`: `POST {base}/Patient/$member-match` (HRex 1.0 and 1.1)
+//!   through the configured `matcher` plugin.
+
+pub mod member_match;
