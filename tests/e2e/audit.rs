@@ -623,6 +623,14 @@ async fn a_request_whose_record_cannot_be_written_fails_closed() {
     assert!(failed > 0 && !ok.is_empty(), "ok {}, failed {failed}", ok.len());
     // Admin calls fail closed too.
     gw.admin("GET", "/admin/clients", None).await.assert_status(500);
+    // Operators see it in the metrics.
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fhirwall_audit_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no fhirwall_audit_failures_total in:\n{metrics}"));
+    assert!(failures >= failed, "{failures} failures counted for {failed} failed requests");
     gw.stop();
     let recs = read_log(audit.path());
     let ids: BTreeSet<&str> = recs.iter().map(Rec::id).collect();

@@ -39,14 +39,15 @@ impl AdminHandler {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => Ok(respond::json(StatusCode::OK, r#"{"status":"ok"}"#)),
             (&Method::GET, "/readyz") => {
-                if self.gw.is_ready() && self.gw.store.ping().await {
+                if self.gw.is_ready() && self.gw.audit.healthy() && self.gw.store.ping().await {
                     Ok(respond::json(StatusCode::OK, r#"{"status":"ready"}"#))
                 } else {
                     Ok(respond::json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#))
                 }
             }
             (&Method::GET, "/metrics") => {
-                Ok(respond::text(StatusCode::OK, "text/plain; version=0.0.4", self.gw.metrics.render()))
+                let text = self.gw.metrics.render() + &self.gw.audit.render_metrics();
+                Ok(respond::text(StatusCode::OK, "text/plain; version=0.0.4", text))
             }
             _ if !self.authorized(&req) => Err(GatewayError::new(
                 Blame::Caller,

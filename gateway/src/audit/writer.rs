@@ -28,7 +28,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -51,6 +51,9 @@ pub struct AuditStats {
     pub batches: AtomicU64,
     pub sync_micros: AtomicU64,
     pub failures: AtomicU64,
+    /// Set when a failed write could not be cut back: every append fails
+    /// until restart (`/readyz` reports not ready).
+    pub poisoned: AtomicBool,
 }
 
 /// What recovery found when the log was opened.
@@ -140,6 +143,39 @@ impl AuditLog {
     pub fn stats(&self) -> &AuditStats {
         &self.stats
     }
+
+    /// False once the log cannot be written any more (until restart).
+    pub fn healthy(&self) -> bool {
+        !self.stats.poisoned.load(Ordering::Relaxed) && !self.tx.is_closed()
+    }
+
+    /// Prometheus text for the audit writer's counters.
+    pub fn render_metrics(&self) -> String {
+        let s = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "# HELP fhirwall_audit_records_total Audit records made durable.\n\
+             # TYPE fhirwall_audit_records_total counter\n\
+             fhirwall_audit_records_total {}\n\
+             # HELP fhirwall_audit_batches_total Group-committed batches (one fdatasync each).\n\
+             # TYPE fhirwall_audit_batches_total counter\n\
+             fhirwall_audit_batches_total {}\n\
+             # HELP fhirwall_audit_sync_seconds_total Time spent writing and syncing batches.\n\
+             # TYPE fhirwall_audit_sync_seconds_total counter\n\
+             fhirwall_audit_sync_seconds_total {:.6}\n\
+             # HELP fhirwall_audit_failures_total Batches that could not be written (their requests failed closed).\n\
+             # TYPE fhirwall_audit_failures_total counter\n\
+             fhirwall_audit_failures_total {}\n\
+             # HELP fhirwall_audit_healthy 1 while the audit log accepts records.\n\
+             # TYPE fhirwall_audit_healthy gauge\n\
+             fhirwall_audit_healthy {}\n",
+            get(&s.records),
+            get(&s.batches),
+            get(&s.sync_micros) as f64 / 1e6,
+            get(&s.failures),
+            u8::from(self.healthy()),
+        )
+    }
 }
 
 struct Writer {
@@ -217,6 +253,7 @@ impl Writer {
                     let why = format!("write failed ({e}) and the file could not be cut back ({e2})");
                     tracing::error!(%why, "audit log poisoned: every request fails until restart");
                     self.poisoned = Some(why);
+                    self.stats.poisoned.store(true, Ordering::Relaxed);
                 }
                 Err(AuditError::Io(e.to_string()))
             }

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# What durable audit writes cost end to end: the same fhirwall (built-in
+# pipeline, sandbox upstream, one read, wrk) with its audit dir
+#   (a) on the real disk (fdatasync per group-committed batch), and
+#   (b) on tmpfs (/dev/shm: fdatasync is free; rendering and hashing remain),
+# at two connection counts. The difference is what durability adds; both logs
+# are checked with `fhirwall audit verify` afterwards and must hold one record
+# per request wrk completed (plus the start/stop/token records).
+#
+#   bench/audit-e2e.sh [DURATION_S]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${1:-10}
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+cargo build --release --locked -q
+bin=$PWD/target/release/fhirwall
+
+work=$(mktemp -d /tmp/fhirwall-audit-bench.XXXXXX)
+shm=$(mktemp -d /dev/shm/fhirwall-audit-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work" "$shm"; }
+trap cleanup EXIT
+
+up_port=19200
+"$bin" keygen --client-id bench-ehr --out "$work/keys" >/dev/null
+"$bin" sandbox --listen 127.0.0.1:$up_port >"$work/sandbox.log" 2>&1 & pids+=($!)
+
+start_gw() { # name port audit_dir -> pid in $gw_pid
+  cat >"$work/$1.toml" <<TOML
+[server]
+listen = "127.0.0.1:$2"
+base_url = "http://127.0.0.1:$2/fhir"
+[admin]
+listen = "127.0.0.1:$(($2 + 1))"
+[upstream]
+url = "http://127.0.0.1:$up_port/fhir"
+[state]
+url = "sqlite://$work/$1.db"
+[audit]
+dir = "$3"
+[[clients]]
+client_id = "bench-ehr"
+organization = "Organization/org-grace"
+npi = "1417987256"
+jwks_path = "keys/bench-ehr.jwks.json"
+scopes = ["system/*.read"]
+TOML
+  FHIRWALL_LOG=warn "$bin" serve --config "$work/$1.toml" >"$work/$1.log" 2>&1 & gw_pid=$!
+  pids+=($gw_pid)
+  for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$(($2 + 1))/readyz" >/dev/null 2>&1 && return; sleep 0.2; done
+  echo "$1 did not start" >&2; cat "$work/$1.log" >&2; exit 1
+}
+
+to_ms() { python3 -c 'import sys,re
+v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s)$",v); n=float(m.group(1)); u=m.group(2)
+print(round(n/1000 if u=="us" else n*1000 if u=="s" else n,3))' "$1"; }
+
+printf '\nfhirwall audit cost: GET Patient/pat-0001, %s s per row, wrk -t2, %s\n' "$duration" "$(date -u +%F)"
+printf '%-6s %-22s %10s %9s %9s %10s\n' conns audit_dir req/s p50_ms p99_ms requests
+for target in disk tmpfs; do
+  dir="$work/audit"; port=19210
+  [ $target = tmpfs ] && { dir="$shm/audit"; port=19220; }
+  start_gw "$target" "$port" "$dir"
+  token=$("$bin" token --client-id bench-ehr --key "$work/keys/bench-ehr.key.pem" \
+    --token-url "http://127.0.0.1:$port/auth/token" --scope 'system/*.read')
+  total=0
+  for conns in 32 128; do
+    out=$(wrk -t2 -c"$conns" -d"${duration}s" --latency -H "Authorization: Bearer $token" \
+      "http://127.0.0.1:$port/fhir/Patient/pat-0001")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    n=$(awk '/requests in/ {print $1}' <<<"$out"); total=$((total + n))
+    non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+    [ -z "$non2xx" ] || { echo "$target: $non2xx non-2xx answers" >&2; exit 1; }
+    printf '%-6s %-22s %10s %9s %9s %10s\n' "$conns" "$target" "$rps" "$(to_ms "$p50")" "$(to_ms "$p99")" "$n"
+  done
+  kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true
+  verdict=$("$bin" audit verify --dir "$dir")
+  records=$(sed -E 's/^audit log intact: ([0-9]+) records.*/\1/' <<<"$verdict")
+  # start + token + requests + stop (wrk counts completed requests; a few
+  # more may have been answered as it stopped).
+  [ "$records" -ge $((total + 3)) ] || { echo "$target: $records records for $total requests" >&2; exit 1; }
+  echo "       $target: $verdict"
+done
