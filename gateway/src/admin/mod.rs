@@ -86,6 +86,18 @@ impl AdminHandler {
             // --- audit (issue 6)
             (&Method::GET, "/admin/audit") => audit_query(&self.gw, req.uri().query()).await,
             // --- end audit
+            // --- plugins (issue 7): rebuild every plugin from its file and swap
+            // atomically; on failure the old set stays and the answer says why.
+            (&Method::POST, "/admin/plugins/reload") => match self.gw.plugins.reload().await {
+                Ok(report) => Ok(respond::json(StatusCode::OK, serde_json::to_vec(&report).unwrap_or_default())),
+                Err(e) => Err(GatewayError::new(
+                    Blame::Policy,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    IssueCode::Processing,
+                    format!("plugins not reloaded, the previous versions stay in force: {e}"),
+                )),
+            },
+            // --- end plugins
             _ => Err(GatewayError::not_found("no admin endpoint at this path")),
         }
     }

@@ -36,6 +36,8 @@ pub struct Gateway {
     pub public_base: String,
     pub upstream: Upstream,
     pub pages: PageSealer,
+    /// WebAssembly plugins: the matcher and the policy chain (issue 7).
+    pub plugins: Arc<crate::plugins::Plugins>,
     pub store: Store,
     /// SMART Backend Services: token endpoint, clients, token checks (issue 3).
     pub auth: crate::auth::Auth,
@@ -89,11 +91,10 @@ impl Gateway {
                 "no admin token in the environment: the admin API refuses every authenticated call"
             );
         }
-        if !config.plugins.is_empty() {
-            anyhow::bail!(
-                "plugins: this build of fhirwall cannot load WebAssembly plugins yet; remove [[plugins]]"
-            );
-        }
+        // --- plugins (issue 7): compiled (or taken from the compile cache) and
+        // type-checked now; a plugin that does not load stops startup.
+        let plugins = load_plugins(&config).await?;
+        // --- end plugins
 
         Ok(Arc::new(Gateway {
             parse_options: ParseOptions { allow_writes: config.server.allow_writes },
@@ -102,6 +103,7 @@ impl Gateway {
             public_base,
             upstream,
             pages: PageSealer::new(&page_key, PAGE_TOKEN_TTL),
+            plugins,
             store,
             auth,
             metrics: Arc::new(Metrics::default()),
@@ -197,6 +199,21 @@ pub async fn run_until(
     }
     tracing::info!("fhirwall stopped");
     Ok(())
+}
+
+/// Load the `[[plugins]]` (compiling on a blocking thread) and watch their files.
+async fn load_plugins(config: &Config) -> anyhow::Result<Arc<crate::plugins::Plugins>> {
+    if config.plugins.is_empty() {
+        return Ok(Arc::new(crate::plugins::Plugins::none()?));
+    }
+    let configs = config.plugins.clone();
+    let cache = crate::plugins::cache_dir(&config.state.url);
+    let plugins = tokio::task::spawn_blocking(move || crate::plugins::Plugins::load(&configs, Some(cache)))
+        .await
+        .context("plugins: load task")??;
+    let plugins = Arc::new(plugins);
+    plugins.spawn_watcher();
+    Ok(plugins)
 }
 
 /// Open the audit log (recovering a crash's torn tail) and record the start.

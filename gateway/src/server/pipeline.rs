@@ -28,6 +28,10 @@ use crate::fhir::request::{self, FhirRequest, Interaction, Operation, RequestPar
 use crate::fhir::{SearchParam, SearchParams};
 use crate::proxy::{UpstreamRequest, UpstreamResponse};
 
+// --- plugins (issue 7): the plugin stages (policy verdicts, $member-match).
+mod plugin_stage;
+// --- end plugins
+
 /// Search query strings longer than this go upstream as POST `_search`.
 const MAX_GET_QUERY: usize = 4096;
 
@@ -201,6 +205,13 @@ impl FhirHandler {
             Err(err) => return (name, Err(err)),
         };
         // --- end access
+        // --- plugins (issue 7): the policy plugins' on-request, after the
+        // built-in checks; a deny is a 403, a plugin failure fails closed.
+        let policy = match self.policy_on_request(principal.as_deref(), &fhir, request_id).await {
+            Ok(run) => run,
+            Err(err) => return (name, Err(err)),
+        };
+        // --- end plugins
         let ctx = RequestCtx {
             request_id: request_id.to_owned(),
             caller: Caller::new(principal),
@@ -210,6 +221,15 @@ impl FhirHandler {
         };
         let content_type = parts.headers.get(CONTENT_TYPE).cloned();
         let result = self.dispatch(&ctx, fhir, body, content_type).await;
+        // --- plugins (issue 7): policy verdicts on what the built-in filters let out.
+        let result = match (result, policy) {
+            (Ok(response), Some(run)) => {
+                let scope = ctx.access.as_ref().map(|d| d.scope.clone());
+                self.policy_on_response(run, response, scope, record).await
+            }
+            (result, _) => result,
+        };
+        // --- end plugins
         // --- access (issue 4): what the response filter let out, for the audit record.
         if ctx.access.is_some() {
             record.set_filter_report(&ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()));
@@ -266,6 +286,9 @@ impl FhirHandler {
                     "system-level $export is not offered: Provider Access exports a Group (Group/{id}/$export)",
                 ));
             }
+            // --- plugins (issue 7): HRex $member-match through the matcher plugin.
+            Interaction::Operation(Operation::MemberMatch) => return self.member_match(ctx, &body).await,
+            // --- end plugins
             Interaction::Operation(op) => {
                 return Err(GatewayError::new(
                     Blame::Caller,

@@ -1,0 +1,131 @@
+//! The plugin stages of the pipeline (issue 7):
+//! - `policy_on_request`: every policy plugin's `on-request`, after the
+//!   built-in auth and access decisions (a deny is a 403);
+//! - `policy_on_response`: `on-resource` over what the built-in access and
+//!   redaction filters let out (drop, or narrow; never add);
+//! - `member_match`: `$member-match` through the matcher plugin.
+//!
+//! Plugin calls run on blocking threads (a plugin may use up to its
+//! `timeout_ms` of CPU); any plugin failure fails the request closed.
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+
+use super::{FhirHandler, RequestCtx};
+use crate::audit::AuditRecord;
+use crate::error::{Blame, GatewayError, IssueCode};
+use crate::fhir::FhirRequest;
+use crate::plugins::policy::{BodyOutcome, Decision};
+use crate::plugins::{PolicyContext, PolicyRun};
+use crate::server::respond::{self, Body};
+
+impl FhirHandler {
+    /// Run `on-request` of every policy plugin; the run is kept for the
+    /// response. `None` when no policy plugin is configured (or no caller).
+    pub(super) async fn policy_on_request(
+        &self,
+        principal: Option<&crate::auth::Principal>,
+        fhir: &FhirRequest,
+        request_id: &str,
+    ) -> Result<Option<PolicyRun>, GatewayError> {
+        let set = self.gw.plugins.current();
+        let Some(principal) = principal else { return Ok(None) };
+        if set.policies.is_empty() {
+            return Ok(None);
+        }
+        let ctx = PolicyContext {
+            request_id: request_id.to_owned(),
+            client_id: principal.client_id.clone(),
+            organization: principal.organization.clone(),
+            npi: principal.npi.clone(),
+            scopes: principal.scopes.to_string().split_whitespace().map(str::to_owned).collect(),
+            interaction: fhir.interaction.name().to_owned(),
+            resource_type: fhir.interaction.resource_type().map(str::to_owned),
+            patients: crate::audit::facts::named_patients(fhir).into_iter().collect(),
+        };
+        let mut run = PolicyRun::new(&ctx, set.policies.clone());
+        run.acquire(self.gw.plugins.host()).await?;
+        let (run, decision) = tokio::task::spawn_blocking(move || {
+            let decision = run.on_request();
+            (run, decision)
+        })
+        .await
+        .map_err(|e| GatewayError::internal(format!("policy plugin task: {e}")))?;
+        match decision? {
+            Decision::Allow => Ok(Some(run)),
+            Decision::Deny(reason) => Err(GatewayError::new(
+                Blame::Policy,
+                StatusCode::FORBIDDEN,
+                IssueCode::Forbidden,
+                format!("refused by payer policy: {reason}"),
+            )),
+        }
+    }
+
+    /// Apply `on-resource` to a successful answer's body.
+    pub(super) async fn policy_on_response(
+        &self,
+        mut run: PolicyRun,
+        response: Response<Body>,
+        scope: Option<std::sync::Arc<crate::access::Scope>>,
+        record: &mut AuditRecord,
+    ) -> Result<Response<Body>, GatewayError> {
+        if !response.status().is_success() {
+            return Ok(response);
+        }
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        if bytes.is_empty() {
+            return Ok(Response::from_parts(parts, respond_body(bytes)));
+        }
+        let access = self.gw.access.clone();
+        let (outcome, report) = tokio::task::spawn_blocking(move || {
+            // A replacement narrows a resource the built-in filters let out;
+            // it goes through the access check again all the same.
+            let recheck = |text: &str| match &scope {
+                Some(scope) => matches!(access.check_resource(scope, text), crate::access::Verdict::Keep(_)),
+                None => crate::fhir::bundle::RawObject::parse(text).is_ok(),
+            };
+            run.filter_body(&bytes, &recheck)
+        })
+        .await
+        .map_err(|e| GatewayError::internal(format!("policy plugin task: {e}")))??;
+        if report.dropped > 0 {
+            record.detail("plugin-dropped", report.dropped.to_string());
+        }
+        if report.replaced > 0 {
+            record.detail("plugin-narrowed", report.replaced.to_string());
+        }
+        match outcome {
+            BodyOutcome::Body(body) => {
+                let mut parts = parts;
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+                if report.replaced > 0 {
+                    parts.headers.remove(http::header::ETAG);
+                }
+                Ok(Response::from_parts(parts, respond_body(body)))
+            }
+            BodyOutcome::Withheld(_) => Err(crate::access::decide::not_found()),
+        }
+    }
+
+    /// `POST {base}/Patient/$member-match`.
+    pub(super) async fn member_match(&self, ctx: &RequestCtx, body: &Bytes) -> Result<Response<Body>, GatewayError> {
+        let op = crate::ops::member_match::MemberMatch {
+            upstream: &self.gw.upstream,
+            plugins: &self.gw.plugins,
+            config: &self.gw.config.member_match,
+            request_id: &ctx.request_id,
+        };
+        let access = self.gw.access.clone();
+        let matched = op.run(body, |member| async move { access.is_opted_out(&member).await }).await?;
+        // The audit record names the member whose identifier left.
+        ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()).patients.insert(matched.member.clone());
+        Ok(respond::fhir_json(StatusCode::OK, matched.body))
+    }
+}
+
+fn respond_body(bytes: Bytes) -> Body {
+    http_body_util::Full::new(bytes)
+}
