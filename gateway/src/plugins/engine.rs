@@ -37,6 +37,12 @@ pub fn engine(max_memory_mb: u64) -> anyhow::Result<Engine> {
         .max_component_instance_size(1 << 20)
         .max_memory_size(slot);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // Reserve only what a plugin may use (plus a guard) per memory slot,
+    // not wasmtime's 4 GiB default: 256 slots of 4 GiB would be 1 TiB of
+    // address space. Bounds checks stay, and cost little here.
+    config.memory_reservation(slot as u64);
+    config.memory_guard_size(2 << 20);
+    config.memory_reservation_for_growth(0);
     Engine::new(&config)
 }
 

@@ -169,6 +169,17 @@ impl Host {
         })
     }
 
+    /// A host that runs nothing (no `[[plugins]]`): no pool, no ticker.
+    fn idle() -> anyhow::Result<Host> {
+        let engine = wasmtime::Engine::default();
+        let cache_dir = None;
+        Ok(Host {
+            engine,
+            cache_dir,
+            permits: Arc::new(tokio::sync::Semaphore::new(engine::MAX_INSTANCES as usize)),
+        })
+    }
+
     pub fn engine(&self) -> &wasmtime::Engine {
         &self.engine
     }
@@ -283,7 +294,7 @@ impl Plugins {
     /// No plugins configured.
     pub fn none() -> anyhow::Result<Plugins> {
         Ok(Plugins {
-            host: Arc::new(Host::new(1, None)?),
+            host: Arc::new(Host::idle()?),
             configs: Vec::new(),
             current: ArcSwap::from_pointee(PluginSet::default()),
             generation: AtomicU64::new(0),

@@ -111,7 +111,11 @@ impl FhirHandler {
     }
 
     /// `POST {base}/Patient/$member-match`.
-    pub(super) async fn member_match(&self, ctx: &RequestCtx, body: &Bytes) -> Result<Response<Body>, GatewayError> {
+    pub(super) async fn member_match(
+        &self,
+        ctx: &RequestCtx,
+        body: &Bytes,
+    ) -> Result<Response<Body>, GatewayError> {
         let op = crate::ops::member_match::MemberMatch {
             upstream: &self.gw.upstream,
             plugins: &self.gw.plugins,
