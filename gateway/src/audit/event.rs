@@ -67,6 +67,10 @@ pub enum Reason {
     Unlinked,
     /// Group members hidden from the caller (not visible, opted out, inactive, expired).
     GroupMember,
+    /// A drug (pharmacy) prior authorization (outside CMS-0057-F).
+    DrugPriorAuth,
+    /// A resource redaction could not read (never sent).
+    Unreadable,
 }
 
 impl Reason {
@@ -80,6 +84,8 @@ impl Reason {
             Reason::Plugin => "plugin",
             Reason::Unlinked => "unlinked",
             Reason::GroupMember => "group-member",
+            Reason::DrugPriorAuth => "drug-pa",
+            Reason::Unreadable => "unreadable",
         }
     }
 }

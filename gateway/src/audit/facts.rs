@@ -155,6 +155,25 @@ impl AuditRecord {
         self.disclosure = Some(d);
     }
 
+    /// What redaction withheld (`suppressed.part2`, `.date-floor`,
+    /// `.drug-pa`, `.unreadable`) and changed (`redacted.part2`,
+    /// `.financial`), added to the disclosure.
+    pub fn set_redaction_report(&mut self, report: &crate::redact::RedactionReport) {
+        let mut d = self.disclosure.take().unwrap_or_default();
+        let add = |map: &mut std::collections::BTreeMap<Reason, u32>, reason, n: u32| {
+            if n > 0 {
+                *map.entry(reason).or_default() += n;
+            }
+        };
+        add(&mut d.suppressed, Reason::Part2, report.part2_excluded);
+        add(&mut d.suppressed, Reason::DateFloor, report.before_floor);
+        add(&mut d.suppressed, Reason::DrugPriorAuth, report.drug_pa);
+        add(&mut d.suppressed, Reason::Unreadable, report.unreadable);
+        add(&mut d.redacted, Reason::Part2, report.part2_redacted);
+        add(&mut d.redacted, Reason::Financial, report.financial_stripped);
+        self.disclosure = Some(d);
+    }
+
     /// The outcome the client received.
     pub fn set_outcome(&mut self, status: u16, error: Option<&GatewayError>) {
         self.status = status;
@@ -351,6 +370,44 @@ mod tests {
         for s in
             ["suppressed.attribution", "suppressed.opt-out", "redacted.group-member", "narrowed-to-patients"]
         {
+            assert!(json.contains(s), "{s} in {json}");
+        }
+    }
+
+    #[test]
+    fn redaction_reports_add_to_the_disclosure() {
+        let mut access = crate::access::FilterReport::default();
+        access.patients.insert("pat-1".into());
+        access.suppressed_attribution = 1;
+        let report = crate::redact::RedactionReport {
+            part2_excluded: 2,
+            part2_redacted: 1,
+            financial_stripped: 5,
+            before_floor: 3,
+            drug_pa: 1,
+            unreadable: 0,
+        };
+        let mut r = AuditRecord::rest("r");
+        r.set_filter_report(&access);
+        r.set_redaction_report(&report);
+        r.status = 200;
+        let d = r.disclosure.clone().unwrap();
+        assert_eq!(d.suppressed.get(&Reason::Attribution), Some(&1));
+        assert_eq!(d.suppressed.get(&Reason::Part2), Some(&2));
+        assert_eq!(d.suppressed.get(&Reason::DateFloor), Some(&3));
+        assert_eq!(d.suppressed.get(&Reason::DrugPriorAuth), Some(&1));
+        assert_eq!(d.suppressed.get(&Reason::Unreadable), None);
+        assert_eq!(d.redacted.get(&Reason::Part2), Some(&1));
+        assert_eq!(d.redacted.get(&Reason::Financial), Some(&5));
+        assert_eq!(r.disclosed_patients().into_iter().collect::<Vec<_>>(), ["pat-1"]);
+        let json = r.to_json();
+        for s in [
+            "suppressed.part2",
+            "suppressed.date-floor",
+            "suppressed.drug-pa",
+            "redacted.part2",
+            "redacted.financial",
+        ] {
             assert!(json.contains(s), "{s} in {json}");
         }
     }

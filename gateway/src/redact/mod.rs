@@ -42,6 +42,7 @@ pub mod dates;
 pub mod policy;
 pub mod rewrite;
 pub mod scan;
+pub mod subset;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +55,7 @@ use crate::fhir::bundle::RawObject;
 pub use policy::{Policies, PolicyError};
 use rewrite::{Plan, Rewrite};
 use scan::{HitKind, Rules, Scan, Trie};
+pub use subset::Subset;
 
 /// Deepest Bundle-in-Bundle nesting looked into; deeper is withheld.
 const MAX_NESTING: usize = 3;
@@ -189,6 +191,9 @@ pub struct EntriesEdit {
     pub kept_matches: usize,
     /// Withheld entries with `search.mode` match (or no mode).
     pub dropped_matches: usize,
+    /// Entries kept / withheld (any mode).
+    pub kept: usize,
+    pub dropped: usize,
     /// The reason of the first withheld entry.
     pub first_reason: Option<Reason>,
 }
@@ -412,7 +417,7 @@ impl Redactor {
         };
         let Some(entries) = object.get("entry") else { return Verdict::Keep };
         let mut inner = RedactionReport::default();
-        match self.entries_at(entries.get(), &mut inner, depth + 1) {
+        match self.entries_at(entries.get(), None, &mut inner, depth + 1) {
             Ok(edit) if edit.entry.is_none() => Verdict::Keep,
             Ok(edit) => {
                 let reason = edit.first_reason.unwrap_or(Reason::Unreadable);
@@ -429,12 +434,24 @@ impl Redactor {
     /// Redact a Bundle's `entry` array (raw JSON). `Err` when it is not an
     /// array.
     pub fn entries(&self, entries: &str, report: &mut RedactionReport) -> Result<EntriesEdit, &'static str> {
-        self.entries_at(entries, report, 0)
+        self.entries_at(entries, None, report, 0)
+    }
+
+    /// [`Redactor::entries`], then the caller's `_elements` / `_summary`
+    /// cut from the matches that are left.
+    pub fn entries_subset(
+        &self,
+        entries: &str,
+        subset: Option<&Subset>,
+        report: &mut RedactionReport,
+    ) -> Result<EntriesEdit, &'static str> {
+        self.entries_at(entries, subset, report, 0)
     }
 
     fn entries_at(
         &self,
         entries: &str,
+        subset: Option<&Subset>,
         report: &mut RedactionReport,
         depth: usize,
     ) -> Result<EntriesEdit, &'static str> {
@@ -520,9 +537,29 @@ impl Redactor {
         let (mut changed, mut written, mut kept_matches, mut dropped_matches) = (false, 0, 0, 0);
         for slot in &slots {
             let is_match = slot.probe.as_ref().is_none_or(|p| p.is_match());
-            let text = match slot.outcome.as_ref().map(|o| &o.verdict) {
-                Some(Verdict::Keep) => std::borrow::Cow::Borrowed(slot.raw.get()),
-                Some(Verdict::Replace(resource)) => match replace_entry_resource(slot.raw.get(), resource) {
+            let resource = match slot.outcome.as_ref().map(|o| &o.verdict) {
+                Some(Verdict::Keep) => None,
+                Some(Verdict::Replace(resource)) => Some(std::borrow::Cow::Borrowed(resource.as_str())),
+                _ => {
+                    changed = true;
+                    dropped_matches += is_match as usize;
+                    continue;
+                }
+            };
+            // The caller's subset, on the matches only.
+            let cut = match (subset, is_match) {
+                (Some(subset), true) => {
+                    let current = resource
+                        .as_deref()
+                        .or(slot.probe.as_ref().and_then(|p| p.resource.map(RawValue::get)));
+                    current.and_then(|r| subset.apply(r))
+                }
+                _ => None,
+            };
+            let resource = cut.map(std::borrow::Cow::Owned).or(resource);
+            let text = match resource {
+                None => std::borrow::Cow::Borrowed(slot.raw.get()),
+                Some(resource) => match replace_entry_resource(slot.raw.get(), &resource) {
                     Some(entry) => {
                         changed = true;
                         std::borrow::Cow::Owned(entry)
@@ -533,11 +570,6 @@ impl Redactor {
                         continue;
                     }
                 },
-                _ => {
-                    changed = true;
-                    dropped_matches += is_match as usize;
-                    continue;
-                }
             };
             kept_matches += is_match as usize;
             if written > 0 {
@@ -552,7 +584,14 @@ impl Redactor {
             (true, 0) => Some(String::new()),
             (true, _) => Some(out),
         };
-        Ok(EntriesEdit { entry, kept_matches, dropped_matches, first_reason })
+        Ok(EntriesEdit {
+            entry,
+            kept_matches,
+            dropped_matches,
+            kept: written,
+            dropped: slots.len() - written,
+            first_reason,
+        })
     }
 }
 

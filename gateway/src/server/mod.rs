@@ -49,6 +49,8 @@ pub struct Gateway {
     pub audit: crate::audit::AuditLog,
     /// Attribution, opt-outs, request decisions and the response filter (issue 4).
     pub access: Arc<crate::access::Access>,
+    /// Part 2, drug PAs, service-date floor, financial stripping (issue 5).
+    pub redactor: crate::redact::Redactor,
     ready: AtomicBool,
     /// Keeps the built-in sandbox running when `upstream.url = "sandbox"`.
     _sandbox: Option<sandbox::SandboxHandle>,
@@ -61,6 +63,12 @@ impl Gateway {
         let public_base = config.server.base_url.as_str().trim_end_matches('/').to_owned();
         let base_path = config.server.base_url.path().trim_end_matches('/').to_owned();
 
+        // --- redact (issue 5): the policy data first; invalid data stops startup.
+        let redactor = crate::redact::Redactor::new(&config.policy).context("policy")?;
+        for (file, from) in &redactor.policies().sources {
+            tracing::debug!(file = %file, from = %from, "policy file");
+        }
+        // --- end redact
         let audit = open_audit(&config).await?;
         let store = Store::open(&config.state.url).await.context("state.url")?;
         let page_key = store.shared_secret("page-token-key").await.context("state: page token key")?;
@@ -110,6 +118,7 @@ impl Gateway {
             admin_token,
             audit,
             access,
+            redactor,
             ready: AtomicBool::new(false),
             _sandbox: sandbox,
         }))

@@ -66,6 +66,11 @@ struct RequestCtx {
     access: Option<crate::access::Decision>,
     access_report: std::sync::Mutex<crate::access::FilterReport>,
     // --- end access
+    // --- redact (issue 5): the caller's `_elements`/`_summary` (cut by
+    // fhirwall after redaction) and what redaction withheld or changed.
+    subset: Option<crate::redact::Subset>,
+    redaction: std::sync::Mutex<crate::redact::RedactionReport>,
+    // --- end redact
 }
 
 pub struct FhirHandler {
@@ -205,6 +210,10 @@ impl FhirHandler {
             Err(err) => return (name, Err(err)),
         };
         // --- end access
+        // --- redact (issue 5): redaction decides on whole resources, so the
+        // upstream never applies `_elements` / `_summary`; fhirwall does, after.
+        let subset = crate::redact::Subset::take(&mut fhir.params);
+        // --- end redact
         // --- plugins (issue 7): the policy plugins' on-request, after the
         // built-in checks; a deny is a 403, a plugin failure fails closed.
         let policy = match self.policy_on_request(principal.as_deref(), &fhir, request_id).await {
@@ -218,6 +227,8 @@ impl FhirHandler {
             self_url,
             access_report: std::sync::Mutex::new(access.as_ref().map(|d| d.report()).unwrap_or_default()),
             access,
+            subset,
+            redaction: std::sync::Mutex::default(),
         };
         let content_type = parts.headers.get(CONTENT_TYPE).cloned();
         let result = self.dispatch(&ctx, fhir, body, content_type).await;
@@ -235,6 +246,12 @@ impl FhirHandler {
             record.set_filter_report(&ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()));
         }
         // --- end access
+        // --- redact (issue 5): its counts per reason, for the audit record.
+        let redaction = *ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
+        if !redaction.is_empty() {
+            record.set_redaction_report(&redaction);
+        }
+        // --- end redact
         (name, result)
     }
 
@@ -420,6 +437,27 @@ impl FhirHandler {
             }
         }
         // --- end access
+        // --- redact (issue 5): Part 2, drug PAs, service-date floor and
+        // financial stripping on whatever the access filter let through.
+        if resource_type != "CapabilityStatement" {
+            let mut report = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
+            if resource_type == "Bundle" {
+                bundle_edit = self.redact_bundle(ctx, &object, bundle_edit, &mut report)?;
+            } else {
+                let current = filtered.as_deref().unwrap_or(text);
+                match self.gw.redactor.apply(current, &mut report) {
+                    crate::redact::Verdict::Keep => {}
+                    crate::redact::Verdict::Replace(t) => filtered = Some(t),
+                    crate::redact::Verdict::Drop(_) => return Err(crate::access::decide::not_found()),
+                }
+                if let Some(subset) = &ctx.subset
+                    && let Some(cut) = subset.apply(filtered.as_deref().unwrap_or(text))
+                {
+                    filtered = Some(cut);
+                }
+            }
+        }
+        // --- end redact
         let rewriter = self.gw.upstream.rewriter();
         // Only a Bundle (links) or the CapabilityStatement (security) is
         // rebuilt; anything else leaves as the upstream's bytes unless an
@@ -471,6 +509,41 @@ impl FhirHandler {
             }
             None => rewritten(text).map(Bytes::from).unwrap_or_else(|| upstream.body.clone()),
         })
+    }
+
+    /// redact (issue 5): the redaction chain over a Bundle's entries (as the
+    /// access filter left them), composed with the access filter's edit: the
+    /// entries that remain, and a `total` that counts only them.
+    fn redact_bundle(
+        &self,
+        ctx: &RequestCtx,
+        object: &RawObject<'_>,
+        access_edit: Option<crate::access::BundleEdit>,
+        report: &mut crate::redact::RedactionReport,
+    ) -> Result<Option<crate::access::BundleEdit>, GatewayError> {
+        use crate::access::TotalEdit;
+        let entries = match access_edit.as_ref().and_then(|e| e.entry.as_deref()) {
+            Some("") => return Ok(access_edit),
+            Some(entries) => entries,
+            None => match object.get("entry") {
+                Some(entries) => entries.get(),
+                None => return Ok(access_edit),
+            },
+        };
+        let edit = self.gw.redactor.entries_subset(entries, ctx.subset.as_ref(), report).map_err(|why| {
+            GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
+                .with_detail(why.to_owned())
+        })?;
+        let Some(entry) = edit.entry else { return Ok(access_edit) };
+        let total = match access_edit.as_ref().map(|e| e.total) {
+            Some(TotalEdit::Set(_)) => TotalEdit::Set(edit.kept_matches),
+            Some(other) => other,
+            // No access edit: a count of the unfiltered matches must not leave.
+            None if object.get("total").is_some() => TotalEdit::Drop,
+            None => TotalEdit::Absent,
+        };
+        let dropped = access_edit.as_ref().map_or(0, |e| e.dropped) + edit.dropped;
+        Ok(Some(crate::access::BundleEdit { entry: Some(entry), total, dropped, kept: edit.kept }))
     }
 
     /// `self` becomes this request's public URL; paging relations become
