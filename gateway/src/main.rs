@@ -53,6 +53,36 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    // --- plugins (issue 7)
+    /// Offline batch member matching (tuning, benchmarks): the same plugin and host code as $member-match.
+    ///
+    /// Members are FHIR Patient and Coverage lines (Coverage.beneficiary -> Patient); queries are HRex
+    /// $member-match Parameters lines, each with an `id`. Prints one NDJSON line per query, in order:
+    /// {"id":…, "result":"match"|"no-match"|"ambiguous", "member":"Patient/…", "score":…}.
+    Match {
+        /// The matcher component (.wasm).
+        #[arg(long)]
+        plugin: PathBuf,
+        /// Members: NDJSON of Patient and Coverage resources.
+        #[arg(long)]
+        members: PathBuf,
+        /// Queries: NDJSON of HRex $member-match Parameters, each with an `id`.
+        #[arg(long)]
+        queries: PathBuf,
+        /// Memory cap per instance (MiB).
+        #[arg(long, default_value_t = 64)]
+        memory_mb: u64,
+        /// Deadline per call (ms).
+        #[arg(long, default_value_t = 100)]
+        timeout_ms: u64,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// WebAssembly plugin tools for plugin authors.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    // --- end plugins
     /// The audit log: check its hash chain, find records.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -93,6 +123,64 @@ enum Command {
         json: bool,
     },
 }
+
+// --- plugins (issue 7)
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run a plugin against fixtures: DIR/cases.ndjson (and DIR/members.ndjson for a matcher).
+    Test {
+        /// The component (.wasm).
+        plugin: PathBuf,
+        /// The fixtures directory.
+        #[arg(long)]
+        fixtures: PathBuf,
+        #[command(flatten)]
+        limits: PluginLimitArgs,
+    },
+    /// Check a plugin: its world, its imports (and what the sandbox grants each), and that it loads and answers within its limits.
+    Check {
+        /// The component (.wasm).
+        plugin: PathBuf,
+        #[command(flatten)]
+        limits: PluginLimitArgs,
+    },
+}
+
+#[derive(Args)]
+struct PluginLimitArgs {
+    /// Memory cap per instance (MiB).
+    #[arg(long, default_value_t = 64)]
+    memory_mb: u64,
+    /// Deadline per call (ms).
+    #[arg(long, default_value_t = 100)]
+    timeout_ms: u64,
+}
+
+impl PluginLimitArgs {
+    fn limits(&self) -> fhirwall::plugins::cli::Limits {
+        fhirwall::plugins::cli::Limits { memory_mb: self.memory_mb, timeout_ms: self.timeout_ms }
+    }
+}
+
+fn plugin_command(command: PluginCommand) -> ExitCode {
+    let result = match command {
+        PluginCommand::Test { plugin, fixtures, limits } => {
+            fhirwall::plugins::cli::test(&plugin, &fixtures, limits.limits())
+        }
+        PluginCommand::Check { plugin, limits } => {
+            fhirwall::plugins::cli::check(&plugin, limits.limits()).map(|()| true)
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("fhirwall: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+// --- end plugins
 
 #[derive(Subcommand)]
 enum ConfigCommand {
@@ -221,6 +309,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Audit(command) => return audit(command),
+        // --- plugins (issue 7)
+        Command::Plugin(command) => return plugin_command(command),
+        Command::Match { plugin, members, queries, memory_mb, timeout_ms, threads } => {
+            fhirwall::plugins::cli::run_match(
+                &plugin,
+                &members,
+                &queries,
+                fhirwall::plugins::cli::Limits { memory_mb, timeout_ms },
+                threads.unwrap_or_else(fhirwall::plugins::cli::default_threads),
+            )
+        }
+        // --- end plugins
         Command::Serve { config } => serve(config),
         Command::Demo { port } => demo(port),
         Command::Sandbox { listen, faults, data } => sandbox(listen, faults, data),

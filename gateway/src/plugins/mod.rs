@@ -27,6 +27,7 @@
 //! gets a fresh instance.
 
 mod bindings;
+pub mod cli;
 pub mod engine;
 pub mod index;
 pub mod matcher;
