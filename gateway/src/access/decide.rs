@@ -39,6 +39,9 @@ pub enum Mode {
     Read,
     /// Searches and pages: Bundles with entries removed.
     Search,
+    /// A follow-up page: like `Search`, but a `total` is never recomputed
+    /// (the page alone cannot tell the number of matches).
+    Page,
     /// history-instance: like `Search`, and a history with nothing left is a
     /// 404 (an empty history would tell that the resource exists).
     History,
@@ -81,13 +84,14 @@ pub fn plan(
 ) -> Result<Plan, GatewayError> {
     let interaction = fhir.interaction.clone();
     match &interaction {
-        Interaction::Capabilities | Interaction::Page { .. } => Ok(Plan::mode(Mode::Search)),
+        Interaction::Capabilities => Ok(Plan::mode(Mode::Search)),
+        Interaction::Page { .. } => Ok(Plan::mode(Mode::Page)),
         Interaction::Read { resource_type, id }
         | Interaction::Vread { resource_type, id, .. }
         | Interaction::HistoryInstance { resource_type, id } => {
             let read = matches!(interaction, Interaction::Read { .. });
             let mode = if matches!(interaction, Interaction::HistoryInstance { .. }) {
-                Mode::Search
+                Mode::History
             } else {
                 Mode::Read
             };

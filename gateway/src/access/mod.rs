@@ -428,10 +428,19 @@ impl Access {
         report: &mut FilterReport,
     ) -> Result<BundleEdit, GatewayError> {
         let checker = filter::Checker::new(&decision.scope, &self.policy, &self.refs);
-        checker.bundle(object, report, 0).map_err(|why| {
+        let mut edit = checker.bundle(object, report, 0).map_err(|why| {
             GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
                 .with_detail(why.to_owned())
-        })
+        })?;
+        // An empty history would tell that the (hidden) resource exists.
+        if decision.mode == Mode::History && edit.kept == 0 {
+            return Err(decide::not_found());
+        }
+        // A follow-up page alone cannot know the number of matches.
+        if decision.mode == Mode::Page && matches!(edit.total, TotalEdit::Set(_)) {
+            edit.total = TotalEdit::Drop;
+        }
+        Ok(edit)
     }
 
     /// The body of an answer fhirwall gives itself (see [`Local`]); `Err`
