@@ -1,0 +1,230 @@
+//! `POST {base}/Patient/$member-match` end to end: the real gateway, the
+//! built-in sandbox upstream with the synthetic payer dataset
+//! (examples/dataset: `pat-0150`/`pat-0301` share name and birth date), and
+//! the default matcher built by `plugins/build.sh` (plugins/dist/).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+const GRACE: (&str, &str, &str) = ("grace-ehr", "Organization/org-grace", "1417987256");
+const MB: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
+
+/// A built plugin component (plugins/build.sh writes plugins/dist/).
+pub fn plugin(name: &str) -> String {
+    let path = repo_root().join("plugins/dist").join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} is missing: build the plugins first (plugins/build.sh)", path.display());
+    path.display().to_string()
+}
+
+fn matcher_toml(name: &str, extra: &str) -> String {
+    format!(
+        "[[plugins]]\nname = \"matcher\"\nworld = \"matcher\"\npath = {:?}\nmemory_mb = 64\ntimeout_ms = 200\n{extra}",
+        plugin(name)
+    )
+}
+
+fn start(extra: &str) -> Gateway {
+    Gateway::start(
+        GatewayConfig::new("sandbox")
+            .client(GRACE.0, GRACE.1, GRACE.2, &["system/*.read"])
+            .client("obs-only", GRACE.1, GRACE.2, &["system/Observation.read"])
+            .extra_toml(&matcher_toml("default_matcher", ""))
+            .extra_toml(extra),
+    )
+}
+
+/// An HRex 1.1 request (no Consent, no CoverageToLink).
+fn request(family: &str, given: &[&str], birth: &str, gender: &str, subscriber_id: Option<&str>) -> Value {
+    let mut coverage = json!({
+        "resourceType": "Coverage", "id": "card", "status": "active",
+        "beneficiary": {"reference": "Patient/1"},
+        "payor": [{"display": "Fhirwall Example Health Plan"}]
+    });
+    if let Some(s) = subscriber_id {
+        coverage["subscriberId"] = json!(s);
+    }
+    json!({"resourceType": "Parameters", "parameter": [
+        {"name": "MemberPatient", "resource": {"resourceType": "Patient", "id": "1",
+            "name": [{"family": family, "given": given}], "gender": gender, "birthDate": birth}},
+        {"name": "CoverageToMatch", "resource": coverage}
+    ]})
+}
+
+/// The same request in the HRex 1.0 shape: Consent required, CoverageToLink.
+fn request_hrex_1_0(family: &str, given: &[&str], birth: &str, gender: &str, subscriber_id: &str) -> Value {
+    let mut body = request(family, given, birth, gender, Some(subscriber_id));
+    let params = body["parameter"].as_array_mut().unwrap();
+    params.push(json!({"name": "CoverageToLink", "resource": {"resourceType": "Coverage", "id": "new",
+        "status": "active", "beneficiary": {"reference": "Patient/1"},
+        "identifier": [{"system": "http://example.org/new-payer", "value": "234567"}]}}));
+    params.push(json!({"name": "Consent", "resource": {"resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IDSCL"}]}],
+        "patient": {"reference": "Patient/1"}, "performer": [{"reference": "Patient/1"}],
+        "policy": [{"uri": "http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#regular"}],
+        "provision": {"type": "permit", "period": {"start": "2022-01-01", "end": "2030-01-31"}}}}));
+    body
+}
+
+async fn member_match(gw: &Gateway, token: &str, body: &Value) -> Resp {
+    let auth = format!("Bearer {token}");
+    post_json(&gw.url("Patient/$member-match"), &[("Authorization", &auth)], body).await
+}
+
+fn parameter<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
+    body["parameter"].as_array()?.iter().find(|p| p["name"] == name)
+}
+
+#[track_caller]
+fn assert_matched(resp: &Resp, patient: &str, member_id: &str, code: &str) {
+    assert_eq!(resp.status, 200, "expected a match on {patient}: {}", resp.text());
+    let body = resp.json();
+    assert_eq!(body["resourceType"], "Parameters");
+    let ident = &parameter(&body, "MemberIdentifier").expect("MemberIdentifier")["valueIdentifier"];
+    assert_eq!(ident["value"], member_id, "{body}");
+    assert_eq!(ident["type"]["coding"][0]["code"], code, "{body}");
+    assert_eq!(ident["system"], "http://example.org/fhirwall/member-id");
+    assert_eq!(parameter(&body, "MemberId").expect("MemberId")["valueReference"]["reference"], format!("Patient/{patient}"));
+    assert_eq!(body["parameter"].as_array().unwrap().len(), 2, "closed slicing: nothing else: {body}");
+}
+
+#[track_caller]
+fn assert_422(resp: &Resp, code: &str) {
+    assert_eq!(resp.status, 422, "expected 422: {}", resp.text());
+    let oo = assert_operation_outcome(resp);
+    assert_eq!(oo["issue"][0]["code"], code, "{oo}");
+}
+
+#[tokio::test]
+async fn matches_members_in_both_hrex_shapes_and_refuses_what_is_not_a_unique_match() {
+    let gw = start("");
+    let token = gw.token(GRACE.0, "system/*.read");
+
+    // pat-0001: Martha M. Grantham, 1958-06-13, member FW1000105-01.
+    let exact = request("Grantham", &["Martha"], "1958-06-13", "female", Some("FW1000105"));
+    assert_matched(&member_match(&gw, &token, &exact).await, "pat-0001", "FW1000105-01", "MB");
+    let v10 = request_hrex_1_0("Grantham", &["Martha", "M."], "1958-06-13", "female", "FW1000105-01");
+    assert_matched(&member_match(&gw, &token, &v10).await, "pat-0001", "FW1000105-01", "MB");
+    // The HRex 1.0 example, as published, but for a member of this plan.
+    let spec = std::fs::read(repo_root().join("../shared/data/hl7-examples/hrex-1.0.0/parameters-member-match-in.json"));
+    if let Ok(spec) = spec {
+        let mut spec: Value = serde_json::from_slice(&spec).unwrap();
+        let params = spec["parameter"].as_array_mut().unwrap();
+        params[0]["resource"]["name"] = json!([{"family": "Grantham", "given": ["Martha"]}]);
+        params[0]["resource"]["birthDate"] = json!("1958-06-13");
+        params[1]["resource"]["subscriberId"] = json!("FW1000105");
+        assert_matched(&member_match(&gw, &token, &spec).await, "pat-0001", "FW1000105-01", "MB");
+    }
+    // Perturbed: nickname-free but a typo in the family name and the card id formatted differently.
+    let typo = request("Grantam", &["Martha"], "1958-06-13", "female", Some("fw 1000105 01"));
+    assert_matched(&member_match(&gw, &token, &typo).await, "pat-0001", "FW1000105-01", "MB");
+    // Any covered member matches, attributed to the caller or not (pat-0004 is visible to nobody).
+    let p4 = request("Ximenez", &["Lucia"], "1947-12-18", "female", Some("FW1000123"));
+    assert_matched(&member_match(&gw, &token, &p4).await, "pat-0004", "FW1000123-01", "MB");
+
+    // pat-0150 and pat-0301: same name and birth date. Without a card: ambiguous.
+    let twins = request("Okonkwo", &["Joan"], "1998-03-31", "female", None);
+    assert_422(&member_match(&gw, &token, &twins).await, "multiple-matches");
+    // The card tells them apart.
+    let with_card = request("Okonkwo", &["Joan"], "1998-03-31", "female", Some("FW1000569"));
+    assert_matched(&member_match(&gw, &token, &with_card).await, "pat-0150", "FW1000569-01", "MB");
+    let other = request("Okonkwo", &["Joan"], "1998-03-31", "female", Some("FW1009544-01"));
+    assert_matched(&member_match(&gw, &token, &other).await, "pat-0301", "FW1009544-01", "MB");
+
+    // Nobody like this: no match.
+    let nobody = request("Zzyzx", &["Quentin"], "1901-01-01", "male", Some("XX0000000"));
+    assert_422(&member_match(&gw, &token, &nobody).await, "not-found");
+    // Right name, wrong birth year: a look-alike, not a match.
+    let lookalike = request("Grantham", &["Martha"], "1961-02-13", "female", None);
+    assert_422(&member_match(&gw, &token, &lookalike).await, "not-found");
+
+    // An opted-out member is no match (the same answer: the opt-out is not revealed).
+    gw.admin("PUT", "/admin/opt-outs/pat-0001", Some(&json!({"reason": "member request"}))).await.assert_status(204);
+    let resp = member_match(&gw, &token, &exact).await;
+    assert_422(&resp, "not-found");
+    gw.admin("DELETE", "/admin/opt-outs/pat-0001", None).await.assert_status(204);
+    assert_matched(&member_match(&gw, &token, &exact).await, "pat-0001", "FW1000105-01", "MB");
+
+    // The audit record names the member whose identifier left.
+    let audit = gw.admin("GET", "/admin/audit?patient=pat-0001", None).await;
+    assert_eq!(audit.status, 200);
+    assert!(audit.text().contains("member-match"), "no member-match audit record for pat-0001");
+}
+
+#[tokio::test]
+async fn malformed_and_unauthorized_requests_are_refused() {
+    let gw = start("");
+    let token = gw.token(GRACE.0, "system/*.read");
+    let good = request("Grantham", &["Martha"], "1958-06-13", "female", Some("FW1000105"));
+
+    // Missing CoverageToMatch; a non-local beneficiary reference (HRex: SHALL be local).
+    let mut missing = good.clone();
+    missing["parameter"].as_array_mut().unwrap().pop();
+    let resp = member_match(&gw, &token, &missing).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_operation_outcome(&resp);
+    let mut absolute = good.clone();
+    absolute["parameter"][1]["resource"]["beneficiary"]["reference"] = json!("https://example.org/Patient/1");
+    assert_eq!(member_match(&gw, &token, &absolute).await.status, 400);
+    let not_params = json!({"resourceType": "Patient"});
+    assert_eq!(member_match(&gw, &token, &not_params).await.status, 400);
+
+    // GET is not the operation (affectsState: POST only).
+    let resp = get_bearer(&gw.url("Patient/$member-match"), &token).await;
+    assert!(matches!(resp.status, 400 | 405), "GET $member-match: {}", resp.status);
+
+    // $member-match needs Patient read.
+    let obs = gw.token("obs-only", "system/Observation.read");
+    let resp = member_match(&gw, &obs, &good).await;
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    // No token at all.
+    assert_eq!(post_json(&gw.url("Patient/$member-match"), &[], &good).await.status, 401);
+}
+
+#[tokio::test]
+async fn umb_identifier_by_config_and_no_member_id_for_strict_hrex_1_0() {
+    let gw = start("[member_match]\nidentifier_type = \"UMB\"\nmember_id = false\n");
+    let token = gw.token(GRACE.0, "system/*.read");
+    let exact = request("Grantham", &["Martha"], "1958-06-13", "female", Some("FW1000105"));
+    let resp = member_match(&gw, &token, &exact).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let body = resp.json();
+    let ident = &parameter(&body, "MemberIdentifier").unwrap()["valueIdentifier"];
+    assert_eq!(ident["type"]["coding"][0]["code"], "UMB");
+    assert_eq!(ident["type"]["coding"][0]["system"], "http://hl7.org/fhir/us/davinci-hrex/CodeSystem/hrex-temp");
+    assert!(parameter(&body, "MemberId").is_none());
+    let _ = MB;
+}
+
+#[tokio::test]
+async fn hostile_matchers_fail_closed_and_the_host_checks_their_answers() {
+    let gw = Gateway::start(
+        GatewayConfig::new("sandbox")
+            .client(GRACE.0, GRACE.1, GRACE.2, &["system/*.read"])
+            .extra_toml(&matcher_toml("hostile_matcher", "")),
+    );
+    let token = gw.token(GRACE.0, "system/*.read");
+    let ask = |family: &str| request(family, &["X"], "1998-03-31", "female", None);
+    for (family, statuses) in [("Loop", &[503][..]), ("Oom", &[500]), ("Trap", &[500]), ("Liar", &[500])] {
+        let resp = member_match(&gw, &token, &ask(family)).await;
+        assert!(statuses.contains(&resp.status), "{family}: {} {}", resp.status, resp.text());
+        assert_operation_outcome(&resp);
+        // ...and the gateway goes on serving.
+        get_bearer(&gw.url("Patient/pat-0001"), &token).await.assert_status(200);
+    }
+    // Too many queries: refused by the host, contained.
+    let resp = member_match(&gw, &token, &ask("Flood")).await;
+    assert_eq!(resp.status, 422, "{}", resp.text());
+    // A careless matcher ("First" candidate): the host still refuses an opted-out member.
+    for id in ["pat-0150", "pat-0301"] {
+        gw.admin("PUT", &format!("/admin/opt-outs/{id}"), None).await.assert_status(204);
+    }
+    let resp = member_match(&gw, &token, &ask("First")).await;
+    assert_eq!(resp.status, 422, "opted-out member matched: {}", resp.text());
+    // Failures are audited with the policy blame.
+    let audit = gw.admin("GET", "/admin/audit?client=grace-ehr", None).await;
+    assert!(audit.text().contains("member-match"));
+}
