@@ -44,7 +44,7 @@ pub mod rewrite;
 pub mod scan;
 pub mod subset;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -494,18 +494,61 @@ impl Redactor {
             }
             slot.outcome = Some(outcome);
         }
-        // Follow-up: nothing kept may point at a Part 2 / drug-PA resource
-        // that was withheld; a Provenance goes with its target whatever the
-        // reason. Repeat until stable (a chain of references).
+        // Follow-up, until stable (chains of references):
+        // - nothing kept may point at a Part 2 / drug-PA resource that was
+        //   withheld, and a Provenance goes with its target whatever the reason;
+        // - an `_include`d resource is there for a match that names it (or, for
+        //   `_revinclude`, that it names): when those were all withheld, it goes
+        //   too (a Part 2 program's practitioner must not stay behind).
         if !gone.is_empty() {
+            let keys: Vec<HashSet<String>> = slots
+                .iter()
+                .map(|slot| {
+                    let mut keys = HashSet::new();
+                    if let Some(url) = slot.probe.as_ref().and_then(|p| p.full_url.as_deref()) {
+                        keys.insert(url.to_owned());
+                        keys.extend(normalize_reference(url));
+                    }
+                    if let Some(scan) = slot.outcome.as_ref().and_then(|o| o.scan.as_ref())
+                        && let (Some(t), Some(id)) = (scan.resource_type.as_deref(), scan.id.as_deref())
+                    {
+                        keys.insert(format!("{t}/{id}"));
+                    }
+                    keys
+                })
+                .collect();
+            let refs: Vec<HashSet<String>> = slots
+                .iter()
+                .map(|slot| {
+                    let mut refs = HashSet::new();
+                    for r in slot
+                        .outcome
+                        .as_ref()
+                        .and_then(|o| o.scan.as_ref())
+                        .map(|s| &s.refs)
+                        .into_iter()
+                        .flatten()
+                    {
+                        refs.insert(r.to_string());
+                        refs.extend(normalize_reference(r));
+                    }
+                    refs
+                })
+                .collect();
+            let names =
+                |from: usize, to: usize| from != to && keys[to].iter().any(|k| refs[from].contains(k));
             loop {
+                let dropped_reason = |slot: &Slot<'_>| match slot.outcome.as_ref().map(|o| &o.verdict) {
+                    Some(Verdict::Keep | Verdict::Replace(_)) => None,
+                    Some(Verdict::Drop(reason)) => Some(*reason),
+                    None => Some(Reason::Unreadable),
+                };
                 let mut more = Vec::new();
                 for (index, slot) in slots.iter().enumerate() {
-                    let Some(outcome) = &slot.outcome else { continue };
-                    if matches!(outcome.verdict, Verdict::Drop(_)) {
+                    if dropped_reason(slot).is_some() {
                         continue;
                     }
-                    let Some(scan) = &outcome.scan else { continue };
+                    let Some(scan) = slot.outcome.as_ref().and_then(|o| o.scan.as_ref()) else { continue };
                     let provenance = scan.resource_type.as_deref() == Some("Provenance");
                     let hit = scan.refs.iter().find_map(|r| {
                         let reason = gone.get(r.as_ref()).or_else(|| gone.get(&normalize_reference(r)?))?;
@@ -514,6 +557,23 @@ impl Redactor {
                     });
                     if let Some(reason) = hit {
                         more.push((index, reason));
+                        continue;
+                    }
+                    if slot.probe.as_ref().is_some_and(|p| p.mode.as_deref() == Some("include")) {
+                        let still_wanted = slots.iter().enumerate().any(|(other, o)| {
+                            dropped_reason(o).is_none()
+                                && (names(other, index)
+                                    || (o.probe.as_ref().is_none_or(|p| p.is_match()) && names(index, other)))
+                        });
+                        if !still_wanted {
+                            let cause = slots.iter().enumerate().find_map(|(other, o)| {
+                                let reason = dropped_reason(o)?;
+                                (names(other, index) || names(index, other)).then_some(reason)
+                            });
+                            if let Some(reason) = cause {
+                                more.push((index, reason));
+                            }
+                        }
                     }
                 }
                 if more.is_empty() {

@@ -790,6 +790,39 @@ fn bundles_drop_what_points_at_withheld_records() {
 }
 
 #[test]
+fn includes_of_withheld_matches_go_with_them() {
+    let r = redactor(Part2Mode::Exclude);
+    let mut program_eob =
+        eob(&["E11.9"], json!([{"sequence": 1, "careTeamSequence": [1], "productOrService": cpt("90832")}]));
+    program_eob["id"] = json!("eob-program");
+    program_eob["provider"] = json!({"reference": PROGRAM_ORG});
+    program_eob["careTeam"] = json!([{"sequence": 1, "provider": {"reference": "Practitioner/prac-18"}}]);
+    let mut general =
+        eob(&["E11.9"], json!([{"sequence": 1, "careTeamSequence": [1], "productOrService": cpt("99213")}]));
+    general["careTeam"] = json!([{"sequence": 1, "provider": {"reference": "Practitioner/prac-04"}}]);
+    let include = |resource: Value| {
+        json!({"fullUrl": format!("http://up.example/fhir/{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap()),
+               "resource": resource, "search": {"mode": "include"}})
+    };
+    let prov = json!({"resourceType": "Provenance", "id": "prov-1", "recorded": "2021-01-01T00:00:00Z",
+        "target": [{"reference": "ExplanationOfBenefit/eob-program"}], "agent": [{"who": {"reference": "Organization/org-payer"}}]});
+    let mut b = bundle(&[program_eob, general]);
+    let entries = b["entry"].as_array_mut().unwrap();
+    entries.push(include(
+        json!({"resourceType": "Practitioner", "id": "prac-18", "name": [{"family": "Okonkwo"}]}),
+    ));
+    entries.push(include(
+        json!({"resourceType": "Practitioner", "id": "prac-04", "name": [{"family": "Ashworth"}]}),
+    ));
+    entries.push(include(json!({"resourceType": "Organization", "id": "org-grace"})));
+    entries.push(include(prov));
+    let (_, report, kept) = redact_entries(&r, &b);
+    let ids: Vec<&str> = kept.iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec!["t1", "prac-04", "org-grace"], "the program's practitioner and the Provenance went");
+    assert_eq!(report.part2_excluded, 3);
+}
+
+#[test]
 fn bundle_entries_without_a_resource_or_unreadable_are_withheld() {
     let r = redactor(Part2Mode::Exclude);
     // Written by hand: a JSON value cannot hold a duplicated member.
