@@ -7,10 +7,11 @@
 # are checked with `fhirwall audit verify` afterwards and must hold one record
 # per request wrk completed (plus the start/stop/token records).
 #
-#   bench/audit-e2e.sh [DURATION_S]
+#   bench/audit-e2e.sh [DURATION_S] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-duration=${1:-10}
+duration=${1:-5}
+rounds=${2:-3}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --locked -q
 bin=$PWD/target/release/fhirwall
@@ -55,30 +56,55 @@ to_ms() { python3 -c 'import sys,re
 v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s)$",v); n=float(m.group(1)); u=m.group(2)
 print(round(n/1000 if u=="us" else n*1000 if u=="s" else n,3))' "$1"; }
 
-printf '\nfhirwall audit cost: GET Patient/pat-0001, %s s per row, wrk -t2, %s\n' "$duration" "$(date -u +%F)"
-printf '%-6s %-22s %10s %9s %9s %10s\n' conns audit_dir req/s p50_ms p99_ms requests
-for target in disk tmpfs; do
-  dir="$work/audit"; port=19210
-  [ $target = tmpfs ] && { dir="$shm/audit"; port=19220; }
-  start_gw "$target" "$port" "$dir"
-  token=$("$bin" token --client-id bench-ehr --key "$work/keys/bench-ehr.key.pem" \
+# Both gateways run side by side; the rows alternate between them, so
+# background load on a shared machine hits both alike. Medians per cell.
+start_gw disk 19210 "$work/audit"; disk_pid=$gw_pid
+start_gw tmpfs 19220 "$shm/audit"; tmpfs_pid=$gw_pid
+declare -A tokens
+for port in 19210 19220; do
+  tokens[$port]=$("$bin" token --client-id bench-ehr --key "$work/keys/bench-ehr.key.pem" \
     --token-url "http://127.0.0.1:$port/auth/token" --scope 'system/*.read')
-  total=0
+done
+
+printf '\nfhirwall audit cost: GET Patient/pat-0001, %s rounds of %s s per cell, wrk -t2, %s\n' "$rounds" "$duration" "$(date -u +%F)"
+printf '%-6s %-6s %-6s %10s %9s %9s\n' round conns audit req/s p50_ms p99_ms
+declare -A total results
+for round in $(seq 1 "$rounds"); do
   for conns in 32 128; do
-    out=$(wrk -t2 -c"$conns" -d"${duration}s" --latency -H "Authorization: Bearer $token" \
-      "http://127.0.0.1:$port/fhir/Patient/pat-0001")
-    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-    p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-    n=$(awk '/requests in/ {print $1}' <<<"$out"); total=$((total + n))
-    non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
-    [ -z "$non2xx" ] || { echo "$target: $non2xx non-2xx answers" >&2; exit 1; }
-    printf '%-6s %-22s %10s %9s %9s %10s\n' "$conns" "$target" "$rps" "$(to_ms "$p50")" "$(to_ms "$p99")" "$n"
+    for target in disk tmpfs; do
+      port=19210; [ $target = tmpfs ] && port=19220
+      out=$(wrk -t2 -c"$conns" -d"${duration}s" --latency -H "Authorization: Bearer ${tokens[$port]}" \
+        "http://127.0.0.1:$port/fhir/Patient/pat-0001")
+      rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+      p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")"); p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
+      n=$(awk '/requests in/ {print $1}' <<<"$out"); total[$target]=$(( ${total[$target]:-0} + n ))
+      non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+      [ -z "$non2xx" ] || { echo "$target: $non2xx non-2xx answers" >&2; exit 1; }
+      printf '%-6s %-6s %-6s %10s %9s %9s\n' "$round" "$conns" "$target" "$rps" "$p50" "$p99"
+      results[$conns,$target]+="$rps $p50 $p99;"
+    done
   done
-  kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true
+done
+printf '\nmedians\n%-6s %-6s %10s %9s %9s\n' conns audit req/s p50_ms p99_ms
+for conns in 32 128; do
+  for target in disk tmpfs; do
+    python3 - "${results[$conns,$target]}" "$conns" "$target" <<'PY'
+import statistics, sys
+rows = [list(map(float, r.split())) for r in sys.argv[1].split(";") if r.strip()]
+med = [statistics.median(c) for c in zip(*rows)]
+print("%-6s %-6s %10.0f %9.2f %9.2f" % (sys.argv[2], sys.argv[3], *med))
+PY
+  done
+done
+
+for target in disk tmpfs; do
+  pid=$disk_pid; dir="$work/audit"
+  [ $target = tmpfs ] && { pid=$tmpfs_pid; dir="$shm/audit"; }
+  kill "$pid"; wait "$pid" 2>/dev/null || true
   verdict=$("$bin" audit verify --dir "$dir")
   records=$(sed -E 's/^audit log intact: ([0-9]+) records.*/\1/' <<<"$verdict")
-  # start + token + requests + stop (wrk counts completed requests; a few
-  # more may have been answered as it stopped).
-  [ "$records" -ge $((total + 3)) ] || { echo "$target: $records records for $total requests" >&2; exit 1; }
-  echo "       $target: $verdict"
+  # start + token + every request wrk completed + stop (a few more may have
+  # been answered as wrk stopped).
+  [ "$records" -ge $(( ${total[$target]} + 3 )) ] || { echo "$target: $records records for ${total[$target]} requests" >&2; exit 1; }
+  echo "$target: $verdict"
 done

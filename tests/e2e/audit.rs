@@ -255,6 +255,41 @@ async fn every_request_gets_one_record_matching_its_request_id() {
     assert!(recs.iter().all(|r| r.event["resourceType"] == "AuditEvent"));
 }
 
+/// What the access filter and redaction withheld reaches the record as counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withheld_entries_are_counted_per_reason() {
+    let (mut gw, token) = start(GatewayConfig::new("sandbox"));
+    // A payee EOB of a dependent not attributed to org-grace (facts.json
+    // subscriber_visible_dependent_not): withheld by attribution.
+    let hidden = get_bearer(&gw.url("ExplanationOfBenefit/eob-0010-1"), &token).await;
+    hidden.assert_status(404);
+    // pat-0009's EOBs: one is Part 2 (excluded), the rest lose their financial elements.
+    let eobs = get_bearer(&gw.url("ExplanationOfBenefit?patient=Patient/pat-0009&_count=50"), &token).await;
+    eobs.assert_status(200);
+    // An opted-out member is invisible.
+    gw.admin("PUT", "/admin/opt-outs/pat-0012", None).await.assert_status(204);
+    let opted_out = get_bearer(&gw.url("Patient/pat-0012"), &token).await;
+    opted_out.assert_status(404);
+    gw.stop();
+    let recs = read_log(&gw.audit_dir());
+    let rec = |resp: &Resp| recs.iter().find(|r| r.id() == request_id(resp)).unwrap().clone();
+
+    let r = rec(&hidden);
+    assert_eq!(r.detail("suppressed.attribution").as_deref(), Some("1"), "{}", r.event);
+    assert!(r.patients("disclosed").is_empty());
+    let r = rec(&eobs);
+    assert_eq!(r.patients("disclosed"), BTreeSet::from(["Patient/pat-0009".to_owned()]));
+    let count = |name: &str| r.detail(name).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+    assert!(count("suppressed.part2") >= 1, "{}", r.event);
+    assert!(count("redacted.financial") >= 1, "{}", r.event);
+    let r = rec(&opted_out);
+    assert!(r.patients("disclosed").is_empty(), "{}", r.event);
+    assert_eq!(r.event["outcome"], "4");
+    let put = recs.iter().find(|r| r.subtype() == "opt-out.put").unwrap();
+    assert_eq!(put.patients("requested"), BTreeSet::from(["Patient/pat-0012".to_owned()]));
+    assert_eq!(put.event["action"], "U");
+}
+
 // ---------------------------------------------------------------------------
 // Tampering
 
