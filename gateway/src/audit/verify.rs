@@ -105,7 +105,8 @@ pub fn verify_dir(dir: &Path) -> Result<Intact, Broken> {
             if buf.last() != Some(&b'\n') {
                 return Err(fail(
                     "incomplete final line: the file was truncated, or a crash interrupted a write \
-                     (never acknowledged; `fhirwall serve` moves such a tail aside at startup)"
+                     (never acknowledged; `fhirwall serve` moves such a tail aside at startup), \
+                     or the gateway is writing right now (run again)"
                         .into(),
                 ));
             }
