@@ -87,7 +87,10 @@ fn assert_matched(resp: &Resp, patient: &str, member_id: &str, code: &str) {
     assert_eq!(ident["value"], member_id, "{body}");
     assert_eq!(ident["type"]["coding"][0]["code"], code, "{body}");
     assert_eq!(ident["system"], "http://example.org/fhirwall/member-id");
-    assert_eq!(parameter(&body, "MemberId").expect("MemberId")["valueReference"]["reference"], format!("Patient/{patient}"));
+    assert_eq!(
+        parameter(&body, "MemberId").expect("MemberId")["valueReference"]["reference"],
+        format!("Patient/{patient}")
+    );
     assert_eq!(body["parameter"].as_array().unwrap().len(), 2, "closed slicing: nothing else: {body}");
 }
 
@@ -109,7 +112,9 @@ async fn matches_members_in_both_hrex_shapes_and_refuses_what_is_not_a_unique_ma
     let v10 = request_hrex_1_0("Grantham", &["Martha", "M."], "1958-06-13", "female", "FW1000105-01");
     assert_matched(&member_match(&gw, &token, &v10).await, "pat-0001", "FW1000105-01", "MB");
     // The HRex 1.0 example, as published, but for a member of this plan.
-    let spec = std::fs::read(repo_root().join("../shared/data/hl7-examples/hrex-1.0.0/parameters-member-match-in.json"));
+    let spec = std::fs::read(
+        repo_root().join("../shared/data/hl7-examples/hrex-1.0.0/parameters-member-match-in.json"),
+    );
     if let Ok(spec) = spec {
         let mut spec: Value = serde_json::from_slice(&spec).unwrap();
         let params = spec["parameter"].as_array_mut().unwrap();
@@ -142,7 +147,9 @@ async fn matches_members_in_both_hrex_shapes_and_refuses_what_is_not_a_unique_ma
     assert_422(&member_match(&gw, &token, &lookalike).await, "not-found");
 
     // An opted-out member is no match (the same answer: the opt-out is not revealed).
-    gw.admin("PUT", "/admin/opt-outs/pat-0001", Some(&json!({"reason": "member request"}))).await.assert_status(204);
+    gw.admin("PUT", "/admin/opt-outs/pat-0001", Some(&json!({"reason": "member request"})))
+        .await
+        .assert_status(204);
     let resp = member_match(&gw, &token, &exact).await;
     assert_422(&resp, "not-found");
     gw.admin("DELETE", "/admin/opt-outs/pat-0001", None).await.assert_status(204);
@@ -194,7 +201,10 @@ async fn umb_identifier_by_config_and_no_member_id_for_strict_hrex_1_0() {
     let body = resp.json();
     let ident = &parameter(&body, "MemberIdentifier").unwrap()["valueIdentifier"];
     assert_eq!(ident["type"]["coding"][0]["code"], "UMB");
-    assert_eq!(ident["type"]["coding"][0]["system"], "http://hl7.org/fhir/us/davinci-hrex/CodeSystem/hrex-temp");
+    assert_eq!(
+        ident["type"]["coding"][0]["system"],
+        "http://hl7.org/fhir/us/davinci-hrex/CodeSystem/hrex-temp"
+    );
     assert!(parameter(&body, "MemberId").is_none());
     let _ = MB;
 }

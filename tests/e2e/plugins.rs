@@ -17,15 +17,20 @@ const NPI: &str = "1417987256";
 
 fn plugin(name: &str) -> Vec<u8> {
     let path = repo_root().join("plugins/dist").join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}: build the plugins first (plugins/build.sh)", path.display()))
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}: build the plugins first (plugins/build.sh)", path.display()))
 }
 
 fn policy_toml(rel_path: &str) -> String {
-    format!("[[plugins]]\nname = \"policy\"\nworld = \"policy\"\npath = {rel_path:?}\nmemory_mb = 32\ntimeout_ms = 100\n")
+    format!(
+        "[[plugins]]\nname = \"policy\"\nworld = \"policy\"\npath = {rel_path:?}\nmemory_mb = 32\ntimeout_ms = 100\n"
+    )
 }
 
 fn gateway(clients: &[&str], wasm: &str) -> Gateway {
-    let mut config = GatewayConfig::new("sandbox").file("plugins/policy.wasm", plugin(wasm)).extra_toml(&policy_toml("plugins/policy.wasm"));
+    let mut config = GatewayConfig::new("sandbox")
+        .file("plugins/policy.wasm", plugin(wasm))
+        .extra_toml(&policy_toml("plugins/policy.wasm"));
     for c in clients {
         config = config.client(c, ORG, NPI, &["system/*.read"]);
     }
@@ -71,7 +76,11 @@ async fn hostile_policy_plugins_are_contained_and_the_gateway_keeps_serving() {
     let audit = gw.admin("GET", "/admin/audit?client=trap-ehr", None).await;
     assert_eq!(audit.status, 200);
     let lines: Vec<Value> = audit.text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    assert!(lines.iter().any(|l| l.to_string().contains("policy")), "no policy-blamed audit record: {}", audit.text());
+    assert!(
+        lines.iter().any(|l| l.to_string().contains("policy")),
+        "no policy-blamed audit record: {}",
+        audit.text()
+    );
 }
 
 #[tokio::test]
@@ -122,7 +131,11 @@ async fn hot_reload_swaps_atomically_and_keeps_the_old_plugin_when_the_new_one_f
     let resp = gw.admin("POST", "/admin/plugins/reload", None).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.json()["generation"], 2);
-    assert_eq!(read(&gw, &token, "Patient/pat-0001").await.status, 200, "the new plugin keeps unflagged data");
+    assert_eq!(
+        read(&gw, &token, "Patient/pat-0001").await.status,
+        200,
+        "the new plugin keeps unflagged data"
+    );
 
     // A broken file: the reload fails, says why, and the running version stays.
     std::fs::write(&path, b"\0asm\x0d\0\x01\0garbage").unwrap();
@@ -179,8 +192,13 @@ fn plugin_check_and_plugin_test_cli() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("fhirwall:plugin/matcher@0.1.0") && text.contains("wasi:cli/environment"), "{text}");
-    for (wasm, fixtures) in [("default_matcher", "default-matcher"), ("policy_confidential", "policy-confidential")] {
+    assert!(
+        text.contains("fhirwall:plugin/matcher@0.1.0") && text.contains("wasi:cli/environment"),
+        "{text}"
+    );
+    for (wasm, fixtures) in
+        [("default_matcher", "default-matcher"), ("policy_confidential", "policy-confidential")]
+    {
         let out = std::process::Command::new(fhirwall_bin())
             .args(["plugin", "test"])
             .arg(dist.join(format!("{wasm}.wasm")))

@@ -26,7 +26,9 @@ pub fn engine(max_memory_mb: u64) -> anyhow::Result<Engine> {
     config.epoch_interruption(true);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
     let mut pool = PoolingAllocationConfig::default();
-    let slot = (max_memory_mb.clamp(1, MAX_MEMORY_MB) << 20) as usize;
+    // One spare MiB over the largest cap: the store's limiter, not the
+    // slot, is what refuses a plugin's growth (and says so).
+    let slot = ((max_memory_mb.clamp(1, MAX_MEMORY_MB) + 1) << 20) as usize;
     pool.total_component_instances(MAX_INSTANCES)
         .total_core_instances(MAX_INSTANCES * 8)
         .total_memories(MAX_INSTANCES * 2)

@@ -33,6 +33,8 @@ pub mod index;
 pub mod matcher;
 pub mod policy;
 mod sandbox;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -40,6 +40,12 @@ impl ResourceLimiter for Limits {
         Ok(true)
     }
 
+    fn memory_grow_failed(&mut self, _error: anyhow::Error) -> anyhow::Result<()> {
+        // A grow refused below our cap (the pool slot is full): same thing.
+        self.memory_exceeded = true;
+        Ok(())
+    }
+
     fn table_growing(
         &mut self,
         _current: usize,
