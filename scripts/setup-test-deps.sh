@@ -9,7 +9,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STEPS=(node medplum jwt_clients postgres openssl)
+STEPS=(node medplum jwt_clients postgres openssl plugins)
 
 log() { printf 'setup-test-deps: %s\n' "$*"; }
 die() { printf 'setup-test-deps: error: %s\n' "$*" >&2; exit 1; }
@@ -101,6 +101,13 @@ step_openssl() {
     return
   fi
   apt_install openssl
+}
+
+# The WebAssembly plugins (plugins/dist/*.wasm) the plugin and $member-match
+# tests load: plugins/build.sh adds the wasm32-wasip2 target (rustup) and
+# builds each component; cargo skips what is up to date.
+step_plugins() {
+  bash "$ROOT/plugins/build.sh"
 }
 
 main() {

@@ -17,5 +17,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== plugins (guest SDK and plugins, native unit tests; each on its own: one world per build)"
+(cd plugins && cargo fmt --all -- --check && for p in default-matcher policy-confidential; do cargo test --locked -q -p "$p"; done)
+
 echo "== cargo test"
 cargo test --workspace --locked
