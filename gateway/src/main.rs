@@ -433,8 +433,11 @@ scopes = ["system/*.read"]
          \n  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/Patient/pat-0001/Coverage'\
          \n  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/Patient?_has:Observation:patient:code=1'   # refused: 400\
          \n  curl -s http://127.0.0.1:{admin_port}/metrics | head\
+         \n  curl -s -H \"Authorization: Bearer {admin_token}\" 'http://127.0.0.1:{admin_port}/admin/audit?patient=pat-0001'\
+         \n  fhirwall audit verify --dir {audit}\
          \n\nPress Ctrl-C to stop.\n",
         dir.path().display(),
+        audit = config.audit.dir.display(),
         key = keys.key_path.display(),
     );
     runtime()?.block_on(fhirwall::server::run_with_admin_token(config, Some(admin_token)))

@@ -26,6 +26,8 @@ pub fn format_micros(micros: i64) -> String {
 
 /// An RFC 3339 date (`2025-06-30`, midnight UTC) or date-time with `Z` or a
 /// numeric offset and an optional fraction, as microseconds since the epoch.
+/// A space in place of the offset's `+` is read as `+` (an unencoded `+` in
+/// a URL query arrives as a space).
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
     let b = text.as_bytes();
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
@@ -70,13 +72,14 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     }
     let offset_s = match b.get(i)? {
         b'Z' | b'z' if i + 1 == b.len() => 0,
-        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+        // A space where the sign goes is a `+` that a URL query decoded.
+        sign @ (b'+' | b'-' | b' ') if i + 6 == b.len() && b[i + 3] == b':' => {
             let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
             if oh > 23 || om > 59 {
                 return None;
             }
             let off = oh * 3600 + om * 60;
-            if *sign == b'+' { off } else { -off }
+            if *sign == b'-' { -off } else { off }
         }
         _ => return None,
     };
@@ -143,6 +146,7 @@ mod tests {
             ("2025-06-30T12:00:00.123456789Z", Some(noon + 123_456)),
             ("2025-06-30T14:00:00+02:00", Some(noon)),
             ("2025-06-30T07:30:00-04:30", Some(noon)),
+            ("2025-06-30T14:00:00 02:00", Some(noon)),
             ("2025-06-30t12:00:00z", Some(noon)),
             ("2024-02-29", Some(1_709_164_800_000_000)),
             ("2025-02-29", None),
