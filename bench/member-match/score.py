@@ -14,13 +14,14 @@ truth = {}
 for line in open(sys.argv[1]):
     t = json.loads(line)
     truth[t["id"]] = t
-tp = fp = members = 0
+tp = fp = members = answered = 0
 errors = 0
 per_kind = defaultdict(lambda: [0, 0, 0])  # right, member queries, false positives
 fps = []
 for line in open(sys.argv[2]):
     r = json.loads(line)
     t = truth[r["id"]]
+    answered += 1
     k = per_kind[t["kind"]]
     if t["member"]:
         members += 1
@@ -36,7 +37,7 @@ for line in open(sys.argv[2]):
             k[2] += 1
             fps.append((r["id"], t["kind"], r["member"], t["member"]))
 matches = tp + fp
-print("queries %d (%d of members), matches %d, right %d, false positives %d, errors %d" % (len(truth), members, matches, tp, fp, errors))
+print("queries %d (%d of members), matches %d, right %d, false positives %d, errors %d" % (answered, members, matches, tp, fp, errors))
 print("precision %.4f  recall %.4f" % (tp / matches if matches else 1.0, tp / members if members else 0.0))
 print("%-24s %8s %8s %6s" % ("kind", "recall", "member q", "FP"))
 for kind, (right, n, f) in sorted(per_kind.items()):
