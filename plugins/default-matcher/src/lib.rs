@@ -251,9 +251,12 @@ fn score(probe: &Probe, cand: &Found) -> (f64, Vec<&'static str>) {
         Fit::Initial => -3.0,
         Fit::Different => -6.0,
     };
+    // A nickname alone (no card) stays below the threshold even with a
+    // matching birth date, family name, gender and postal code.
     s += match g {
         Fit::Exact => 3.0,
-        Fit::Partial | Fit::Nickname => 2.5,
+        Fit::Partial => 2.5,
+        Fit::Nickname => 2.0,
         Fit::Typo => 1.5,
         Fit::Initial => 0.0,
         Fit::Different => -5.0,
