@@ -302,3 +302,21 @@ fn query_filters_by_patient_client_and_time() {
     assert!(Filter::parse(None, None, Some("June"), None).is_err());
     assert!(Filter::parse(Some("Patient/a b"), None, None, None).is_err());
 }
+
+#[test]
+fn a_second_writer_on_the_same_file_poisons_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let (log, _) = AuditLog::open(dir.path(), 1 << 20).unwrap();
+    rt.block_on(log.append_json(event(1))).unwrap();
+    assert!(log.healthy());
+    // Someone else appends a line (another node on a shared audit.dir).
+    let (_, path) = chain::list_files(dir.path()).unwrap().pop().unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"seq\":2}\n").unwrap();
+    let err = rt.block_on(log.append_json(event(2))).unwrap_err();
+    assert!(err.to_string().contains("another fhirwall"), "{err}");
+    assert!(!log.healthy());
+    assert!(rt.block_on(log.append_json(event(3))).is_err());
+    assert!(log.render_metrics().contains("fhirwall_audit_healthy 0"));
+}

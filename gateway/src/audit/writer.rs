@@ -233,6 +233,23 @@ impl Writer {
         }
         let started = Instant::now();
         let file = self.file.as_mut().ok_or_else(|| AuditError::Io("no open audit file".into()))?;
+        // Another process appending to the same file would break the chain
+        // (two nodes given one audit.dir): stop rather than interleave.
+        if let Ok(meta) = file.metadata()
+            && meta.is_file()
+            && meta.len() != self.file_len
+        {
+            let why = format!(
+                "the audit file changed under the writer ({} bytes, expected {}): is another fhirwall using this audit.dir?",
+                meta.len(),
+                self.file_len
+            );
+            tracing::error!(%why, "audit log poisoned: every request fails until restart");
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            self.stats.poisoned.store(true, Ordering::Relaxed);
+            self.poisoned = Some(why.clone());
+            return Err(AuditError::Poisoned(why));
+        }
         let written = file.write_all(&buf).and_then(|()| file.sync_data());
         match written {
             Ok(()) => {
