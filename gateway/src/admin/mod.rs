@@ -120,6 +120,20 @@ impl Handler for AdminHandler {
         if let Some(mut record) = record {
             // --- audit (issue 6): durable before the response leaves.
             record.set_outcome(response.status().as_u16(), error.as_ref());
+            if record.kind == (crate::audit::Kind::Admin { action: "client.create" })
+                && response.status().is_success()
+            {
+                // Which client was registered, from the answer (the request body is gone).
+                let (parts, body) = response.into_parts();
+                let bytes =
+                    http_body_util::BodyExt::collect(body).await.map(|b| b.to_bytes()).unwrap_or_default();
+                if let Ok(client) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    && let Some(id) = client["client_id"].as_str()
+                {
+                    record.detail("client", id);
+                }
+                response = Response::from_parts(parts, http_body_util::Full::new(bytes));
+            }
             if let Err(e) = self.gw.audit.record(&record).await {
                 response = respond::error(&crate::audit::fail_closed(&e));
             }
