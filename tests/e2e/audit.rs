@@ -187,6 +187,13 @@ async fn every_request_gets_one_record_matching_its_request_id() {
     seen.push(("admin list clients", r, 200, "client.list"));
     let r = request("GET", &format!("{}/admin/clients", gw.admin_url()), &[], None).await;
     seen.push(("admin without token", r, 401, "client.list"));
+    let jwks: Value =
+        serde_json::from_slice(&std::fs::read(gw.dir().join(format!("keys/{CLIENT}.jwks.json"))).unwrap())
+            .unwrap();
+    let new_client = serde_json::json!({"client_id": "audit-new-ehr", "organization": "Organization/org-valley",
+        "npi": "1637458922", "jwks": jwks, "scopes": ["system/*.read"]});
+    let r = gw.admin("POST", "/admin/clients", Some(&new_client)).await;
+    seen.push(("admin create client", r, 201, "client.create"));
     let r = gw.admin("DELETE", "/admin/clients/no-such-client", None).await;
     seen.push(("admin delete unknown client", r, 404, "client.delete"));
     let r = gw.admin("GET", &format!("/admin/audit?patient={PATIENT}"), None).await;
@@ -237,6 +244,8 @@ async fn every_request_gets_one_record_matching_its_request_id() {
     assert_eq!(refused.detail("authenticated").as_deref(), Some("false"));
     assert_eq!(rec("admin list clients").event["agent"][0]["who"]["identifier"]["value"], "admin");
     assert_eq!(rec("admin without token").event["agent"][0]["who"]["display"], "anonymous");
+    assert_eq!(rec("admin create client").detail("client").as_deref(), Some("audit-new-ehr"));
+    assert_eq!(rec("admin delete unknown client").detail("client").as_deref(), Some("no-such-client"));
     // The token fetched by `fhirwall token` at the start, the start and stop records.
     let tokens: Vec<&Rec> =
         recs.iter().filter(|r| r.subtype() == "110122" && r.event["outcome"] == "0").collect();
