@@ -31,8 +31,11 @@ fn main() {
     let wasm = root.join("plugins/dist/policy_confidential.wasm");
     assert!(wasm.is_file(), "{} missing: run plugins/build.sh", wasm.display());
     let dataset = std::fs::read_to_string(root.join("examples/dataset/payer.ndjson")).expect("dataset");
-    let eobs: Vec<&str> =
-        dataset.lines().filter(|l| l.contains("\"resourceType\":\"ExplanationOfBenefit\"")).take(20).collect();
+    let eobs: Vec<&str> = dataset
+        .lines()
+        .filter(|l| l.contains("\"resourceType\":\"ExplanationOfBenefit\""))
+        .take(20)
+        .collect();
     let typical = eobs[0];
     let host = Host::new(64, None).expect("engine");
     let config = PluginConfig {
@@ -47,7 +50,11 @@ fn main() {
         max_candidates: 100,
     };
     let Loaded::Policy(plugin) = host.load(&config).expect("loads") else { panic!("not a policy plugin") };
-    let ctx = PolicyContext { client_id: "grace-ehr".into(), interaction: "search-type".into(), ..Default::default() };
+    let ctx = PolicyContext {
+        client_id: "grace-ehr".into(),
+        interaction: "search-type".into(),
+        ..Default::default()
+    };
 
     let instantiate = time(2000, || drop(plugin.instantiate().expect("instance")));
     let mut run = PolicyRun::new(&ctx, vec![plugin.clone()]);
@@ -55,7 +62,10 @@ fn main() {
     let call = time(20_000, || {
         run.on_resource(typical).expect("on-resource");
     });
-    let entries: Vec<String> = eobs.iter().map(|e| format!("{{\"fullUrl\":\"x\",\"resource\":{e},\"search\":{{\"mode\":\"match\"}}}}")).collect();
+    let entries: Vec<String> = eobs
+        .iter()
+        .map(|e| format!("{{\"fullUrl\":\"x\",\"resource\":{e},\"search\":{{\"mode\":\"match\"}}}}"))
+        .collect();
     let bundle = bytes::Bytes::from(format!(
         "{{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"entry\":[{}]}}",
         entries.join(",")
@@ -65,6 +75,28 @@ fn main() {
         run.on_request().expect("on-request");
         run.filter_body(&bundle, &|_| true).expect("filter");
     });
+    // The host's own cost per call: a plugin that keeps without looking.
+    let noop_path = root.join("plugins/dist/hostile_policy.wasm");
+    let noop_call = if noop_path.is_file() {
+        let Loaded::Policy(noop) =
+            host.load(&PluginConfig { path: noop_path, ..config.clone() }).expect("loads")
+        else {
+            panic!("not a policy plugin")
+        };
+        let mut run = PolicyRun::new(&ctx, vec![noop]);
+        run.on_request().expect("on-request");
+        Some(time(20_000, || {
+            run.on_resource(typical).expect("on-resource");
+        }))
+    } else {
+        None
+    };
+    let labelled = typical.replacen("\"meta\":{", "\"meta\":{\"security\":[{\"system\":\"http://terminology.hl7.org/CodeSystem/v3-Confidentiality\",\"code\":\"N\"}],", 1);
+    let mut run = PolicyRun::new(&ctx, vec![plugin.clone()]);
+    run.on_request().expect("on-request");
+    let parsed_call = time(20_000, || {
+        run.on_resource(&labelled).expect("on-resource");
+    });
     println!("policy plugin: policy_confidential.wasm (release host, pooling allocator)");
     println!("  instantiate (fresh instance from InstancePre): {:>8.1} µs", instantiate.as_secs_f64() * 1e6);
     println!(
@@ -72,6 +104,10 @@ fn main() {
         typical.len(),
         call.as_secs_f64() * 1e6
     );
+    if let Some(noop) = noop_call {
+        println!("  on-resource, no-op plugin (host cost per call):  {:>8.1} µs", noop.as_secs_f64() * 1e6);
+    }
+    println!("  on-resource, labelled EOB (guest parses it):    {:>8.1} µs", parsed_call.as_secs_f64() * 1e6);
     println!(
         "  20-entry Bundle ({} KiB), instance + on-request + 20 on-resource + rebuild: {:>8.1} µs",
         bundle.len() / 1024,

@@ -24,13 +24,17 @@ pub struct ConfidentialCommunications;
 
 const DEFAULT_CODES: &str = "R,V,confidential-communication";
 
-fn codes() -> Vec<String> {
-    std::env::var("FHIRWALL_CCR_CODES")
-        .unwrap_or_else(|_| DEFAULT_CODES.to_owned())
-        .split(',')
-        .map(|c| c.trim().to_owned())
-        .filter(|c| !c.is_empty())
-        .collect()
+/// The configured codes, read once per instance (an instance serves one request).
+fn codes() -> &'static [String] {
+    static CODES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    CODES.get_or_init(|| {
+        std::env::var("FHIRWALL_CCR_CODES")
+            .unwrap_or_else(|_| DEFAULT_CODES.to_owned())
+            .split(',')
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect()
+    })
 }
 
 impl Policy for ConfidentialCommunications {
@@ -39,6 +43,12 @@ impl Policy for ConfidentialCommunications {
     }
 
     fn on_resource(_ctx: &RequestContext, resource: &str) -> Verdict {
+        // Fast path: a resource without any security label is kept without
+        // a parse (most are). Escaped key names would hide the key from
+        // this check, so any `\u` escape takes the full path.
+        if !resource.contains("\"security\"") && !resource.contains("\\u") {
+            return Verdict::Keep;
+        }
         let Ok(head) = ResourceHead::parse(resource) else {
             // Not something we can read: withhold rather than guess.
             return Verdict::Drop("unreadable resource".into());
