@@ -104,16 +104,15 @@ fn run_one(
         Ok(input) => input,
         Err(e) => return (id, Err(e.message)),
     };
-    let result =
-        matcher.match_member(&input, source.clone()).map_err(|e| e.to_string()).and_then(|outcome| {
-            // The same rule as the live operation: only covered members match.
-            if let MatchAnswer::Match { member, .. } = &outcome.answer
-                && !outcome.offered.get(member).is_some_and(crate::ops::member_match::is_covered)
-            {
-                return Ok(MatchOutcome { answer: MatchAnswer::NoMatch { reasons: vec![] }, ..outcome });
-            }
-            Ok(outcome)
-        });
+    let result = matcher.match_member(&input, source.clone()).map_err(|e| e.to_string()).map(|outcome| {
+        // The same rule as the live operation: only covered members match.
+        if let MatchAnswer::Match { member, .. } = &outcome.answer
+            && !outcome.offered.get(member).is_some_and(crate::ops::member_match::is_covered)
+        {
+            return MatchOutcome { answer: MatchAnswer::NoMatch { reasons: vec![] }, ..outcome };
+        }
+        outcome
+    });
     (id, result)
 }
 

@@ -417,10 +417,11 @@ fn report(set: &PluginSet) -> ReloadReport {
 pub fn cache_dir(state_url: &str) -> PathBuf {
     if let Some(rest) = state_url.strip_prefix("sqlite://") {
         let file = rest.split('?').next().unwrap_or("");
-        if !file.is_empty() && file != ":memory:" {
-            if let Some(parent) = Path::new(file).parent() {
-                return parent.join("plugin-cache");
-            }
+        if !file.is_empty()
+            && file != ":memory:"
+            && let Some(parent) = Path::new(file).parent()
+        {
+            return parent.join("plugin-cache");
         }
     }
     std::env::temp_dir().join("fhirwall-plugin-cache")
