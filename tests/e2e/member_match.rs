@@ -189,6 +189,23 @@ async fn malformed_and_unauthorized_requests_are_refused() {
     assert_eq!(resp.status, 403, "{}", resp.text());
     // No token at all.
     assert_eq!(post_json(&gw.url("Patient/$member-match"), &[], &good).await.status, 401);
+
+    // The CapabilityStatement declares the operation, once, on Patient (HRex).
+    let cs = get(&gw.url("metadata")).await.json();
+    let declared: Vec<&Value> = cs["rest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["resource"].as_array().into_iter().flatten())
+        .filter(|r| r["type"] == "Patient")
+        .flat_map(|r| r["operation"].as_array().into_iter().flatten())
+        .filter(|o| o["name"] == "member-match")
+        .collect();
+    assert_eq!(declared.len(), 1, "{cs}");
+    assert_eq!(
+        declared[0]["definition"],
+        "http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match"
+    );
 }
 
 #[tokio::test]

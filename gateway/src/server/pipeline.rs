@@ -489,12 +489,13 @@ impl FhirHandler {
             Some(out)
         } else if resource_type == "CapabilityStatement" {
             // auth (issue 3): fhirwall's SMART security section, not the upstream's.
-            Some(
-                self.gw
-                    .auth
-                    .add_security(text)
-                    .map_err(|e| not_fhir(&format!("CapabilityStatement: {e}")))?,
-            )
+            let cs = self
+                .gw
+                .auth
+                .add_security(text)
+                .map_err(|e| not_fhir(&format!("CapabilityStatement: {e}")))?;
+            // --- plugins (issue 7): the operations fhirwall serves itself.
+            Some(self.declare_operations(cs))
         } else {
             filtered.take() // access (issue 4): a rebuilt Group, or None
         };
