@@ -104,6 +104,8 @@ async fn verdicts_deny_drop_and_narrow_but_never_add() {
     let bundle = search.json();
     assert!(bundle_resources(&bundle).is_empty(), "{bundle}");
     assert!(bundle.get("total").is_none(), "a total would count withheld entries: {bundle}");
+    let audit = gw.admin("GET", "/admin/audit?client=drop-ehr", None).await;
+    assert!(audit.text().contains("suppressed.plugin"), "plugin drops not audited: {}", audit.text());
 
     // replace with a narrowing: honoured.
     let narrow = gw.token("replace-ehr", "system/*.read");

@@ -91,11 +91,16 @@ impl FhirHandler {
         })
         .await
         .map_err(|e| GatewayError::internal(format!("policy plugin task: {e}")))??;
-        if report.dropped > 0 {
-            record.detail("plugin-dropped", report.dropped.to_string());
-        }
-        if report.replaced > 0 {
-            record.detail("plugin-narrowed", report.replaced.to_string());
+        if report.dropped > 0 || report.replaced > 0 {
+            // Counted like the built-in filters' withholdings (`suppressed.plugin`,
+            // `redacted.plugin`); the access report merges into the same disclosure.
+            let disclosure = record.disclosure.get_or_insert_with(Default::default);
+            if report.dropped > 0 {
+                *disclosure.suppressed.entry(crate::audit::Reason::Plugin).or_default() += report.dropped;
+            }
+            if report.replaced > 0 {
+                *disclosure.redacted.entry(crate::audit::Reason::Plugin).or_default() += report.replaced;
+            }
         }
         match outcome {
             BodyOutcome::Body(body) => {
