@@ -362,6 +362,11 @@ impl CandidateSource for UpstreamCandidates {
         let mut out = Vec::new();
         for id in order {
             let Some(covs) = coverages.remove(&id) else { continue };
+            // Every given field must hold, also for members found through
+            // their Coverage's identifier (that search cannot filter them).
+            if !patient_fits(patients.get(&id).map(String::as_str).unwrap_or(""), query) {
+                continue;
+            }
             if out.len() == limit {
                 return Ok((out, true));
             }
@@ -370,6 +375,39 @@ impl CandidateSource for UpstreamCandidates {
         }
         Ok((out, truncated_upstream))
     }
+}
+
+/// Does a Patient (JSON) satisfy the demographic fields of `query`
+/// (birth-date prefix; family / given word prefixes, case and diacritics
+/// folded)? The upstream already applied them to its Patient searches.
+fn patient_fits(patient: &str, query: &CandidateQuery) -> bool {
+    use crate::plugins::index::name_words;
+    let Ok(p) = serde_json::from_str::<Value>(patient) else { return false };
+    if let Some(b) = &query.birth_date
+        && !p["birthDate"].as_str().is_some_and(|d| d.starts_with(b.as_str()))
+    {
+        return false;
+    }
+    let names = p["name"].as_array().cloned().unwrap_or_default();
+    let words = |field: &str| -> Vec<String> {
+        names
+            .iter()
+            .flat_map(|n| match &n[field] {
+                Value::String(s) => name_words(s),
+                Value::Array(a) => a.iter().filter_map(Value::as_str).flat_map(name_words).collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    };
+    for (field, want) in [("family", &query.family), ("given", &query.given)] {
+        if let Some(want) = want {
+            let want = name_words(want).into_iter().next().unwrap_or_default();
+            if !words(field).iter().any(|w| w.starts_with(want.as_str())) {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 #[cfg(test)]
