@@ -815,8 +815,11 @@ async fn opt_out_on_one_node_holds_on_the_other_within_seconds() {
 
 /// One key pair for a client, made once per test run with `fhirwall keygen`:
 /// (relative path, bytes) of `keys/{id}.key.pem` and `keys/{id}.jwks.json`.
-fn shared_client_files(client_id: &str) -> Vec<(String, Vec<u8>)> {
-    static KEYS: OnceLock<Mutex<HashMap<String, Vec<(String, Vec<u8>)>>>> = OnceLock::new();
+/// (relative path, bytes) of the files a client needs in a gateway's dir.
+type ClientFiles = Vec<(String, Vec<u8>)>;
+
+fn shared_client_files(client_id: &str) -> ClientFiles {
+    static KEYS: OnceLock<Mutex<HashMap<String, ClientFiles>>> = OnceLock::new();
     let keys = KEYS.get_or_init(Default::default);
     let mut keys = keys.lock().unwrap();
     keys.entry(client_id.to_owned())
@@ -1088,6 +1091,18 @@ async fn totals_never_count_removed_entries() {
     let stolen = get_bearer(&next, f.token("grace")).await;
     assert_eq!(stolen.status, 404, "{}", stolen.text());
     assert_no_hidden(&stolen, "org-grace", "stolen page");
+    // Nor does it take parameters or another method (pitfall 12).
+    for (method, url) in [
+        ("GET", format!("{next}?patient=Patient/pat-0001")),
+        ("GET", format!("{next}?_count=1000")),
+        ("POST", next.clone()),
+        ("DELETE", next.clone()),
+    ] {
+        let auth = format!("Bearer {}", f.token("hopkins"));
+        let resp = request(method, &url, &[("Authorization", &auth)], None).await;
+        assert!(matches!(resp.status, 400 | 403 | 405), "{method} {url}: {}", resp.text());
+        assert_no_hidden(&resp, "org-hopkins", &url);
+    }
 }
 
 #[tokio::test]

@@ -241,48 +241,59 @@ impl<'de> Visitor<'de> for ProbeSeed<'_> {
     }
 }
 
-/// One Bundle entry: the resource, its search mode, and duplicate checks.
+/// One Bundle entry: the probed resource, its search mode, and duplicate
+/// checks, read in one pass (the resource is probed where it stands).
 #[derive(Default)]
 struct EntryProbe<'a> {
-    resource: Option<&'a RawValue>,
+    resource: Option<Probe<'a>>,
     mode: Option<String>,
     duplicated: bool,
 }
 
-impl<'de> serde::Deserialize<'de> for EntryProbe<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = EntryProbe<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a Bundle entry")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<EntryProbe<'de>, M::Error> {
-                let mut out = EntryProbe::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    match key.as_ref() {
-                        "resource" => {
-                            let raw: &'de RawValue = map.next_value()?;
-                            out.duplicated |= out.resource.replace(raw).is_some();
-                        }
-                        "search" => {
-                            #[derive(serde::Deserialize)]
-                            struct Search {
-                                mode: Option<String>,
-                            }
-                            let search: Search = map.next_value()?;
-                            out.mode = search.mode;
-                        }
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
+struct EntrySeed<'p> {
+    policy: &'p Policy,
+}
+
+impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
+    type Value = EntryProbe<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<EntryProbe<'de>, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntrySeed<'_> {
+    type Value = EntryProbe<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a Bundle entry")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<EntryProbe<'de>, M::Error> {
+        let mut out = EntryProbe::default();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "resource" => {
+                    let probe = map.next_value_seed(ProbeSeed { policy: self.policy })?;
+                    out.duplicated |= out.resource.replace(probe).is_some();
                 }
-                Ok(out)
+                "search" => {
+                    #[derive(serde::Deserialize)]
+                    struct Search {
+                        mode: Option<String>,
+                    }
+                    let search: Search = map.next_value()?;
+                    out.mode = search.mode;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
         }
-        deserializer.deserialize_map(V)
+        Ok(out)
     }
+}
+
+/// The raw `resource` of an entry (only Groups and nested Bundles need it).
+fn entry_resource_text(entry: &str) -> Option<&str> {
+    RawObject::parse(entry).ok()?.get("resource").map(RawValue::get)
 }
 
 /// Checks resources against one caller's scope.
@@ -547,9 +558,13 @@ impl<'s> Checker<'s> {
         };
         let entries: Vec<&RawValue> =
             serde_json::from_str(entries.get()).map_err(|_| "Bundle.entry is malformed")?;
-        let probes: Vec<EntryProbe<'_>> = entries
+        let mut probes: Vec<EntryProbe<'_>> = entries
             .iter()
-            .map(|e| serde_json::from_str::<EntryProbe<'_>>(e.get()))
+            .map(|e| {
+                let mut de = serde_json::Deserializer::from_str(e.get());
+                let probe = EntrySeed { policy: self.policy }.deserialize(&mut de)?;
+                de.end().map(|_| probe)
+            })
             .collect::<Result<_, _>>()
             .map_err(|_| "a Bundle entry is malformed")?;
         let mut verdicts: Vec<Option<Verdict>> = vec![None; entries.len()];
@@ -557,11 +572,8 @@ impl<'s> Checker<'s> {
         let mut kept = HashSet::new();
         let mut deferred = Vec::new();
         // First pass: everything that does not follow other resources.
-        for (index, probe) in probes.iter().enumerate() {
-            let parsed = match (probe.duplicated, probe.resource) {
-                (false, Some(raw)) => Probe::parse(raw.get(), self.policy).ok(),
-                _ => None,
-            };
+        for (index, probe) in probes.iter_mut().enumerate() {
+            let parsed = if probe.duplicated { None } else { probe.resource.take() };
             let Some(parsed) = parsed else {
                 // No resource (a history delete, a batch response), or an
                 // unreadable one: nothing fhirwall can check leaves.
@@ -576,7 +588,10 @@ impl<'s> Checker<'s> {
             if follows {
                 deferred.push(index);
             } else {
-                let raw = probe.resource.map(RawValue::get).unwrap_or("");
+                let raw = match parsed.resource_type.as_deref() {
+                    Some("Group" | "Bundle") => entry_resource_text(entries[index].get()).unwrap_or(""),
+                    _ => "",
+                };
                 let verdict = self.verdict(raw, &parsed, None, depth);
                 if !matches!(verdict, Verdict::Drop(_))
                     && let (Some(t), Some(id)) = (&parsed.resource_type, &parsed.id)
@@ -589,9 +604,8 @@ impl<'s> Checker<'s> {
         }
         // Second pass: Provenance and friends, against what was kept.
         for index in deferred {
-            let raw = probes[index].resource.map(RawValue::get).unwrap_or("");
             if let Some(parsed) = &resource_probes[index] {
-                verdicts[index] = Some(self.verdict(raw, parsed, Some(&kept), depth));
+                verdicts[index] = Some(self.verdict("", parsed, Some(&kept), depth));
             }
         }
         let mut out = String::with_capacity(entries.iter().map(|e| e.get().len() + 1).sum::<usize>() + 2);

@@ -57,7 +57,7 @@ const MAX_CACHED_ORGANIZATIONS: u64 = 10_000;
 /// The access layer, built once per gateway.
 pub struct Access {
     policy: Arc<Policy>,
-    refs: RefResolver,
+    refs: Arc<RefResolver>,
     store: Store,
     upstream: Upstream,
     source: AttributionSource,
@@ -76,7 +76,7 @@ pub struct Scope {
     upstream: Option<Arc<OrgMembers>>,
     rosters: Option<Arc<OrgRosters>>,
     opt_outs: Arc<HashSet<String>>,
-    refs: RefResolver,
+    refs: Arc<RefResolver>,
 }
 
 impl Scope {
@@ -88,7 +88,7 @@ impl Scope {
         opt_outs: Arc<HashSet<String>>,
         refs: RefResolver,
     ) -> Scope {
-        Scope { organization: organization.to_owned(), upstream, rosters, opt_outs, refs }
+        Scope { organization: organization.to_owned(), upstream, rosters, opt_outs, refs: Arc::new(refs) }
     }
 
     /// `Organization/{id}` of the caller.
@@ -214,7 +214,7 @@ impl Access {
             .build();
         Ok(Arc::new(Access {
             policy,
-            refs: RefResolver::new(bases),
+            refs: Arc::new(RefResolver::new(bases)),
             store,
             upstream,
             source: config.attribution.source,
@@ -381,7 +381,7 @@ impl Access {
         let Some(principal) = principal else {
             return Err(GatewayError::forbidden("an access token is required"));
         };
-        let organization = organization_of(principal)?;
+        let organization = organization_of(&principal.organization)?;
         let scope = self.scope(&organization).await?;
         let plan = decide::plan(&scope, &self.policy, &self.refs, fhir, self.max_narrowed)?;
         Ok(Some(Decision { scope, mode: plan.mode, local: plan.local, narrowed_to: plan.narrowed_to }))
@@ -472,9 +472,9 @@ impl Access {
 
 /// `Organization/{id}` of a principal; a token without one sees nothing
 /// (pitfall 2: a missing claim never means "unrestricted").
-fn organization_of(principal: &Principal) -> Result<String, GatewayError> {
-    match principal.organization.strip_prefix("Organization/") {
-        Some(id) if crate::fhir::search::is_fhir_id(id) => Ok(principal.organization.clone()),
+fn organization_of(organization: &str) -> Result<String, GatewayError> {
+    match organization.strip_prefix("Organization/") {
+        Some(id) if crate::fhir::search::is_fhir_id(id) => Ok(organization.to_owned()),
         _ => Err(GatewayError::forbidden("the client is not bound to a provider organization")),
     }
 }
@@ -487,4 +487,17 @@ fn state_unavailable(e: StoreError) -> GatewayError {
         "access control state is unavailable; the request was refused",
     )
     .with_detail(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_principal_without_an_organization_sees_nothing() {
+        assert_eq!(organization_of("Organization/org-a").unwrap(), "Organization/org-a");
+        for bad in ["", "Organization/", "org-a", "Practitioner/p1", "Organization/a/b", "Organization/a b"] {
+            assert_eq!(organization_of(bad).unwrap_err().status, 403, "{bad:?}");
+        }
+    }
 }
