@@ -89,7 +89,9 @@ impl AdminHandler {
             // --- plugins (issue 7): rebuild every plugin from its file and swap
             // atomically; on failure the old set stays and the answer says why.
             (&Method::POST, "/admin/plugins/reload") => match self.gw.plugins.reload().await {
-                Ok(report) => Ok(respond::json(StatusCode::OK, serde_json::to_vec(&report).unwrap_or_default())),
+                Ok(report) => {
+                    Ok(respond::json(StatusCode::OK, serde_json::to_vec(&report).unwrap_or_default()))
+                }
                 Err(e) => Err(GatewayError::new(
                     Blame::Policy,
                     StatusCode::UNPROCESSABLE_ENTITY,
