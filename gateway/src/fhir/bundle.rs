@@ -42,8 +42,7 @@ impl<'a> RawObject<'a> {
                 out.push(',');
             }
             first = false;
-            // Keys come from valid JSON; re-encode them to be safe.
-            out.push_str(&serde_json::to_string(key.as_ref()).unwrap_or_else(|_| "\"\"".into()));
+            write_key(out, key);
             out.push(':');
             out.push_str(text);
         }
@@ -61,7 +60,8 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for RawObject<'a> {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
                 let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                // Keys are borrowed from the text unless they hold escapes.
+                while let Some(key) = map.next_key_seed(BorrowedKey)? {
                     let value: &'de RawValue = map.next_value()?;
                     members.push((key, value));
                 }
@@ -69,6 +69,42 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for RawObject<'a> {
             }
         }
         deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+    }
+}
+
+/// Write a member name as a JSON string. Keys come from valid JSON; one
+/// that needs escaping is re-encoded, the usual plain one is copied.
+pub fn write_key(out: &mut String, key: &str) {
+    if key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(key);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(key).unwrap_or_else(|_| "\"\"".into()));
+    }
+}
+
+/// A member name, borrowed from the input when it has no escapes (serde's
+/// own `Cow<str>` always allocates).
+struct BorrowedKey;
+
+impl<'de> serde::de::DeserializeSeed<'de> for BorrowedKey {
+    type Value = std::borrow::Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BorrowedKey {
+    type Value = std::borrow::Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_owned()))
     }
 }
 

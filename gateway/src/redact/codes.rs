@@ -5,6 +5,34 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// FNV-1a: the code-set maps are looked up once per coding on the hot path
+/// with short keys (system URIs, codes); their keys come from policy data,
+/// so a keyed (DoS-resistant) hash buys nothing here.
+#[derive(Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+pub type FastSet<K> = HashSet<K, BuildHasherDefault<Fnv>>;
 
 /// How codes of a set are compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +56,25 @@ impl Normalize {
             "none" => Normalize::None,
             _ => return None,
         })
+    }
+
+    /// Call `f` with the code in its comparable form, without allocating
+    /// for the usual short codes; `None` when it cannot be read.
+    pub fn with<R>(self, code: &str, f: impl FnOnce(&str) -> R) -> Option<R> {
+        if self == Normalize::Icd {
+            let trimmed = code.trim();
+            if trimmed.len() <= 32 {
+                let mut buf = [0u8; 32];
+                let mut n = 0;
+                for b in trimmed.bytes().filter(|b| *b != b'.') {
+                    buf[n] = b.to_ascii_uppercase();
+                    n += 1;
+                }
+                // Only ASCII bytes changed: still UTF-8.
+                return std::str::from_utf8(&buf[..n]).ok().map(f);
+            }
+        }
+        self.code(code).map(|c| f(&c))
     }
 
     /// A code in its comparable form; `None` when it cannot be read (an NDC
@@ -106,7 +153,7 @@ pub struct CodeList {
 
 #[derive(Debug, Clone, Default)]
 struct Entries {
-    exact: HashSet<String>,
+    exact: FastSet<String>,
     prefixes: Vec<String>,
     ranges: Vec<(String, String)>,
 }
@@ -209,7 +256,7 @@ impl CodeSet {
         if self.normalize == Normalize::Ndc && !code.contains('-') && code.trim().len() == 10 {
             return ndc_readings(code).iter().any(|c| self.list.matches(c));
         }
-        self.normalize.code(code).is_some_and(|c| self.list.matches(&c))
+        self.normalize.with(code, |c| self.list.matches(c)).unwrap_or(false)
     }
 }
 
@@ -217,7 +264,10 @@ impl CodeSet {
 #[derive(Debug, Clone, Default)]
 pub struct CodeSets {
     sets: Vec<CodeSet>,
-    by_system: HashMap<String, Vec<usize>>,
+    by_system: FastMap<String, Vec<usize>>,
+    /// Lengths of the listed systems (bit per length below 256): most
+    /// codings name a system of another length and need no hash at all.
+    lengths: [u64; 4],
 }
 
 impl CodeSets {
@@ -226,6 +276,11 @@ impl CodeSets {
         self.sets.push(set);
         for system in systems {
             self.by_system.entry(system.clone()).or_default().push(index);
+            if system.len() < 256 {
+                self.lengths[system.len() / 64] |= 1 << (system.len() % 64);
+            } else {
+                self.lengths = [u64::MAX; 4];
+            }
         }
     }
 
@@ -233,6 +288,12 @@ impl CodeSets {
     /// against every set (fail closed); an unknown system matches nothing.
     pub fn matches(&self, system: Option<&str>, code: &str) -> bool {
         match system {
+            Some(system)
+                if system.len() < 256
+                    && self.lengths[system.len() / 64] & (1 << (system.len() % 64)) == 0 =>
+            {
+                false
+            }
             Some(system) => self
                 .by_system
                 .get(system)

@@ -47,7 +47,6 @@ pub mod subset;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::{FinancialMode, Part2Mode, PolicyConfig};
@@ -290,12 +289,32 @@ impl Redactor {
     }
 
     fn outcome<'a>(&self, text: &'a str, report: &mut RedactionReport, depth: usize) -> Outcome<'a> {
+        match scan::scan(text, &self.rules()) {
+            Ok(scan) => self.decide(scan, &|| Some(text), report, depth),
+            Err(_) => {
+                report.drop(Reason::Unreadable);
+                Outcome {
+                    verdict: Verdict::Drop(Reason::Unreadable),
+                    scan: None,
+                    redacted: false,
+                    stripped: false,
+                }
+            }
+        }
+    }
+
+    /// The decision on a scanned resource; `text` yields its JSON when a
+    /// rewrite (or a nested Bundle) needs it.
+    fn decide<'a>(
+        &self,
+        scan: Scan<'a>,
+        text: &dyn Fn() -> Option<&'a str>,
+        report: &mut RedactionReport,
+        depth: usize,
+    ) -> Outcome<'a> {
         let dropped = |reason: Reason, report: &mut RedactionReport, scan: Option<Scan<'a>>| {
             report.drop(reason);
             Outcome { verdict: Verdict::Drop(reason), scan, redacted: false, stripped: false }
-        };
-        let Ok(scan) = scan::scan(text, &self.rules()) else {
-            return dropped(Reason::Unreadable, report, None);
         };
         if scan.duplicated {
             return dropped(Reason::Unreadable, report, Some(scan));
@@ -304,6 +323,7 @@ impl Redactor {
             return dropped(Reason::Unreadable, report, Some(scan));
         };
         if resource_type == "Bundle" {
+            let Some(text) = text() else { return dropped(Reason::Unreadable, report, Some(scan)) };
             let verdict = self.nested_bundle(text, report, depth);
             return Outcome { verdict, scan: Some(scan), redacted: false, stripped: false };
         }
@@ -361,6 +381,7 @@ impl Redactor {
             financial: financial.map(|ft| (ft, &self.policies.financial)),
             redacted_label: &self.policies.labels.redacted,
         };
+        let Some(text) = text() else { return dropped(Reason::Unreadable, report, Some(scan)) };
         match rewrite::rewrite(text, &rw) {
             Ok(out) if out.redacted || out.stripped => {
                 report.part2_redacted += out.redacted as u32;
@@ -461,21 +482,45 @@ impl Redactor {
             raw: &'a RawValue,
             probe: Option<EntryProbe<'a>>,
             outcome: Option<Outcome<'a>>,
+            /// The resource cut out of `raw`, once something needs it.
+            resource: std::cell::OnceCell<Option<&'a RawValue>>,
         }
-        let mut slots: Vec<Slot<'_>> = entries
-            .iter()
-            .map(|raw| Slot {
-                raw,
-                probe: serde_json::from_str::<EntryProbe<'_>>(raw.get()).ok(),
-                outcome: None,
-            })
-            .collect();
+        let rules = self.rules();
+        let mut slots: Vec<Slot<'_>> = Vec::with_capacity(entries.len());
+        // One pass per entry: its fullUrl, search mode and the resource's scan.
+        let mut scans = Vec::with_capacity(entries.len());
+        for raw in &entries {
+            match scan::scan_entry(raw.get(), &rules) {
+                Ok(entry) if !entry.duplicated => {
+                    slots.push(Slot {
+                        raw,
+                        probe: Some(EntryProbe { full_url: entry.full_url, mode: entry.mode }),
+                        outcome: None,
+                        resource: std::cell::OnceCell::new(),
+                    });
+                    scans.push(entry.resource);
+                }
+                _ => {
+                    slots.push(Slot {
+                        raw,
+                        probe: None,
+                        outcome: None,
+                        resource: std::cell::OnceCell::new(),
+                    });
+                    scans.push(None);
+                }
+            }
+        }
         // What is withheld, by `Type/id` and by fullUrl, and why.
         let mut gone: HashMap<String, Reason> = HashMap::new();
         let mut first_reason = None;
-        for slot in &mut slots {
-            let outcome = match slot.probe.as_ref().and_then(|p| p.resource) {
-                Some(resource) => self.outcome(resource.get(), report, depth),
+        for (slot, scan) in slots.iter_mut().zip(scans) {
+            let (raw, cell) = (slot.raw, &slot.resource);
+            let outcome = match scan {
+                Some(scan) => {
+                    let text = || cell.get_or_init(|| entry_resource(raw)).map(RawValue::get);
+                    self.decide(scan, &text, report, depth)
+                }
                 // No resource (a history delete) or an unreadable entry:
                 // nothing fhirwall cannot check leaves.
                 None => {
@@ -609,9 +654,8 @@ impl Redactor {
             // The caller's subset, on the matches only.
             let cut = match (subset, is_match) {
                 (Some(subset), true) => {
-                    let current = resource
-                        .as_deref()
-                        .or(slot.probe.as_ref().and_then(|p| p.resource.map(RawValue::get)));
+                    let old = slot.resource.get_or_init(|| entry_resource(slot.raw));
+                    let current = resource.as_deref().or(old.map(RawValue::get));
                     current.and_then(|r| subset.apply(r))
                 }
                 _ => None,
@@ -619,17 +663,20 @@ impl Redactor {
             let resource = cut.map(std::borrow::Cow::Owned).or(resource);
             let text = match resource {
                 None => std::borrow::Cow::Borrowed(slot.raw.get()),
-                Some(resource) => match replace_entry_resource(slot.raw.get(), &resource) {
-                    Some(entry) => {
-                        changed = true;
-                        std::borrow::Cow::Owned(entry)
+                Some(resource) => {
+                    let old = *slot.resource.get_or_init(|| entry_resource(slot.raw));
+                    match replace_entry_resource(slot.raw.get(), old, &resource) {
+                        Some(entry) => {
+                            changed = true;
+                            std::borrow::Cow::Owned(entry)
+                        }
+                        None => {
+                            changed = true;
+                            dropped_matches += is_match as usize;
+                            continue;
+                        }
                     }
-                    None => {
-                        changed = true;
-                        dropped_matches += is_match as usize;
-                        continue;
-                    }
-                },
+                }
             };
             kept_matches += is_match as usize;
             if written > 0 {
@@ -688,86 +735,16 @@ pub fn normalize_reference(reference: &str) -> Option<String> {
     Some(format!("{resource_type}/{id}"))
 }
 
-/// One Bundle entry: its resource, fullUrl and search mode. An entry with a
-/// duplicated `resource` or `fullUrl` is unreadable (parsers disagree).
-#[derive(Default)]
+/// What a Bundle pass keeps of an entry besides its resource's scan.
 struct EntryProbe<'a> {
-    resource: Option<&'a RawValue>,
     full_url: Option<std::borrow::Cow<'a, str>>,
-    mode: Option<String>,
+    mode: Option<std::borrow::Cow<'a, str>>,
 }
 
-impl<'de> Deserialize<'de> for EntryProbe<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = EntryProbe<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a Bundle entry")
-            }
-            fn visit_map<M: serde::de::MapAccess<'de>>(
-                self,
-                mut map: M,
-            ) -> Result<EntryProbe<'de>, M::Error> {
-                use serde::de::Error;
-                #[derive(Deserialize)]
-                struct Search {
-                    #[serde(default)]
-                    mode: Option<String>,
-                }
-                let mut out = EntryProbe::default();
-                let mut seen_search = false;
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    match key.as_ref() {
-                        "resource" => {
-                            if out.resource.replace(map.next_value()?).is_some() {
-                                return Err(M::Error::custom("duplicate resource"));
-                            }
-                        }
-                        "fullUrl" => {
-                            let url: std::borrow::Cow<'de, str> = map.next_value::<BorrowedStr<'de>>()?.0;
-                            if out.full_url.replace(url).is_some() {
-                                return Err(M::Error::custom("duplicate fullUrl"));
-                            }
-                        }
-                        "search" => {
-                            if std::mem::replace(&mut seen_search, true) {
-                                return Err(M::Error::custom("duplicate search"));
-                            }
-                            out.mode = map.next_value::<Search>()?.mode;
-                        }
-                        _ => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(out)
-            }
-        }
-        deserializer.deserialize_map(V)
-    }
-}
-
-/// A string, borrowed when it has no escapes.
-struct BorrowedStr<'a>(std::borrow::Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for BorrowedStr<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = BorrowedStr<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<BorrowedStr<'de>, E> {
-                Ok(BorrowedStr(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BorrowedStr<'de>, E> {
-                Ok(BorrowedStr(std::borrow::Cow::Owned(v.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(V)
-    }
+/// The `resource` of an entry, cut out of its raw text (only for entries
+/// that are rewritten or subsetted).
+fn entry_resource(entry: &RawValue) -> Option<&RawValue> {
+    RawObject::parse(entry.get()).ok()?.get("resource")
 }
 
 impl EntryProbe<'_> {
@@ -776,11 +753,20 @@ impl EntryProbe<'_> {
     }
 }
 
-/// The entry JSON with its `resource` replaced.
-fn replace_entry_resource(entry: &str, resource: &str) -> Option<String> {
-    let object = RawObject::parse(entry).ok()?;
-    let mut out = String::with_capacity(entry.len());
-    object.write_with(&mut out, |key, _| (key == "resource").then(|| resource.to_owned()));
+/// The entry JSON with its `resource` replaced: the old resource's bytes
+/// (`old`, a slice of `entry` from the entry probe) are spliced out, so the
+/// entry is not parsed again.
+fn replace_entry_resource(entry: &str, old: Option<&RawValue>, resource: &str) -> Option<String> {
+    let old = old?.get();
+    let start = (old.as_ptr() as usize).checked_sub(entry.as_ptr() as usize)?;
+    let end = start.checked_add(old.len())?;
+    if end > entry.len() || entry.get(start..end) != Some(old) {
+        return None;
+    }
+    let mut out = String::with_capacity(entry.len() - old.len() + resource.len());
+    out.push_str(&entry[..start]);
+    out.push_str(resource);
+    out.push_str(&entry[end..]);
     Some(out)
 }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::codes::{CodeList, CodeSet, CodeSets, Normalize};
+use super::codes::{CodeList, CodeSet, CodeSets, FastMap, FastSet, Normalize};
 
 /// The files compiled into fhirwall (`policies/` of the source tree).
 const BUILTIN: &[(&str, &str)] = &[
@@ -94,7 +94,8 @@ pub struct Policies {
 /// Part 2 security labels.
 #[derive(Debug, Default)]
 pub struct Labels {
-    by_system: HashMap<String, HashSet<String>>,
+    /// Few systems: a list beats hashing a long URI per coding.
+    by_system: Vec<(String, HashSet<String>)>,
     pub basis_extension: String,
     pub inline_extension: String,
     pub redacted: RedactedLabel,
@@ -111,7 +112,15 @@ pub struct RedactedLabel {
 
 impl Labels {
     pub fn matches(&self, system: Option<&str>, code: &str) -> bool {
-        system.and_then(|s| self.by_system.get(s)).is_some_and(|codes| codes.contains(code))
+        let Some(system) = system else { return false };
+        self.by_system.iter().any(|(s, codes)| s == system && codes.contains(code))
+    }
+
+    fn add(&mut self, system: String, codes: Vec<String>) {
+        match self.by_system.iter_mut().find(|(s, _)| *s == system) {
+            Some((_, existing)) => existing.extend(codes),
+            None => self.by_system.push((system, codes.into_iter().collect())),
+        }
     }
 }
 
@@ -119,8 +128,8 @@ impl Labels {
 #[derive(Debug, Default, Clone)]
 pub struct Programs {
     /// Bare Organization ids.
-    pub organizations: HashSet<String>,
-    pub npis: HashSet<String>,
+    pub organizations: FastSet<String>,
+    pub npis: FastSet<String>,
 }
 
 pub const NPI_SYSTEM: &str = "http://hl7.org/fhir/sid/us-npi";
@@ -201,7 +210,7 @@ pub struct PriorAuth {
 #[derive(Debug)]
 pub struct Marker {
     pub element: Vec<String>,
-    pub systems: HashSet<String>,
+    pub systems: FastSet<String>,
     pub codes: Option<CodeList>,
 }
 
@@ -217,7 +226,7 @@ impl Marker {
 pub struct Financial {
     pub line_elements: Vec<String>,
     pub types: HashMap<String, FinancialType>,
-    monetary: HashMap<String, HashSet<String>>,
+    monetary: FastMap<String, HashSet<String>>,
     pub profiles: HashMap<String, String>,
 }
 
@@ -425,7 +434,7 @@ impl Policies {
 
         let labels_file: LabelsFile = src.toml("part2/labels.toml")?;
         let mut labels = Labels {
-            by_system: HashMap::new(),
+            by_system: Vec::new(),
             basis_extension: labels_file.extensions.basis,
             inline_extension: labels_file.extensions.inline,
             redacted: labels_file.redacted,
@@ -434,7 +443,7 @@ impl Policies {
             if entry.codes.is_empty() {
                 return Err(invalid("part2/labels.toml", format!("{}: no codes", entry.system)));
             }
-            labels.by_system.entry(entry.system).or_default().extend(entry.codes);
+            labels.add(entry.system, entry.codes);
         }
         if labels.matches(Some(&labels.redacted.system), &labels.redacted.code) {
             return Err(invalid("part2/labels.toml", "the REDACTED label must not itself be a Part 2 label"));
@@ -504,7 +513,7 @@ impl Policies {
         let mut financial = Financial {
             line_elements: fin_file.line_elements,
             types: HashMap::new(),
-            monetary: HashMap::new(),
+            monetary: FastMap::default(),
             profiles: fin_file.profiles,
         };
         for (resource_type, entry) in fin_file.types {

@@ -140,6 +140,79 @@ pub fn scan<'a>(text: &'a str, rules: &Rules<'_>) -> Result<Scan<'a>, serde_json
     Ok(walker.scan)
 }
 
+/// One Bundle entry read in one pass: its `fullUrl`, `search.mode` and the
+/// scan of its `resource` (without first cutting the resource out as raw
+/// text: that happens only for entries that are rewritten).
+#[derive(Debug, Default)]
+pub struct EntryScan<'a> {
+    pub full_url: Option<Cow<'a, str>>,
+    pub mode: Option<Cow<'a, str>>,
+    pub resource: Option<Scan<'a>>,
+    /// `resource`, `fullUrl` or `search` appears twice.
+    pub duplicated: bool,
+}
+
+/// Scan one Bundle entry. `Err` when it is not a JSON object or its
+/// resource is not one.
+pub fn scan_entry<'a>(text: &'a str, rules: &Rules<'_>) -> Result<EntryScan<'a>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let entry = EntrySeed { rules }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(entry)
+}
+
+struct EntrySeed<'r> {
+    rules: &'r Rules<'r>,
+}
+
+impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
+    type Value = EntryScan<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<EntryScan<'de>, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntrySeed<'_> {
+    type Value = EntryScan<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a Bundle entry")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EntryScan<'de>, A::Error> {
+        #[derive(serde::Deserialize)]
+        struct Search<'a> {
+            #[serde(borrow, default)]
+            mode: Option<Cow<'a, str>>,
+        }
+        let mut entry = EntryScan::default();
+        let mut seen_search = false;
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            match key.as_ref() {
+                "resource" => {
+                    let mut walker = Walker { rules: self.rules, scan: Scan::default(), top: None };
+                    let root = Ctx { depth: 0, node: Some(0), meta: false, security: false };
+                    let out = map.next_value_seed(NodeSeed { w: &mut walker, ctx: root })?;
+                    if !matches!(out, Out::Object) {
+                        return Err(serde::de::Error::custom("a resource is a JSON object"));
+                    }
+                    entry.duplicated |= entry.resource.replace(walker.scan).is_some();
+                }
+                "fullUrl" => {
+                    let url = map.next_value_seed(KeySeed)?;
+                    entry.duplicated |= entry.full_url.replace(url).is_some();
+                }
+                "search" => {
+                    entry.duplicated |= std::mem::replace(&mut seen_search, true);
+                    entry.mode = map.next_value::<Search<'de>>()?.mode;
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(entry)
+    }
+}
+
 struct Walker<'r, 'a> {
     rules: &'r Rules<'r>,
     scan: Scan<'a>,
