@@ -351,6 +351,8 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
 
 fn config_check(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
+    // redact (issue 5): the policy data (policy.dir over the built-in files) must load too.
+    fhirwall::redact::Redactor::new(&config.policy).context("policy")?;
     print!("{}", config.to_toml());
     eprintln!("config ok: {}", config_path.display());
     Ok(())

@@ -412,3 +412,28 @@ fn detail(event: &Value, name: &str) -> Option<String> {
         .and_then(|d| d["valueString"].as_str())
         .map(str::to_owned)
 }
+
+#[test]
+fn invalid_policy_data_stops_startup_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies/part2")).unwrap();
+    std::fs::write(dir.path().join("policies/part2/icd10cm.txt"), "F10 F11\n").unwrap();
+    let base = "[server]\nlisten = \"127.0.0.1:1\"\nbase_url = \"http://127.0.0.1:1/fhir\"\n[upstream]\nurl = \"sandbox\"\n";
+    let cases = [
+        (format!("{base}[policy]\ndir = \"policies\"\n"), "part2/icd10cm.txt"),
+        (format!("{base}[policy]\ndir = \"no-such-dir\"\n"), "not a directory"),
+        (format!("{base}[policy]\npart2_programs = [\"Harbor Recovery\"]\n"), "policy.part2_programs"),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        for sub in [&["config", "check", "--config"][..], &["serve", "--config"][..]] {
+            let out = std::process::Command::new(fhirwall_bin()).args(sub).arg(&path).output().unwrap();
+            let text =
+                String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+            assert!(!out.status.success(), "{sub:?} accepted {needle}");
+            assert!(text.contains(needle), "{sub:?}: error does not name {needle}: {text}");
+            assert!(!text.contains("panicked"), "{text}");
+        }
+    }
+}
