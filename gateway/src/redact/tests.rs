@@ -902,13 +902,17 @@ struct GenEob {
     care_team: Vec<bool>,
     money: bool,
     narrative: bool,
+    /// A contained facility Organization (`#fac`, supportingInfo): the
+    /// program (`Some(true)`) or not.
+    contained: Option<bool>,
 }
 
 fn gen_eob() -> impl Strategy<Value = GenEob> {
     let diagnoses = prop::collection::vec((any::<bool>(), 0usize..6), 0..5);
     let care_team = prop::collection::vec(prop::bool::weighted(0.3), 0..3);
-    (diagnoses, care_team, any::<bool>(), any::<bool>()).prop_flat_map(
-        |(diagnoses, care_team, money, narrative)| {
+    let contained = prop::option::of(prop::bool::weighted(0.3));
+    (diagnoses, care_team, any::<bool>(), any::<bool>(), contained).prop_flat_map(
+        |(diagnoses, care_team, money, narrative, contained)| {
             let nd = diagnoses.len();
             let nc = care_team.len();
             let item = (
@@ -924,6 +928,7 @@ fn gen_eob() -> impl Strategy<Value = GenEob> {
                 care_team: care_team.clone(),
                 money,
                 narrative,
+                contained,
             })
         },
     )
@@ -994,11 +999,30 @@ fn build(g: &GenEob) -> Value {
     if !g.narrative {
         e.as_object_mut().unwrap().remove("text");
     }
+    if let Some(program) = g.contained {
+        let npi = if program { PROGRAM_NPI } else { "1417987256" };
+        e["contained"] = json!([{"resourceType": "Organization", "id": "fac",
+            "identifier": [{"system": NPI, "value": npi}]}]);
+        e["supportingInfo"] = json!([{"sequence": 1, "category": {"coding": [{"code": "servicefacility"}]},
+            "valueReference": {"reference": "#fac"}}]);
+    }
     e
 }
 
+/// Every `#id` reference in a resource names one of its contained resources.
+fn local_references_resolve(resource: &Value) -> bool {
+    let ids: HashSet<&str> =
+        resource["contained"].as_array().into_iter().flatten().filter_map(|c| c["id"].as_str()).collect();
+    let mut all = Vec::new();
+    strings(resource, &mut all);
+    all.iter().filter_map(|s| s.strip_prefix('#')).all(|id| ids.contains(id))
+}
+
 fn is_part2(g: &GenEob) -> bool {
-    g.diagnoses.iter().any(|(sud, _)| *sud) || g.items.iter().any(|i| i.0) || g.care_team.iter().any(|p| *p)
+    g.diagnoses.iter().any(|(sud, _)| *sud)
+        || g.items.iter().any(|i| i.0)
+        || g.care_team.iter().any(|p| *p)
+        || g.contained == Some(true)
 }
 
 /// Sequence numbers of an element's entries.
@@ -1025,6 +1049,10 @@ proptest! {
                 prop_assert!(is_part2(&g));
                 return Ok(());
             }
+            // A Part 2 program in `contained` is never partially redacted.
+            _ if g.contained == Some(true) => {
+                return Err(TestCaseError::fail("a contained program must withhold the resource"));
+            }
             Verdict::Keep => {
                 prop_assert!(!is_part2(&g) && !g.money);
                 input.clone()
@@ -1036,6 +1064,7 @@ proptest! {
             prop_assert!(out.get(required).is_some(), "{} missing", required);
         }
         prop_assert_eq!(&out["id"], &input["id"]);
+        prop_assert!(local_references_resolve(&out), "a dangling #reference");
         // No empty arrays, no dangling sequence references.
         let diagnoses = sequences(&out, "diagnosis");
         let teams = sequences(&out, "careTeam");
