@@ -37,11 +37,43 @@ pub fn python() -> PathBuf {
     .clone()
 }
 
+/// jwt_client.py flags that take exactly one value.
+const VALUE_FLAGS: &[&str] = &[
+    "--alg",
+    "--aud",
+    "--claims-json",
+    "--exp-in",
+    "--header-json",
+    "--iss",
+    "--jti",
+    "--key-pem",
+    "--kid",
+    "--secret-file",
+    "--sub",
+];
+
+/// `--flag value` pairs joined as `--flag=value`: a value may start with `-` (a base64url
+/// key thumbprint such as `-arMQ…`, a negative lifetime) and argparse would read it as a flag.
+fn joined_flags(args: &[&str]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match rest.clone().next() {
+            Some(value) if VALUE_FLAGS.contains(arg) => {
+                out.push(format!("{arg}={value}"));
+                rest.next();
+            }
+            _ => out.push((*arg).to_owned()),
+        }
+    }
+    out
+}
+
 /// Run one jwt_client.py command; it prints JSON.
 pub fn pyjwt(args: &[&str]) -> Value {
     let out = Command::new(python())
         .arg(repo_root().join("tests/clients/jwt_client.py"))
-        .args(args)
+        .args(joined_flags(args))
         .output()
         .expect("running tests/clients/jwt_client.py");
     assert!(out.status.success(), "jwt_client.py {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
