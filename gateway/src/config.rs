@@ -288,6 +288,17 @@ pub struct MemberMatchConfig {
     /// `MemberIdentifier.system` when the member's own identifier has none.
     #[serde(default)]
     pub identifier_system: Option<String>,
+    /// Brute-force defence (HRex HREX-10, see ops::throttle): attempts
+    /// without a match one client may make for one person (family name and
+    /// birth date) within `failure_window_s`; then 429.
+    #[serde(default = "defaults::match_failures_per_subject")]
+    pub max_failures_per_subject: u32,
+    /// Attempts without a match one client may make in all within `failure_window_s`.
+    #[serde(default = "defaults::match_failures_per_client")]
+    pub max_failures_per_client: u32,
+    /// The sliding window of both budgets, seconds.
+    #[serde(default = "defaults::match_failure_window_s")]
+    pub failure_window_s: u64,
 }
 
 impl Default for MemberMatchConfig {
@@ -296,6 +307,9 @@ impl Default for MemberMatchConfig {
             identifier_type: defaults::member_identifier_type(),
             member_id: true,
             identifier_system: None,
+            max_failures_per_subject: defaults::match_failures_per_subject(),
+            max_failures_per_client: defaults::match_failures_per_client(),
+            failure_window_s: defaults::match_failure_window_s(),
         }
     }
 }
@@ -389,6 +403,15 @@ mod defaults {
     }
     pub fn plugin_max_candidates() -> usize {
         100
+    }
+    pub fn match_failures_per_subject() -> u32 {
+        5
+    }
+    pub fn match_failures_per_client() -> u32 {
+        500
+    }
+    pub fn match_failure_window_s() -> u64 {
+        3600
     }
     pub fn member_identifier_type() -> super::MemberIdentifierType {
         super::MemberIdentifierType::Mb
@@ -541,6 +564,14 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1".into()));
+        }
+        let mm = &self.member_match;
+        if mm.max_failures_per_subject == 0 || mm.max_failures_per_client == 0 || mm.failure_window_s == 0 {
+            return Err(invalid(
+                "member_match.max_failures_per_subject",
+                "member_match budgets and failure_window_s must be at least 1 (the brute-force defence cannot be switched off)"
+                    .into(),
+            ));
         }
         if !self.upstream.is_sandbox() {
             let u = url::Url::parse(&self.upstream.url)

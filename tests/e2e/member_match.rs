@@ -255,3 +255,68 @@ async fn hostile_matchers_fail_closed_and_the_host_checks_their_answers() {
     let audit = gw.admin("GET", "/admin/audit?client=grace-ehr", None).await;
     assert!(audit.text().contains("member-match"));
 }
+
+/// HREX-10: "repeated near-identical demographics with varying card data"
+/// must be throttled. A caller who knows a person's name and birth date and
+/// tries card numbers runs out of attempts before it guesses right; the
+/// budget holds across a restart (it lives in the store) and is per client.
+#[tokio::test]
+async fn guessing_card_numbers_for_one_person_is_throttled() {
+    let mut gw = Gateway::start(
+        GatewayConfig::new("sandbox")
+            .client(GRACE.0, GRACE.1, GRACE.2, &["system/*.read"])
+            .client("grace-batch", GRACE.1, GRACE.2, &["system/*.read"])
+            .extra_toml(&matcher_toml("default_matcher", ""))
+            .extra_toml("[member_match]\nmax_failures_per_subject = 3\nmax_failures_per_client = 6\n"),
+    );
+    let token = gw.token(GRACE.0, "system/*.read");
+    // pat-0150 / pat-0301 share name and birth date: only the card tells them apart.
+    let guess = |card: &str| request("Okonkwo", &["Joan"], "1998-03-31", "female", Some(card));
+    for card in ["FW1000001", "FW1000002", "FW1000003"] {
+        let resp = member_match(&gw, &token, &guess(card)).await;
+        assert_eq!(resp.status, 422, "a wrong card is no unique match: {}", resp.text());
+    }
+    // The fourth guess is refused before the matcher runs, even when it is right.
+    let refused = member_match(&gw, &token, &guess("FW1000569")).await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(assert_operation_outcome(&refused)["issue"][0]["code"], "throttled");
+    let retry: u64 = refused.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!(retry > 0 && retry <= 3600, "Retry-After {retry}");
+    assert!(!refused.text().contains("pat-0150") && !refused.text().contains("FW1000569-01"));
+    // The same person spelt differently is the same subject.
+    let respelt = request("OKONKWO ", &["Joan"], "1998-03-31", "female", Some("FW1000569"));
+    assert_eq!(member_match(&gw, &token, &respelt).await.status, 429);
+
+    // Another person is still matched for this client (a successful match does not count) ...
+    let martha = request("Grantham", &["Martha"], "1958-06-13", "female", Some("FW1000105"));
+    assert_matched(&member_match(&gw, &token, &martha).await, "pat-0001", "FW1000105-01", "MB");
+    // ... and another client still gets its answer for the throttled person.
+    let other = gw.token("grace-batch", "system/*.read");
+    assert_matched(&member_match(&gw, &other, &guess("FW1000569")).await, "pat-0150", "FW1000569-01", "MB");
+
+    // The budget is in the store: a restart does not reset it.
+    gw.restart();
+    let token = gw.token(GRACE.0, "system/*.read");
+    assert_eq!(member_match(&gw, &token, &guess("FW1000569")).await.status, 429);
+
+    // Varying the demographics too runs into the per-client budget (6 in all).
+    for n in 0..3 {
+        let nobody =
+            request("Zzyzx", &["Quentin"], &format!("1901-01-0{}", n + 1), "male", Some("XX0000000"));
+        assert_eq!(member_match(&gw, &token, &nobody).await.status, 422);
+    }
+    let fresh = request("Zzyzx", &["Quentin"], "1901-01-09", "male", Some("XX0000000"));
+    assert_eq!(member_match(&gw, &token, &fresh).await.status, 429);
+    assert_eq!(member_match(&gw, &token, &martha).await.status, 429, "the whole client is throttled");
+
+    // Each refusal is audited as a refusal.
+    let audit = gw.admin("GET", "/admin/audit?client=grace-ehr", None).await;
+    assert_eq!(audit.status, 200);
+    let throttled = audit
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r.to_string().contains("member-match") && r.to_string().contains("HTTP 429"))
+        .count();
+    assert!(throttled >= 4, "expected the 429s in the audit log, found {throttled}");
+}

@@ -198,13 +198,13 @@ pub struct Matched {
 }
 
 impl MemberMatch<'_> {
-    /// Run the operation. `opted_out` is the opt-out check (access layer).
-    pub async fn run<F, Fut>(&self, body: &[u8], opted_out: F) -> Result<Matched, GatewayError>
+    /// Run the operation on a parsed request ([`parse_request`]). `opted_out`
+    /// is the opt-out check (access layer).
+    pub async fn run<F, Fut>(&self, input: MatchInput, opted_out: F) -> Result<Matched, GatewayError>
     where
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = Result<bool, GatewayError>>,
     {
-        let input = parse_request(body)?;
         let set = self.plugins.current();
         let Some(matcher) = set.matcher.clone() else {
             return Err(GatewayError::new(

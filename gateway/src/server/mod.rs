@@ -51,6 +51,8 @@ pub struct Gateway {
     pub access: Arc<crate::access::Access>,
     /// Part 2, drug PAs, service-date floor, financial stripping (issue 5).
     pub redactor: crate::redact::Redactor,
+    /// `$member-match` brute-force budgets (HREX-10), kept in the store.
+    pub match_throttle: crate::ops::throttle::MatchThrottle,
     ready: AtomicBool,
     /// Keeps the built-in sandbox running when `upstream.url = "sandbox"`.
     _sandbox: Option<sandbox::SandboxHandle>,
@@ -73,6 +75,12 @@ impl Gateway {
         let store = Store::open(&config.state.url).await.context("state.url")?;
         let page_key = store.shared_secret("page-token-key").await.context("state: page token key")?;
         let auth = crate::auth::Auth::new(&config, &store).await.context("auth")?;
+        let match_throttle = crate::ops::throttle::MatchThrottle::new(
+            store.clone(),
+            crate::ops::throttle::Budgets::from_config(&config.member_match),
+        )
+        .await
+        .context("state: member-match throttle")?;
 
         let (upstream_base, sandbox) = if config.upstream.is_sandbox() {
             let data = Arc::new(sandbox::Sandbox::builtin().context("loading the sandbox dataset")?);
@@ -119,6 +127,7 @@ impl Gateway {
             audit,
             access,
             redactor,
+            match_throttle,
             ready: AtomicBool::new(false),
             _sandbox: sandbox,
         }))

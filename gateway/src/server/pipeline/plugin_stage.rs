@@ -16,6 +16,7 @@ use super::{FhirHandler, RequestCtx};
 use crate::audit::AuditRecord;
 use crate::error::{Blame, GatewayError, IssueCode};
 use crate::fhir::FhirRequest;
+use crate::ops::throttle::Settled;
 use crate::plugins::policy::{BodyOutcome, Decision};
 use crate::plugins::{PolicyContext, PolicyRun};
 use crate::server::respond::{self, Body};
@@ -127,8 +128,20 @@ impl FhirHandler {
             config: &self.gw.config.member_match,
             request_id: &ctx.request_id,
         };
+        let input = crate::ops::member_match::parse_request(body)?;
+        // Counted before the matcher runs (HREX-10): a spent budget is a 429.
+        let member_patient: serde_json::Value =
+            serde_json::from_str(&input.member_patient).unwrap_or(serde_json::Value::Null);
+        let throttle = &self.gw.match_throttle;
+        let attempt = throttle.admit(&ctx.caller.client_id, &member_patient).await?;
         let access = self.gw.access.clone();
-        let matched = op.run(body, |member| async move { access.is_opted_out(&member).await }).await?;
+        let result = op.run(input, |member| async move { access.is_opted_out(&member).await }).await;
+        let settled = match &result {
+            Err(e) if e.status == StatusCode::UNPROCESSABLE_ENTITY => Settled::Failed,
+            _ => Settled::Released,
+        };
+        throttle.settle(attempt, settled).await;
+        let matched = result?;
         // The audit record names the member whose identifier left.
         ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()).patients.insert(matched.member.clone());
         Ok(respond::fhir_json(StatusCode::OK, matched.body))
