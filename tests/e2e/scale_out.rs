@@ -37,6 +37,13 @@ async fn two_nodes_on_one_postgres_behave_as_one() {
     let key = Key::new("ES384");
     let client = toml_client(CLIENT, "Organization/org-grace", "1417987256", &key.jwks(), &["system/*.read"]);
     let state = format!("[state]\nurl = {:?}\n", pg.url());
+    let matcher = repo_root().join("plugins/dist/default_matcher.wasm");
+    assert!(matcher.is_file(), "build the plugins first (plugins/build.sh)");
+    let state = format!(
+        "{state}[member_match]\nmax_failures_per_subject = 2\n\
+         [[plugins]]\nname = \"matcher\"\nworld = \"matcher\"\npath = {:?}\n",
+        matcher.display().to_string()
+    );
     let a = Gateway::start(GatewayConfig::new(up.base_url()).extra_toml(&state).extra_toml(&client));
     // Node B serves the same public base URL as node A (a load balancer's).
     let public = format!("[server]\nbase_url = {:?}\n", a.base_url());
@@ -69,6 +76,25 @@ async fn two_nodes_on_one_postgres_behave_as_one() {
     on_a.assert_status(200);
     // The same page either way (the policy filters may have withheld some of it).
     assert_eq!(bundle_refs(&on_b.json()), bundle_refs(&on_a.json()));
+
+    // $member-match guesses spent on A count on B (HREX-10 budgets live in the store).
+    let guess = |card: &str| {
+        serde_json::json!({"resourceType": "Parameters", "parameter": [
+            {"name": "MemberPatient", "resource": {"resourceType": "Patient", "id": "1",
+                "name": [{"family": "Okonkwo", "given": ["Joan"]}], "birthDate": "1998-03-31"}},
+            {"name": "CoverageToMatch", "resource": {"resourceType": "Coverage", "status": "active",
+                "subscriberId": card, "beneficiary": {"reference": "Patient/1"}}}
+        ]})
+    };
+    let bearer = format!("Bearer {token}");
+    for card in ["FW1000001", "FW1000002"] {
+        let resp =
+            post_json(&a.url("Patient/$member-match"), &[("Authorization", &bearer)], &guess(card)).await;
+        assert_eq!(resp.status, 422, "{}", resp.text());
+    }
+    let on_b =
+        post_json(&b.url("Patient/$member-match"), &[("Authorization", &bearer)], &guess("FW1000569")).await;
+    assert_eq!(on_b.status, 429, "the other node did not count A's attempts: {}", on_b.text());
 
     // A client deleted on A loses access on B within seconds.
     a.admin("DELETE", &format!("/admin/clients/{CLIENT}"), None).await.assert_status(204);
