@@ -908,6 +908,36 @@ async fn rosters_ingested_through_the_admin_api_as_group_bundle_and_ndjson() {
     assert_eq!(f.get("hopkins", "Patient/pat-0010").await.status, 404);
     assert_eq!(f.get("hopkins", "Patient/pat-0029").await.status, 404);
     f.get("valley", "Patient/pat-0005").await.assert_status(200);
+    // Group searches list the caller's own rosters, each with its visible active members only.
+    let group_ids = |resp: &Resp| {
+        resp.assert_status(200);
+        let mut ids: Vec<String> =
+            bundle_resources(&resp.json()).iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+        ids.sort();
+        ids
+    };
+    let groups = f.get("hopkins", "Group?managing-entity=Organization/org-hopkins").await;
+    assert_eq!(group_ids(&groups), ["roster-h1", "roster-h2", "roster-h3"], "{}", groups.text());
+    for hidden in ["roster-g1", "roster-v1", "pat-0001\"", "pat-0005\"", "pat-0010\"", "pat-0029\""] {
+        assert!(!groups.text().contains(hidden), "{hidden} in a Group search: {}", groups.text());
+    }
+    if let Some(total) = groups.json()["total"].as_u64() {
+        assert_eq!(total, 3, "total counts the listed Groups");
+    }
+    let full_url = format!("{}/Group/roster-h2", f.gw.base_url());
+    assert!(groups.text().contains(&full_url), "roster entries carry fhirwall's fullUrl");
+    assert_eq!(group_ids(&f.get("hopkins", "Group").await), ["roster-h1", "roster-h2", "roster-h3"]);
+    let by_id = f.get("hopkins", "Group?_id=roster-h2,roster-g1").await;
+    assert_eq!(group_ids(&by_id), ["roster-h2"], "{}", by_id.text());
+    assert_eq!(group_ids(&f.get("hopkins", "Group?member=Patient/pat-00011").await), ["roster-h3"]);
+    assert_eq!(
+        group_ids(&f.get("hopkins", "Group?type=person&actual=true&_id=roster-h1").await),
+        ["roster-h1"]
+    );
+    assert!(group_ids(&f.get("hopkins", "Group?type=animal").await).is_empty());
+    let other = f.get("hopkins", "Group?_id=roster-g1").await;
+    assert!(group_ids(&other).is_empty() && !other.text().contains("pat-0001\""));
+    assert_eq!(f.get("hopkins", "Group?member=Patient/pat-0001").await.status, 403);
     // Narrowed searches cover the roster members only.
     let coverage = f.get("hopkins", "Coverage").await;
     coverage.assert_status(200);

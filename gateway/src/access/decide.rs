@@ -14,7 +14,8 @@
 //!   `$davinci-data-export`); an empty visible set is answered by fhirwall
 //!   with an empty searchset;
 //! - Group: only the caller's own attribution Groups (`managing-entity`
-//!   forced to the caller's organization);
+//!   forced to the caller's organization); the caller's stored rosters that
+//!   the search matches are listed with the upstream's matches;
 //! - reference types pass; other types are refused (403).
 //!
 //! Every patient reference the caller wrote is rewritten to `Patient/{id}`,
@@ -66,11 +67,14 @@ pub struct Plan {
     pub local: Option<Local>,
     /// The number of patients a patient-less search was narrowed to.
     pub narrowed_to: Option<u32>,
+    /// Group searches: the caller's stored roster Groups the search matches
+    /// (JSON text), listed after the upstream's matches.
+    pub rosters: Vec<std::sync::Arc<str>>,
 }
 
 impl Plan {
     fn mode(mode: Mode) -> Plan {
-        Plan { mode, local: None, narrowed_to: None }
+        Plan { mode, local: None, narrowed_to: None, rosters: Vec::new() }
     }
 }
 
@@ -102,9 +106,8 @@ pub fn plan(
                 TypeRule::Group if scope.owns_upstream_group(id) => Ok(Plan::mode(mode)),
                 TypeRule::Group => match scope.roster(id) {
                     Some(roster) if read => Ok(Plan {
-                        mode: Mode::Read,
                         local: Some(Local::Resource(roster.body.to_string())),
-                        narrowed_to: None,
+                        ..Plan::mode(Mode::Read)
                     }),
                     _ => Err(not_found()),
                 },
@@ -174,7 +177,7 @@ fn search(
         TypeRule::Group => {
             group_search(scope, params)?;
             check_params(scope, policy, refs, resource_type, params, &[])?;
-            Ok(Plan::mode(Mode::Search))
+            Ok(Plan { rosters: matching_rosters(scope, params), ..Plan::mode(Mode::Search) })
         }
         TypeRule::Patient => {
             let scoped = check_params(scope, policy, refs, resource_type, params, &[])?;
@@ -210,13 +213,17 @@ fn narrow(
     }
     let patients = scope.visible_patients(max_narrowed).map_err(|_| too_many(scope, max_narrowed))?;
     if patients.is_empty() {
-        return Ok(Plan { mode: Mode::Search, local: Some(Local::EmptySearchset), narrowed_to: Some(0) });
+        return Ok(Plan {
+            local: Some(Local::EmptySearchset),
+            narrowed_to: Some(0),
+            ..Plan::mode(Mode::Search)
+        });
     }
     let count = patients.len() as u32;
     let values =
         if as_reference { patients.into_iter().map(|p| format!("Patient/{p}")).collect() } else { patients };
     params.push(SearchParam::new(param, None, values));
-    Ok(Plan { mode: Mode::Search, local: None, narrowed_to: Some(count) })
+    Ok(Plan { narrowed_to: Some(count), ..Plan::mode(Mode::Search) })
 }
 
 /// Group searches: `managing-entity` is forced to the caller's organization;
@@ -249,6 +256,57 @@ fn group_search(scope: &Scope, params: &mut SearchParams) -> Result<(), GatewayE
     }
     params.push(SearchParam::single("managing-entity", scope.organization()));
     Ok(())
+}
+
+/// Parameters that shape the answer rather than select Groups.
+const RESULT_PARAMS: &[&str] =
+    &["_count", "_sort", "_elements", "_summary", "_format", "_pretty", "_include", "_revinclude"];
+
+/// The caller's stored roster Groups a (checked, organization-forced) Group
+/// search matches. fhirwall evaluates `_id`, `member`, `type`, `actual` and
+/// `managing-entity` itself; a search with any other criterion or modifier
+/// lists no roster (the upstream's answer alone: fewer Groups, never another
+/// organization's).
+fn matching_rosters(scope: &Scope, params: &SearchParams) -> Vec<std::sync::Arc<str>> {
+    let criteria: Vec<&SearchParam> =
+        params.params.iter().filter(|p| !RESULT_PARAMS.contains(&p.name.as_str())).collect();
+    let evaluable = criteria.iter().all(|p| {
+        p.modifier.is_none()
+            && matches!(p.name.as_str(), "_id" | "member" | "type" | "actual" | "managing-entity")
+    });
+    if !evaluable {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for id in scope.roster_ids() {
+        let Some(roster) = scope.roster(&id) else { continue };
+        if scope.owns_upstream_group(&id) {
+            continue; // the upstream's Group of that id is listed already
+        }
+        let Ok(group) = serde_json::from_str::<serde_json::Value>(&roster.body) else { continue };
+        let matches = criteria.iter().all(|p| {
+            p.values.iter().any(|value| match p.name.as_str() {
+                "_id" => *value == id,
+                "managing-entity" => roster.group.organization == scope.organization(),
+                "member" => match scope.refs().resolve(value) {
+                    Target::Patient(patient) => {
+                        scope.is_visible(patient) && roster.group.active.iter().any(|m| m == patient)
+                    }
+                    _ => is_fhir_id(value) && roster.group.active.iter().any(|m| m == value),
+                },
+                "type" => {
+                    let code = value.rsplit('|').next().unwrap_or(value);
+                    group["type"].as_str() == Some(code)
+                }
+                "actual" => group["actual"].as_bool().map(|b| b.to_string()).as_deref() == Some(value),
+                _ => false,
+            })
+        });
+        if matches {
+            out.push(roster.body.clone());
+        }
+    }
+    out
 }
 
 /// Check every parameter that can name a patient; returns whether one of

@@ -63,6 +63,8 @@ pub struct Access {
     source: AttributionSource,
     refresh: Duration,
     max_narrowed: usize,
+    /// fhirwall's public FHIR base (fullUrl of listed roster Groups).
+    public_base: String,
     /// Upstream attribution per organization (`Organization/{id}`).
     upstream_sets: moka::future::Cache<String, Arc<OrgMembers>>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -129,6 +131,13 @@ impl Scope {
         self.rosters.as_ref()?.groups.get(group_id)
     }
 
+    /// The caller's stored roster Group ids, sorted.
+    pub fn roster_ids(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.rosters.iter().flat_map(|r| r.groups.keys().cloned()).collect();
+        out.sort();
+        out
+    }
+
     /// The caller's Group ids, sorted.
     pub fn groups(&self) -> Vec<String> {
         let mut out: Vec<String> = self.upstream.iter().flat_map(|u| u.groups.keys().cloned()).collect();
@@ -184,6 +193,8 @@ pub struct Decision {
     pub mode: Mode,
     pub local: Option<Local>,
     pub narrowed_to: Option<u32>,
+    /// Group searches: matching stored roster Groups to list (see decide).
+    pub rosters: Vec<Arc<str>>,
 }
 
 impl Decision {
@@ -220,6 +231,7 @@ impl Access {
             source: config.attribution.source,
             refresh,
             max_narrowed: config.policy.max_narrowed_patients,
+            public_base: public_base.trim_end_matches('/').to_owned(),
             upstream_sets,
             snapshot: RwLock::new(Arc::new(Snapshot::empty())),
             reload: tokio::sync::Mutex::new(()),
@@ -384,7 +396,13 @@ impl Access {
         let organization = organization_of(&principal.organization)?;
         let scope = self.scope(&organization).await?;
         let plan = decide::plan(&scope, &self.policy, &self.refs, fhir, self.max_narrowed)?;
-        Ok(Some(Decision { scope, mode: plan.mode, local: plan.local, narrowed_to: plan.narrowed_to }))
+        Ok(Some(Decision {
+            scope,
+            mode: plan.mode,
+            local: plan.local,
+            narrowed_to: plan.narrowed_to,
+            rosters: plan.rosters,
+        }))
     }
 
     /// Check one resource for a scope (bulk export lines, operations).
@@ -440,7 +458,63 @@ impl Access {
         if decision.mode == Mode::Page && matches!(edit.total, TotalEdit::Set(_)) {
             edit.total = TotalEdit::Drop;
         }
+        if decision.mode == Mode::Search && !decision.rosters.is_empty() {
+            self.list_rosters(decision, object, &mut edit, report)?;
+        }
         Ok(edit)
+    }
+
+    /// Append the matching stored roster Groups to a Group search's first
+    /// page, each filtered like any Group that leaves (visible active members only).
+    fn list_rosters(
+        &self,
+        decision: &Decision,
+        object: &RawObject<'_>,
+        edit: &mut BundleEdit,
+        report: &mut FilterReport,
+    ) -> Result<(), GatewayError> {
+        let unusable = |why: &str| {
+            GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
+                .with_detail(why.to_owned())
+        };
+        let current = match edit.entry.as_deref() {
+            Some("") => "[]",
+            Some(entries) => entries,
+            None => object.get("entry").map_or("[]", |e| e.get()),
+        };
+        let mut entries: Vec<&serde_json::value::RawValue> =
+            serde_json::from_str(current).map_err(|_| unusable("Bundle.entry is malformed"))?;
+        let mut listed = Vec::with_capacity(decision.rosters.len());
+        for body in &decision.rosters {
+            let Some(id) = serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|g| g["id"].as_str().map(str::to_owned))
+            else {
+                continue;
+            };
+            // A roster the filter withholds is simply not listed.
+            let Ok(filtered) = self.filter_resource(decision, body, report) else { continue };
+            let resource = filtered.as_deref().unwrap_or(body);
+            let entry = format!(
+                r#"{{"fullUrl":{},"resource":{resource},"search":{{"mode":"match"}}}}"#,
+                serde_json::Value::String(format!("{}/Group/{id}", self.public_base))
+            );
+            listed.push(
+                serde_json::value::RawValue::from_string(entry)
+                    .map_err(|e| GatewayError::internal(format!("roster Group {id} is not JSON: {e}")))?,
+            );
+        }
+        if listed.is_empty() {
+            return Ok(());
+        }
+        entries.extend(listed.iter().map(|b| b.as_ref()));
+        edit.kept += listed.len();
+        if let TotalEdit::Set(n) = edit.total {
+            edit.total = TotalEdit::Set(n + listed.len());
+        }
+        edit.entry =
+            Some(serde_json::to_string(&entries).map_err(|e| GatewayError::internal(e.to_string()))?);
+        Ok(())
     }
 
     /// The body of an answer fhirwall gives itself (see [`Local`]); `Err`

@@ -50,6 +50,20 @@ impl<'a> RawObject<'a> {
     }
 }
 
+/// Add a member at the end of an object just written (by
+/// [`RawObject::write_with`]) that the source did not have.
+pub fn push_member(out: &mut String, key: &str, raw: &str) {
+    debug_assert!(out.ends_with('}'), "push_member after a written object");
+    out.pop();
+    if !out.ends_with('{') {
+        out.push(',');
+    }
+    write_key(out, key);
+    out.push(':');
+    out.push_str(raw);
+    out.push('}');
+}
+
 impl<'de: 'a, 'a> serde::Deserialize<'de> for RawObject<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct ObjectVisitor<'a>(std::marker::PhantomData<&'a ()>);

@@ -486,6 +486,13 @@ impl FhirHandler {
             if let Some(err) = failure {
                 return Err(err);
             }
+            // access (issue 4): listed roster Groups in a Bundle that had no entries.
+            if object.get("entry").is_none()
+                && let Some(entry) = bundle_edit.as_ref().and_then(|e| e.entry.as_deref())
+                && !entry.is_empty()
+            {
+                crate::fhir::bundle::push_member(&mut out, "entry", entry);
+            }
             Some(out)
         } else if resource_type == "CapabilityStatement" {
             // auth (issue 3): fhirwall's SMART security section, not the upstream's.
