@@ -65,7 +65,14 @@ fn request_hrex_1_0(family: &str, given: &[&str], birth: &str, gender: &str, sub
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IDSCL"}]}],
         "patient": {"reference": "Patient/1"}, "performer": [{"reference": "Patient/1"}],
         "policy": [{"uri": "http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#regular"}],
-        "provision": {"type": "permit", "period": {"start": "2022-01-01", "end": "2030-01-31"}}}}));
+        "provision": {"type": "permit", "period": {"start": "2022-01-01", "end": "2030-01-31"},
+            "actor": [
+                {"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "performer"}]},
+                 "reference": {"display": "Fhirwall Example Health Plan"}},
+                {"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                 "reference": {"identifier": {"system": "http://hl7.org/fhir/sid/us-npi", "value": GRACE.2}}}
+            ],
+            "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "disclose"}]}]}}}));
     body
 }
 
@@ -121,6 +128,28 @@ async fn matches_members_in_both_hrex_shapes_and_refuses_what_is_not_a_unique_ma
         params[0]["resource"]["name"] = json!([{"family": "Grantham", "given": ["Martha"]}]);
         params[0]["resource"]["birthDate"] = json!("1958-06-13");
         params[1]["resource"]["subscriberId"] = json!("FW1000105");
+        // As published, its Consent ran out in January 2022 and names another recipient:
+        // it cannot be honoured (HREX-04), whoever the member is.
+        let published = member_match(&gw, &token, &spec).await;
+        assert_eq!(published.status, 422, "{}", published.text());
+        let oo = assert_operation_outcome(&published);
+        assert_eq!(oo["issue"][0]["code"], "business-rule", "{oo}");
+        assert!(oo.to_string().contains("consent"), "the 422 says why: {oo}");
+        assert!(!published.text().contains("FW1000105-01"));
+        // With a current period and this provider as the recipient, it is honoured.
+        let consent = spec["parameter"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|p| p["name"] == "Consent")
+            .map(|p| &mut p["resource"])
+            .expect("the HRex 1.0 example carries a Consent");
+        consent["provision"]["period"] = json!({"start": "2022-01-01", "end": "2030-01-31"});
+        for actor in consent["provision"]["actor"].as_array_mut().unwrap() {
+            if actor["role"]["coding"][0]["code"] == "IRCP" {
+                actor["reference"]["identifier"]["value"] = json!(GRACE.2);
+            }
+        }
         assert_matched(&member_match(&gw, &token, &spec).await, "pat-0001", "FW1000105-01", "MB");
     }
     // Perturbed: nickname-free but a typo in the family name and the card id formatted differently.

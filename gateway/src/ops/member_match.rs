@@ -6,6 +6,7 @@
 //!    malformed body, an unknown or repeated parameter, or a reference that
 //!    is not the local `Patient/{MemberPatient.id}` (HRex: "SHALL be local
 //!    references") is a 400.
+//!    A Consent fhirwall cannot honour is a 422 (`ops::consent`).
 //! 2. Run the configured `matcher` plugin in a fresh instance; it asks for
 //!    candidates, which fhirwall answers from the upstream: Patient and
 //!    Coverage searches (`Coverage?identifier=`, `Patient?identifier=`,
@@ -40,8 +41,14 @@ const HREX_TEMP: &str = "http://hl7.org/fhir/us/davinci-hrex/CodeSystem/hrex-tem
 /// The 422 answer for no match, an opted-out and an uncovered member alike.
 const NO_MATCH: &str = "No unique member match found";
 
-/// Parse and check an HRex `$member-match` request body.
+/// Parse and check an HRex `$member-match` request body (the Consent, if
+/// any, is checked by the operation: see `ops::consent`).
 pub fn parse_request(body: &[u8]) -> Result<MatchInput, GatewayError> {
+    parse(body).map(|(input, _)| input)
+}
+
+/// [`parse_request`], and the request's `Consent` resource.
+pub fn parse(body: &[u8]) -> Result<(MatchInput, Option<Value>), GatewayError> {
     let bad = |m: &str| GatewayError::bad_request(format!("$member-match: {m}"));
     let value: Value = serde_json::from_slice(body).map_err(|_| bad("the body is not JSON"))?;
     if value["resourceType"] != "Parameters" {
@@ -95,11 +102,12 @@ pub fn parse_request(body: &[u8]) -> Result<MatchInput, GatewayError> {
     if let Some(consent) = &consent {
         check_ref("Consent.patient", &consent["patient"])?;
     }
-    Ok(MatchInput {
+    let input = MatchInput {
         member_patient: patient.to_string(),
         coverage_to_match: to_match.to_string(),
         coverage_to_link: to_link.map(|v| v.to_string()),
-    })
+    };
+    Ok((input, consent))
 }
 
 /// Is this Coverage in force as a membership (not entered in error or a draft)?

@@ -2,7 +2,9 @@
 //!
 //! - `member_match`: `POST {base}/Patient/$member-match` (HRex 1.0 and 1.1)
 //!   through the configured `matcher` plugin.
+//! - `consent`: whether the Consent a request carries can be honoured (HRex).
 //! - `throttle`: the brute-force budget every `$member-match` attempt is counted against.
 
+pub mod consent;
 pub mod member_match;
 pub mod throttle;

@@ -128,14 +128,27 @@ impl FhirHandler {
             config: &self.gw.config.member_match,
             request_id: &ctx.request_id,
         };
-        let input = crate::ops::member_match::parse_request(body)?;
+        let (input, consent) = crate::ops::member_match::parse(body)?;
         // Counted before the matcher runs (HREX-10): a spent budget is a 429.
         let member_patient: serde_json::Value =
             serde_json::from_str(&input.member_patient).unwrap_or(serde_json::Value::Null);
         let throttle = &self.gw.match_throttle;
         let attempt = throttle.admit(&ctx.caller.client_id, &member_patient).await?;
+        // A Consent that cannot be honoured is a 422 before any matching (HREX-04).
+        let consented = match (&consent, ctx.caller.principal.as_deref()) {
+            (None, _) => Ok(()),
+            (Some(consent), Some(p)) => crate::ops::consent::check(
+                consent,
+                crate::ops::consent::Requester { organization: &p.organization, npi: p.npi.as_deref() },
+                &crate::access::attribution::today_utc(),
+            ),
+            (Some(_), None) => Err(GatewayError::forbidden("no authenticated requester")),
+        };
         let access = self.gw.access.clone();
-        let result = op.run(input, |member| async move { access.is_opted_out(&member).await }).await;
+        let result = match consented {
+            Ok(()) => op.run(input, |member| async move { access.is_opted_out(&member).await }).await,
+            Err(e) => Err(e),
+        };
         let settled = match &result {
             Err(e) if e.status == StatusCode::UNPROCESSABLE_ENTITY => Settled::Failed,
             _ => Settled::Released,
