@@ -154,7 +154,8 @@ mod tests {
 
     #[test]
     fn a_consent_that_cannot_be_honoured_is_422_saying_why() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Change, &str)> = vec![
             ("inactive", Box::new(|c| c["status"] = json!("draft")), "not active"),
             (
                 "other policy",
