@@ -197,10 +197,17 @@ enum AuditCommand {
     ///
     /// Checks every record's seq, prev and hash across all files. Exit 0 when
     /// intact; exit 1 naming the first bad seq (edited, removed, reordered or
-    /// inserted records, truncated or missing files); exit 2 when it cannot run.
+    /// inserted records, truncated or missing files, an anchored record missing
+    /// or different); exit 2 when it cannot run.
     Verify {
         #[command(flatten)]
         dir: AuditDirArgs,
+        /// A record known from elsewhere, `SEQ:HASH` (from `GET /admin/audit/head`
+        /// or an earlier verify, kept where the gateway host cannot write): the log
+        /// must still hold it with that hash. Catches records cut from the end and
+        /// chains rewritten with recomputed hashes. Repeatable.
+        #[arg(long = "anchor", value_name = "SEQ:HASH")]
+        anchors: Vec<fhirwall::audit::verify::Anchor>,
     },
     /// Print the audit lines whose event matches every given filter, as NDJSON.
     Query {
@@ -252,16 +259,21 @@ fn audit(command: AuditCommand) -> ExitCode {
         ExitCode::from(2)
     };
     match command {
-        AuditCommand::Verify { dir } => {
+        AuditCommand::Verify { dir, anchors } => {
             let dir = match dir.resolve() {
                 Ok(dir) => dir,
                 Err(e) => return fail(e),
             };
-            match fhirwall::audit::verify::verify_dir(&dir) {
+            match fhirwall::audit::verify::verify_with_anchors(&dir, &anchors) {
                 Ok(ok) => {
                     println!(
-                        "audit log intact: {} records (seq 1..{}) in {} files; head {}",
-                        ok.records, ok.last_seq, ok.files, ok.head
+                        "audit log intact: {} records (seq 1..{}) in {} files, {} anchors held; head {}:{}",
+                        ok.records,
+                        ok.last_seq,
+                        ok.files,
+                        anchors.len(),
+                        ok.last_seq,
+                        ok.head
                     );
                     ExitCode::SUCCESS
                 }

@@ -778,3 +778,61 @@ fn time_now_date() -> String {
     let out = Command::new("date").args(["-u", "+%Y-%m-%d"]).output().unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// A bare hash chain cannot see records cut from its end, or a chain rewritten
+/// with recomputed hashes; an anchor taken from `GET /admin/audit/head` and
+/// kept elsewhere can.
+#[tokio::test]
+async fn anchors_from_the_head_endpoint_catch_a_cut_tail() {
+    let (mut gw, token) = start(GatewayConfig::new("sandbox"));
+    for _ in 0..5 {
+        get_bearer(&gw.url(&format!("Patient/{PATIENT}")), &token).await.assert_status(200);
+    }
+    let head = gw.admin("GET", "/admin/audit/head", None).await;
+    head.assert_status(200);
+    let head = head.json();
+    let (seq, hash) = (head["seq"].as_u64().unwrap(), head["hash"].as_str().unwrap().to_owned());
+    assert!(seq >= 5, "{head}");
+    assert_eq!(head["anchor"], format!("{seq}:{hash}"));
+    // The head is durable: the log holds that record with that hash.
+    let recs = read_log(&gw.audit_dir());
+    assert!(recs.iter().any(|r| r.seq == seq), "seq {seq} not in the log");
+    let line = log_text(&gw.audit_dir())
+        .lines()
+        .find(|l| l.contains(&format!("\"seq\":{seq},")))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains(&hash), "{line}");
+    gw.stop();
+
+    let dir = gw.audit_dir();
+    let anchored = |anchor: &str| {
+        let out = Command::new(fhirwall_bin())
+            .args(["audit", "verify", "--anchor", anchor, "--dir"])
+            .arg(&dir)
+            .output();
+        let out = out.unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    };
+    let anchor = format!("{seq}:{hash}");
+    let (code, text) = anchored(&anchor);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("1 anchors held"), "{text}");
+    // Cut every record from the anchored one on, at a line boundary.
+    let file = audit_files(&dir).pop().unwrap();
+    let kept: String = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .take_while(|l| !l.contains(&format!("\"seq\":{seq},")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, kept).unwrap();
+    assert_verifies(&dir);
+    let (code, text) = anchored(&anchor);
+    assert_eq!(code, 1, "a cut tail went unnoticed with its anchor:\n{text}");
+    assert!(text.contains("cut from the end") && text.contains(&format!("first bad seq: {seq}")), "{text}");
+    // A malformed anchor is a usage error, not a verdict.
+    assert_eq!(anchored("12:nothex").0, 2);
+}

@@ -85,6 +85,13 @@ impl AdminHandler {
             // --- end access
             // --- audit (issue 6)
             (&Method::GET, "/admin/audit") => audit_query(&self.gw, req.uri().query()).await,
+            // The last durable record, to keep outside this host as an anchor
+            // (`fhirwall audit verify --anchor SEQ:HASH`).
+            (&Method::GET, "/admin/audit/head") => {
+                let (seq, hash) = self.gw.audit.stats().head();
+                let body = serde_json::json!({ "seq": seq, "hash": hash, "anchor": format!("{seq}:{hash}") });
+                Ok(respond::json(StatusCode::OK, body.to_string()))
+            }
             // --- end audit
             // --- plugins (issue 7): rebuild every plugin from its file and swap
             // atomically; on failure the old set stays and the answer says why.

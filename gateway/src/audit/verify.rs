@@ -12,9 +12,11 @@
 //!
 //! What a bare hash chain cannot show: records cut from the very end of the
 //! log at a line boundary, or a chain rewritten from some point on by
-//! someone who recomputes every later hash. Compare the reported head
-//! (last seq and hash) with a copy kept elsewhere (a SIEM, a ticket) to
-//! catch those.
+//! someone who recomputes every later hash. Anchors catch those: a (seq,
+//! hash) pair taken from the running gateway (`GET /admin/audit/head`, or
+//! the head this command prints) and kept where the gateway host cannot
+//! write (a SIEM, a ticket). `verify_with_anchors` fails when an anchored
+//! record is missing (the log was cut) or has another hash (rewritten).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -58,8 +60,36 @@ impl std::fmt::Display for Broken {
     }
 }
 
+/// A record known from elsewhere: its seq and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+
+    /// `SEQ:HASH` (the hash as 64 lower-case hex digits).
+    fn from_str(s: &str) -> Result<Anchor, String> {
+        let (seq, hash) = s.split_once(':').ok_or("an anchor is SEQ:HASH")?;
+        let seq: u64 = seq.trim().parse().map_err(|_| format!("anchor seq {seq:?} is not a number"))?;
+        let hash = hash.trim().to_ascii_lowercase();
+        if seq == 0 || hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("an anchor is SEQ:HASH with SEQ >= 1 and a 64-digit hex SHA-256".into());
+        }
+        Ok(Anchor { seq, hash })
+    }
+}
+
 /// Verify the whole log in `dir`.
 pub fn verify_dir(dir: &Path) -> Result<Intact, Broken> {
+    verify_with_anchors(dir, &[])
+}
+
+/// Verify the whole log in `dir`, and that every anchored record is in it
+/// with the anchored hash.
+pub fn verify_with_anchors(dir: &Path, anchors: &[Anchor]) -> Result<Intact, Broken> {
     let broken = |seq: u64, file: Option<&Path>, line: usize, reason: String| Broken {
         seq,
         file: file.map(Path::to_owned),
@@ -134,9 +164,27 @@ pub fn verify_dir(dir: &Path) -> Result<Intact, Broken> {
             if !line.hash_matches() {
                 return Err(fail("hash does not match the record: the record was edited".into()));
             }
+            if let Some(anchor) = anchors.iter().find(|a| a.seq == line.seq && a.hash != line.hash) {
+                return Err(fail(format!(
+                    "the record's hash is not the anchored {}: the chain was rewritten and its hashes recomputed",
+                    anchor.hash
+                )));
+            }
             prev = line.hash;
             expected += 1;
         }
+    }
+    if let Some(anchor) = anchors.iter().filter(|a| a.seq >= expected).min_by_key(|a| a.seq) {
+        return Err(broken(
+            expected,
+            files.last().map(|(_, p)| p.as_path()),
+            0,
+            format!(
+                "the log ends at seq {}, but seq {} is anchored: records were cut from the end",
+                expected - 1,
+                anchor.seq
+            ),
+        ));
     }
     Ok(Intact { records: expected - 1, files: files.len(), last_seq: expected - 1, head: prev })
 }
@@ -181,6 +229,41 @@ mod tests {
         let hashes = make_log(dir.path(), 10, 4);
         let ok = verify_dir(dir.path()).unwrap();
         assert_eq!((ok.records, ok.files, ok.head.as_str()), (10, 3, hashes[9].as_str()));
+    }
+
+    #[test]
+    fn anchors_catch_a_cut_tail_and_a_recomputed_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let hashes = make_log(dir.path(), 10, 4);
+        let anchor = |seq: u64| Anchor { seq, hash: hashes[seq as usize - 1].clone() };
+        verify_with_anchors(dir.path(), &[anchor(3), anchor(10)]).unwrap();
+        assert!("10:xyz".parse::<Anchor>().is_err() && "0:".parse::<Anchor>().is_err());
+        assert_eq!(format!("10:{}", hashes[9]).parse::<Anchor>().unwrap(), anchor(10));
+
+        // Cut the last two records at a line boundary: the bare chain still verifies.
+        let last = dir.path().join(chain::file_name(9));
+        std::fs::remove_file(&last).unwrap();
+        assert_eq!(verify_dir(dir.path()).unwrap().last_seq, 8);
+        let cut = verify_with_anchors(dir.path(), &[anchor(3), anchor(10)]).unwrap_err();
+        assert_eq!(cut.seq, 9, "{cut}");
+        assert!(cut.reason.contains("cut from the end"), "{cut}");
+
+        // Rewrite record 2 and recompute every later hash: the bare chain verifies again.
+        let rewritten = tempfile::tempdir().unwrap();
+        let mut prev = ZERO_HASH.to_owned();
+        let mut out = Vec::new();
+        for seq in 1..=10u64 {
+            let id = if seq == 2 { "forged".to_owned() } else { format!("e{seq}") };
+            let event = format!(r#"{{"resourceType":"AuditEvent","id":"{id}"}}"#);
+            let hash = link_hash(&prev, event.as_bytes());
+            write_line(&mut out, seq, &prev, &hash, &event);
+            prev = hash;
+        }
+        std::fs::write(rewritten.path().join(chain::file_name(1)), &out).unwrap();
+        verify_dir(rewritten.path()).unwrap();
+        let forged = verify_with_anchors(rewritten.path(), &[anchor(3)]).unwrap_err();
+        assert_eq!(forged.seq, 3, "{forged}");
+        assert!(forged.reason.contains("rewritten"), "{forged}");
     }
 
     #[test]

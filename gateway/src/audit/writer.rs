@@ -54,6 +54,20 @@ pub struct AuditStats {
     /// Set when a failed write could not be cut back: every append fails
     /// until restart (`/readyz` reports not ready).
     pub poisoned: AtomicBool,
+    /// The last durable record: (seq, hash); (0, zeros) for an empty log.
+    head: std::sync::Mutex<(u64, String)>,
+}
+
+impl AuditStats {
+    /// The last durable record's seq and hash: an anchor to keep elsewhere
+    /// (`fhirwall audit verify --anchor SEQ:HASH`).
+    pub fn head(&self) -> (u64, String) {
+        self.head.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_head(&self, seq: u64, hash: &str) {
+        *self.head.lock().unwrap_or_else(|e| e.into_inner()) = (seq, hash.to_owned());
+    }
 }
 
 /// What recovery found when the log was opened.
@@ -109,6 +123,7 @@ impl AuditLog {
             None => (None, 0),
         };
         let stats = Arc::new(AuditStats::default());
+        stats.set_head(recovery.next_seq - 1, &recovery.head);
         let writer = Writer {
             dir: dir.to_owned(),
             file,
@@ -255,6 +270,7 @@ impl Writer {
             Ok(()) => {
                 self.file_len += buf.len() as u64;
                 self.next_seq = seq;
+                self.stats.set_head(seq - 1, &prev);
                 self.prev = prev;
                 self.stats.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
