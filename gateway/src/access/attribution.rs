@@ -46,28 +46,7 @@ pub struct GroupMembers {
     pub entries: usize,
 }
 
-/// Today's date in UTC, `YYYY-MM-DD`.
-pub fn today_utc() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    date_of_unix_days(secs.div_euclid(86_400))
-}
-
-/// Civil date of a day count since 1970-01-01 (H. Hinnant's algorithm).
-pub fn date_of_unix_days(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
-}
+pub use crate::clock::today_utc;
 
 /// The date part of a FHIR date/dateTime (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`),
 /// or `None` when it is not one.
@@ -336,15 +315,6 @@ pub fn parse_roster_upload(body: &Bytes, refs: &RefResolver) -> Result<Vec<(Grou
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(date_of_unix_days(0), "1970-01-01");
-        assert_eq!(date_of_unix_days(19_723), "2024-01-01");
-        assert_eq!(date_of_unix_days(11_016), "2000-02-29");
-        assert_eq!(date_of_unix_days(-1), "1969-12-31");
-        assert_eq!(today_utc().len(), 10);
-    }
 
     #[test]
     fn periods_cover_today_at_day_precision() {

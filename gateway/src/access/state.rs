@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use sqlx::Row;
 
 use super::attribution::OrgRosters;
+use crate::clock::unix_now_s;
 use crate::store::{Store, StoreError};
 
 /// How long a node serves requests without asking the store whether
@@ -63,13 +64,6 @@ pub struct OptOut {
     pub reason: Option<String>,
     /// Unix seconds.
     pub since: i64,
-}
-
-pub fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 pub async fn versions(store: &Store) -> Result<Versions, StoreError> {
@@ -133,7 +127,7 @@ pub async fn put_opt_out(store: &Store, patient: &str, reason: Option<&str>) -> 
         )
         .bind(patient)
         .bind(reason.map(str::to_owned))
-        .bind(now_s())
+        .bind(unix_now_s())
         .execute(&mut *tx)
         .await?;
     }
@@ -166,7 +160,7 @@ pub async fn roster_rows(store: &Store) -> Result<Vec<(String, String)>, StoreEr
 /// Store (insert or replace) rosters, all in one transaction.
 pub async fn put_rosters(store: &Store, rosters: &[(String, String, String)]) -> Result<(), StoreError> {
     let mut tx = store.pool().begin().await?;
-    let now = now_s();
+    let now = unix_now_s();
     for (group_id, organization, body) in rosters {
         sqlx::query("DELETE FROM fhirwall_rosters WHERE group_id = $1")
             .bind(group_id)

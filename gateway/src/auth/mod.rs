@@ -45,6 +45,7 @@ pub use assertion::{ErrorCode, OAuthError};
 pub use registry::{Client, RegistrationError};
 pub use scopes::{Perms, Scope, ScopeSet};
 
+use crate::clock::unix_now_s;
 use crate::config::{ClientConfig, Config};
 use crate::error::{Blame, GatewayError, IssueCode};
 use crate::fhir::FhirRequest;
@@ -123,13 +124,6 @@ fn invalid_token(message: &str) -> GatewayError {
         )
 }
 
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Verified tokens leave the cache when they expire.
 struct UntilExpiry;
 
@@ -140,7 +134,7 @@ impl moka::Expiry<[u8; 32], Arc<Principal>> for UntilExpiry {
         value: &Arc<Principal>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(Duration::from_secs(value.expires_at.saturating_sub(now_s()).max(0) as u64))
+        Some(Duration::from_secs(value.expires_at.saturating_sub(unix_now_s()).max(0) as u64))
     }
 }
 
@@ -367,7 +361,7 @@ impl Auth {
         }
         // The jti is spent only by a request that would otherwise succeed.
         if let Some(verified) = assertion {
-            let keep_until = verified.exp.max(now_s()) + assertion::CLOCK_SKEW_S;
+            let keep_until = verified.exp.max(unix_now_s()) + assertion::CLOCK_SKEW_S;
             let fresh = self
                 .registry
                 .record_jti(&client.client_id, &verified.jti, keep_until)
@@ -378,7 +372,7 @@ impl Auth {
             }
             self.maybe_purge();
         }
-        let now = now_s();
+        let now = unix_now_s();
         let claims = self.keys.claims(
             &client.client_id,
             &granted,
@@ -432,7 +426,7 @@ impl Auth {
                 set
             }
         };
-        let verified = assertion::verify(assertion, &unverified, &keys, &self.audiences, now_s())?;
+        let verified = assertion::verify(assertion, &unverified, &keys, &self.audiences, unix_now_s())?;
         Ok((client, verified))
     }
 
@@ -457,7 +451,7 @@ impl Auth {
     }
 
     fn maybe_purge(&self) {
-        let now = now_s();
+        let now = unix_now_s();
         let last = self.last_purge.load(Ordering::Relaxed);
         if now - last < PURGE_INTERVAL_S
             || self.last_purge.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
@@ -509,7 +503,7 @@ impl Auth {
     /// expiry, the organization binding. Cached per token until it expires.
     pub fn verify_token(&self, token: &str) -> Result<Arc<Principal>, GatewayError> {
         let key = tokens::cache_key(token);
-        let now = now_s();
+        let now = unix_now_s();
         if let Some(principal) = self.verified.get(&key) {
             if principal.expires_at > now {
                 return Ok(principal);

@@ -25,6 +25,7 @@ use sqlx::Row;
 
 use super::jwks;
 use super::scopes::ScopeSet;
+use crate::clock::unix_now_s;
 use crate::config::ClientConfig;
 use crate::store::{Store, StoreError};
 
@@ -195,13 +196,6 @@ pub struct Listed {
     pub config: ClientConfig,
 }
 
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 fn new_reg() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
@@ -235,7 +229,7 @@ impl Registry {
             .bind(&client.client_id)
             .bind(&json)
             .bind(new_reg())
-            .bind(now_s())
+            .bind(unix_now_s())
             .execute(pool)
             .await?;
             let state: Option<String> =
@@ -267,7 +261,7 @@ impl Registry {
                 )
                 .bind(&id)
                 .bind(new_reg())
-                .bind(now_s())
+                .bind(unix_now_s())
                 .execute(pool)
                 .await?;
                 tracing::info!(client_id = %id, "client no longer in [[clients]]: removed");
@@ -289,7 +283,7 @@ impl Registry {
         .bind(&client.client_id)
         .bind(&json)
         .bind(new_reg())
-        .bind(now_s())
+        .bind(unix_now_s())
         .execute(self.store.pool())
         .await?;
         self.cache.invalidate(&client.client_id).await;
@@ -307,7 +301,7 @@ impl Registry {
         )
         .bind(client_id)
         .bind(new_reg())
-        .bind(now_s())
+        .bind(unix_now_s())
         .execute(self.store.pool())
         .await?;
         self.cache.invalidate(client_id).await;

@@ -69,7 +69,7 @@ async fn env() -> Env {
 }
 
 fn now() -> i64 {
-    now_s()
+    unix_now_s()
 }
 
 fn assertion(key: &SigningKey, alg: Algorithm, claims: serde_json::Value) -> String {

@@ -21,13 +21,14 @@
 //! matcher. The subject is stored as an HMAC under a store secret, never as
 //! the name or birth date.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::StatusCode;
 use rand::RngCore;
 use serde_json::Value;
 use sqlx::Row;
 
+use crate::clock::unix_now_s;
 use crate::config::MemberMatchConfig;
 use crate::error::{Blame, GatewayError, IssueCode};
 use crate::store::{Store, StoreError};
@@ -94,7 +95,7 @@ impl MatchThrottle {
     /// Count this attempt, or refuse it with 429 when a budget is spent.
     /// `member_patient` is the request's MemberPatient resource.
     pub async fn admit(&self, client_id: &str, member_patient: &Value) -> Result<Attempt, GatewayError> {
-        let now = now_s();
+        let now = unix_now_s();
         let since = now - self.budgets.window.as_secs() as i64;
         let subject = self.subject(member_patient);
         let mut id = [0u8; 16];
@@ -207,10 +208,6 @@ fn throttled(retry_after_s: i64) -> GatewayError {
         "too many $member-match attempts without a match; try again later",
     )
     .with_header(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_s as u64))
-}
-
-fn now_s() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ impl FhirHandler {
             (Some(consent), Some(p)) => crate::ops::consent::check(
                 consent,
                 crate::ops::consent::Requester { organization: &p.organization, npi: p.npi.as_deref() },
-                &crate::access::attribution::today_utc(),
+                &crate::clock::today_utc(),
             ),
             (Some(_), None) => Err(GatewayError::forbidden("no authenticated requester")),
         };
