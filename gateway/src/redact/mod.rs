@@ -210,6 +210,12 @@ impl<'a> Outcome<'a> {
     fn keep(scan: Scan<'a>) -> Outcome<'a> {
         Outcome { verdict: Verdict::Keep, scan: Some(scan), redacted: false, stripped: false }
     }
+
+    /// Withheld: nothing fhirwall cannot read leaves.
+    fn unreadable(report: &mut RedactionReport) -> Outcome<'a> {
+        report.drop(Reason::Unreadable);
+        Outcome { verdict: Verdict::Drop(Reason::Unreadable), scan: None, redacted: false, stripped: false }
+    }
 }
 
 impl Redactor {
@@ -291,15 +297,7 @@ impl Redactor {
     fn outcome<'a>(&self, text: &'a str, report: &mut RedactionReport, depth: usize) -> Outcome<'a> {
         match scan::scan(text, &self.rules()) {
             Ok(scan) => self.decide(scan, &|| Some(text), report, depth),
-            Err(_) => {
-                report.drop(Reason::Unreadable);
-                Outcome {
-                    verdict: Verdict::Drop(Reason::Unreadable),
-                    scan: None,
-                    redacted: false,
-                    stripped: false,
-                }
-            }
+            Err(_) => Outcome::unreadable(report),
         }
     }
 
@@ -523,15 +521,7 @@ impl Redactor {
                 }
                 // No resource (a history delete) or an unreadable entry:
                 // nothing fhirwall cannot check leaves.
-                None => {
-                    report.drop(Reason::Unreadable);
-                    Outcome {
-                        verdict: Verdict::Drop(Reason::Unreadable),
-                        scan: None,
-                        redacted: false,
-                        stripped: false,
-                    }
-                }
+                None => Outcome::unreadable(report),
             };
             if let Verdict::Drop(reason) = outcome.verdict {
                 first_reason.get_or_insert(reason);
