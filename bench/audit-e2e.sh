@@ -10,6 +10,7 @@
 #   bench/audit-e2e.sh [DURATION_S] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/common.sh
 duration=${1:-5}
 rounds=${2:-3}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
@@ -27,34 +28,12 @@ up_port=19200
 "$bin" sandbox --listen 127.0.0.1:$up_port >"$work/sandbox.log" 2>&1 & pids+=($!)
 
 start_gw() { # name port audit_dir -> pid in $gw_pid
-  cat >"$work/$1.toml" <<TOML
-[server]
-listen = "127.0.0.1:$2"
-base_url = "http://127.0.0.1:$2/fhir"
-[admin]
-listen = "127.0.0.1:$(($2 + 1))"
-[upstream]
-url = "http://127.0.0.1:$up_port/fhir"
-[state]
-url = "sqlite://$work/$1.db"
-[audit]
-dir = "$3"
-[[clients]]
-client_id = "bench-ehr"
-organization = "Organization/org-grace"
-npi = "1417987256"
-jwks_path = "keys/bench-ehr.jwks.json"
-scopes = ["system/*.read"]
-TOML
+  gateway_config "$2" $(($2 + 1)) "$3" "sqlite://$work/$1.db" >"$work/$1.toml"
   FHIRWALL_LOG=warn "$bin" serve --config "$work/$1.toml" >"$work/$1.log" 2>&1 & gw_pid=$!
   pids+=($gw_pid)
   for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$(($2 + 1))/readyz" >/dev/null 2>&1 && return; sleep 0.2; done
   echo "$1 did not start" >&2; cat "$work/$1.log" >&2; exit 1
 }
-
-to_ms() { python3 -c 'import sys,re
-v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s)$",v); n=float(m.group(1)); u=m.group(2)
-print(round(n/1000 if u=="us" else n*1000 if u=="s" else n,3))' "$1"; }
 
 # Both gateways run side by side; the rows alternate between them, so
 # background load on a shared machine hits both alike. Medians per cell.

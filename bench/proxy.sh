@@ -17,6 +17,7 @@
 #   bench/proxy.sh [DURATION_S] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/common.sh
 duration=${1:-10}
 conns=${2:-32}
 
@@ -37,30 +38,9 @@ up_port=19000; fw_port=19080; fw_admin=19081; ngx_port=19090; fwm_port=19082; fw
 "$bin" keygen --client-id bench-ehr --out "$work/keys" >/dev/null
 "$bin" sandbox --listen 127.0.0.1:$up_port >"$work/sandbox.log" 2>&1 & pids+=($!)
 
-gateway_config() { # port admin_port audit_dir
-  cat <<TOML
-[server]
-listen = "127.0.0.1:$1"
-base_url = "http://127.0.0.1:$1/fhir"
-[admin]
-listen = "127.0.0.1:$2"
-[upstream]
-url = "http://127.0.0.1:$up_port/fhir"
-[state]
-url = "sqlite://state/fhirwall-$1.db"
-[audit]
-dir = "$3"
-[[clients]]
-client_id = "bench-ehr"
-organization = "Organization/org-grace"
-npi = "1417987256"
-jwks_path = "keys/bench-ehr.jwks.json"
-scopes = ["system/*.read"]
-TOML
-}
 shm_audit=$(mktemp -d /dev/shm/fhirwall-bench-audit.XXXXXX)
-gateway_config $fw_port $fw_admin audit >"$work/fhirwall.toml"
-gateway_config $fwm_port $fwm_admin "$shm_audit" >"$work/fhirwall-shm.toml"
+gateway_config $fw_port $fw_admin audit "sqlite://state/fhirwall-$fw_port.db" >"$work/fhirwall.toml"
+gateway_config $fwm_port $fwm_admin "$shm_audit" "sqlite://state/fhirwall-$fwm_port.db" >"$work/fhirwall-shm.toml"
 FHIRWALL_LOG=warn "$bin" serve --config "$work/fhirwall.toml" >"$work/fhirwall.log" 2>&1 & fw_pid=$!; pids+=($fw_pid)
 FHIRWALL_LOG=warn "$bin" serve --config "$work/fhirwall-shm.toml" >"$work/fhirwall-shm.log" 2>&1 & fwm_pid=$!; pids+=($fwm_pid)
 
@@ -135,9 +115,6 @@ run() { # name url pid [auth header] -> "rps p50_ms p99_ms cpu_us_per_request"
   cpu_us=$(python3 -c "print(round(($after - $before) / $ticks_per_s * 1e6 / $total, 1))")
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") $cpu_us"
 }
-to_ms() { python3 -c 'import sys,re
-v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s)$",v); n=float(m.group(1)); u=m.group(2)
-print(round(n/1000 if u=="us" else n*1000 if u=="s" else n,3))' "$1"; }
 
 printf '\nfhirwall proxy benchmark: %s s per row, %s connections, wrk -t2, %s\n' "$duration" "$conns" "$(date -u +%F)"
 up_pid=${pids[0]}
