@@ -365,6 +365,11 @@ fn config_check(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
     // redact (issue 5): the policy data (policy.dir over the built-in files) must load too.
     fhirwall::redact::Redactor::new(&config.policy).context("policy")?;
+    // plugins (issue 7): every component must compile and match its world, as
+    // `serve` requires (nothing is written to the compile cache).
+    if !config.plugins.is_empty() {
+        fhirwall::plugins::Plugins::load(&config.plugins, None).context("plugins")?;
+    }
     print!("{}", config.to_toml());
     eprintln!("config ok: {}", config_path.display());
     Ok(())

@@ -161,27 +161,51 @@ async fn hot_reload_swaps_atomically_and_keeps_the_old_plugin_when_the_new_one_f
 }
 
 #[test]
-fn a_plugin_that_does_not_load_stops_startup() {
+fn a_plugin_that_does_not_load_stops_startup_and_fails_config_check() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad.wasm"), b"not wasm at all").unwrap();
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{}\"\nbase_url = \"http://127.0.0.1:1/fhir\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
-         [upstream]\nurl = \"sandbox\"\n[state]\nurl = \"sqlite://{}/db.sqlite\"\n[audit]\ndir = \"{}/audit\"\n{}",
-        free_port(),
-        free_port(),
-        dir.path().display(),
-        dir.path().display(),
-        policy_toml("bad.wasm")
-    );
-    std::fs::write(dir.path().join("fhirwall.toml"), config).unwrap();
-    let out = std::process::Command::new(fhirwall_bin())
-        .args(["serve", "--config"])
-        .arg(dir.path().join("fhirwall.toml"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not a WebAssembly component"), "{err}");
+    // A real component declared with the wrong world: it loads as a file but not as a policy.
+    std::fs::write(dir.path().join("matcher.wasm"), plugin("default_matcher")).unwrap();
+    std::fs::write(dir.path().join("policy.wasm"), plugin("policy_confidential")).unwrap();
+    let cases = [
+        ("bad.wasm", "not a WebAssembly component"),
+        ("matcher.wasm", "not a fhirwall:plugin policy"),
+        ("policy.wasm", ""),
+    ];
+    for (wasm, needle) in cases {
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\nbase_url = \"http://127.0.0.1:1/fhir\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
+             [upstream]\nurl = \"sandbox\"\n[state]\nurl = \"sqlite://{}/db.sqlite\"\n[audit]\ndir = \"{}/audit\"\n{}",
+            free_port(),
+            free_port(),
+            dir.path().display(),
+            dir.path().display(),
+            policy_toml(wasm)
+        );
+        let path = dir.path().join("fhirwall.toml");
+        std::fs::write(&path, config).unwrap();
+        let check = std::process::Command::new(fhirwall_bin())
+            .args(["config", "check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&check.stderr);
+        if needle.is_empty() {
+            // The good plugin: config check compiles it and passes.
+            assert!(check.status.success(), "config check refused a good plugin: {err}");
+            continue;
+        }
+        assert!(!check.status.success(), "config check accepted {wasm}");
+        assert!(err.contains(needle) && err.contains("plugins"), "config check on {wasm}: {err}");
+        let out = std::process::Command::new(fhirwall_bin())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "serve started with {wasm}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "serve on {wasm}: {err}");
+    }
 }
 
 #[test]
