@@ -568,7 +568,22 @@ async fn send_case(f: &Fixture, case: &Case) -> Resp {
 }
 
 /// Run every corpus case; returns the failures.
+/// Stored rosters the corpus's Group cases refer to: one of org-hopkins and one
+/// of org-valley, each naming a patient the other organizations may not see.
+async fn store_corpus_rosters(f: &Fixture) {
+    for (id, org, patient) in [
+        ("roster-hopkins-extra", "org-hopkins", "pat-0002"),
+        ("roster-valley-extra", "org-valley", "pat-0005"),
+    ] {
+        let roster = json!({"resourceType": "Group", "id": id, "type": "person", "actual": true,
+            "managingEntity": {"reference": format!("Organization/{org}")},
+            "member": [{"entity": {"reference": format!("Patient/{patient}")}}]});
+        f.admin("POST", "/admin/attribution", Some(&roster)).await.assert_status(200);
+    }
+}
+
 async fn run_corpus(f: &Fixture, upstream: &str) -> (usize, Vec<String>) {
+    store_corpus_rosters(f).await;
     let mut failures = Vec::new();
     let mut ran = 0;
     for case in corpus() {
