@@ -4,7 +4,6 @@
 //! resource types (`types`).
 
 pub mod bundle;
-pub mod compartment;
 pub mod outcome;
 pub mod request;
 pub mod search;

@@ -23,7 +23,6 @@ use super::respond::{self, Body};
 use crate::audit::AuditRecord;
 use crate::error::{Blame, GatewayError, IssueCode};
 use crate::fhir::bundle::RawObject;
-use crate::fhir::compartment::CompartmentTable;
 use crate::fhir::request::{self, FhirRequest, Interaction, Operation, RequestParts};
 use crate::fhir::{SearchParam, SearchParams};
 use crate::proxy::{UpstreamRequest, UpstreamResponse};
@@ -286,7 +285,12 @@ impl FhirHandler {
                 (search(resource_type, &fhir.params), Some(resource_type.clone()))
             }
             Interaction::SearchCompartment { patient_id, resource_type } => {
-                let param = CompartmentTable::builtin().narrowing_param(resource_type).ok_or_else(|| {
+                // The loaded policy table (policy.dir over the built-in one), as the filter uses.
+                let param = match self.gw.access.policy().rule(resource_type) {
+                    crate::access::policy::TypeRule::Compartment(links) => links.narrow.clone(),
+                    _ => None,
+                }
+                .ok_or_else(|| {
                     GatewayError::bad_request(format!("{resource_type} is not in the Patient compartment"))
                 })?;
                 let mut params = SearchParams::default();
