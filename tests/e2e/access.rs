@@ -1294,3 +1294,33 @@ fn the_hidden_data_check_catches_leaks() {
     assert!(body_has("a pat-00011 b", "pat-00011") && !body_has("a pat-00011 b", "pat-0001"));
     assert!(corpus().len() >= 60);
 }
+
+/// The compartment table in `policy.dir` is the one every stage uses: here
+/// Observation has no narrowing parameter, so its compartment path cannot be
+/// dispatched (with the built-in table it is `subject`).
+#[tokio::test]
+async fn a_policy_dir_compartment_table_drives_compartment_paths() {
+    let builtin = std::fs::read_to_string(repo_root().join("policies/patient-compartment.json")).unwrap();
+    let mut table: Value = serde_json::from_str(&builtin).unwrap();
+    table["resources"]["Observation"]["narrow"] = Value::Null;
+    let gw = Gateway::start(
+        GatewayConfig::new("sandbox")
+            .client("grace-ehr", "Organization/org-grace", "1417987256", &["system/*.read"])
+            .file("policies/patient-compartment.json", table.to_string())
+            .extra_toml("[policy]\ndir = \"policies\"\n"),
+    );
+    let token = gw.token("grace-ehr", "system/*.read");
+    let observations = get_bearer(&gw.url("Patient/pat-0001/Observation"), &token).await;
+    assert_eq!(observations.status, 400, "{}", observations.text());
+    assert!(observations.text().contains("not in the Patient compartment"), "{}", observations.text());
+    get_bearer(&gw.url("Patient/pat-0001/Coverage"), &token).await.assert_status(200);
+    // With the built-in table the same path is served.
+    let plain = Gateway::start(GatewayConfig::new("sandbox").client(
+        "grace-ehr",
+        "Organization/org-grace",
+        "1417987256",
+        &["system/*.read"],
+    ));
+    let token = plain.token("grace-ehr", "system/*.read");
+    get_bearer(&plain.url("Patient/pat-0001/Observation"), &token).await.assert_status(200);
+}
