@@ -68,8 +68,8 @@ pub struct Plan {
     /// The number of patients a patient-less search was narrowed to.
     pub narrowed_to: Option<u32>,
     /// Group searches: the caller's stored roster Groups the search matches
-    /// (JSON text), listed after the upstream's matches.
-    pub rosters: Vec<std::sync::Arc<str>>,
+    /// (id, JSON text), listed after the upstream's matches.
+    pub rosters: Vec<(String, std::sync::Arc<str>)>,
 }
 
 impl Plan {
@@ -267,7 +267,7 @@ const RESULT_PARAMS: &[&str] =
 /// `managing-entity` itself; a search with any other criterion or modifier
 /// lists no roster (the upstream's answer alone: fewer Groups, never another
 /// organization's).
-fn matching_rosters(scope: &Scope, params: &SearchParams) -> Vec<std::sync::Arc<str>> {
+fn matching_rosters(scope: &Scope, params: &SearchParams) -> Vec<(String, std::sync::Arc<str>)> {
     let criteria: Vec<&SearchParam> =
         params.params.iter().filter(|p| !RESULT_PARAMS.contains(&p.name.as_str())).collect();
     let evaluable = criteria.iter().all(|p| {
@@ -303,7 +303,7 @@ fn matching_rosters(scope: &Scope, params: &SearchParams) -> Vec<std::sync::Arc<
             })
         });
         if matches {
-            out.push(roster.body.clone());
+            out.push((id, roster.body.clone()));
         }
     }
     out

@@ -194,7 +194,7 @@ pub struct Decision {
     pub local: Option<Local>,
     pub narrowed_to: Option<u32>,
     /// Group searches: matching stored roster Groups to list (see decide).
-    pub rosters: Vec<Arc<str>>,
+    pub rosters: Vec<(String, Arc<str>)>,
 }
 
 impl Decision {
@@ -485,13 +485,7 @@ impl Access {
         let mut entries: Vec<&serde_json::value::RawValue> =
             serde_json::from_str(current).map_err(|_| unusable("Bundle.entry is malformed"))?;
         let mut listed = Vec::with_capacity(decision.rosters.len());
-        for body in &decision.rosters {
-            let Some(id) = serde_json::from_str::<serde_json::Value>(body)
-                .ok()
-                .and_then(|g| g["id"].as_str().map(str::to_owned))
-            else {
-                continue;
-            };
+        for (id, body) in &decision.rosters {
             // A roster the filter withholds is simply not listed.
             let Ok(filtered) = self.filter_resource(decision, body, report) else { continue };
             let resource = filtered.as_deref().unwrap_or(body);

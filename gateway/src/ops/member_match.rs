@@ -44,11 +44,19 @@ const NO_MATCH: &str = "No unique member match found";
 /// Parse and check an HRex `$member-match` request body (the Consent, if
 /// any, is checked by the operation: see `ops::consent`).
 pub fn parse_request(body: &[u8]) -> Result<MatchInput, GatewayError> {
-    parse(body).map(|(input, _)| input)
+    parse(body).map(|request| request.input)
 }
 
-/// [`parse_request`], and the request's `Consent` resource.
-pub fn parse(body: &[u8]) -> Result<(MatchInput, Option<Value>), GatewayError> {
+/// A parsed request: what the matcher gets, and the resources the host checks
+/// itself (the MemberPatient for the brute-force budget, the Consent).
+pub struct MatchRequest {
+    pub input: MatchInput,
+    pub member_patient: Value,
+    pub consent: Option<Value>,
+}
+
+/// [`parse_request`], keeping the MemberPatient and the `Consent` as values.
+pub fn parse(body: &[u8]) -> Result<MatchRequest, GatewayError> {
     let bad = |m: &str| GatewayError::bad_request(format!("$member-match: {m}"));
     let value: Value = serde_json::from_slice(body).map_err(|_| bad("the body is not JSON"))?;
     if value["resourceType"] != "Parameters" {
@@ -107,7 +115,7 @@ pub fn parse(body: &[u8]) -> Result<(MatchInput, Option<Value>), GatewayError> {
         coverage_to_match: to_match.to_string(),
         coverage_to_link: to_link.map(|v| v.to_string()),
     };
-    Ok((input, consent))
+    Ok(MatchRequest { input, member_patient: patient, consent })
 }
 
 /// Is this Coverage in force as a membership (not entered in error or a draft)?

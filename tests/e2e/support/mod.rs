@@ -72,6 +72,25 @@ pub fn medplum_dir() -> PathBuf {
 }
 
 /// The `fhirwall` binary cargo built for this test run.
+/// `fhirwall config check` and `fhirwall serve` both refuse the config at
+/// `path`, name `needle` in what they print, and do not panic. Returns what
+/// `config check` printed (stderr then stdout).
+#[track_caller]
+pub fn assert_config_refused(path: &Path, needle: &str) -> String {
+    let mut check_output = String::new();
+    for sub in [&["config", "check", "--config"][..], &["serve", "--config"][..]] {
+        let out = Command::new(fhirwall_bin()).args(sub).arg(path).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{sub:?} accepted {needle}");
+        assert!(text.contains(needle), "{sub:?}: error does not name {needle}: {text}");
+        assert!(!text.contains("panicked"), "{text}");
+        if check_output.is_empty() {
+            check_output = text;
+        }
+    }
+    check_output
+}
+
 pub fn fhirwall_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fhirwall"))
 }

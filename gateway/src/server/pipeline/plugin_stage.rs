@@ -128,10 +128,9 @@ impl FhirHandler {
             config: &self.gw.config.member_match,
             request_id: &ctx.request_id,
         };
-        let (input, consent) = crate::ops::member_match::parse(body)?;
+        let crate::ops::member_match::MatchRequest { input, member_patient, consent } =
+            crate::ops::member_match::parse(body)?;
         // Counted before the matcher runs (HREX-10): a spent budget is a 429.
-        let member_patient: serde_json::Value =
-            serde_json::from_str(&input.member_patient).unwrap_or(serde_json::Value::Null);
         let throttle = &self.gw.match_throttle;
         let attempt = throttle.admit(&ctx.caller.client_id, &member_patient).await?;
         // A Consent that cannot be honoured is a 422 before any matching (HREX-04).
