@@ -26,6 +26,7 @@ pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod chain;
 pub mod clock;
 pub mod config;
 pub mod error;

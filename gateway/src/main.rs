@@ -364,7 +364,14 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
 fn config_check(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
     // redact (issue 5): the policy data (policy.dir over the built-in files) must load too.
-    fhirwall::redact::Redactor::new(&config.policy).context("policy")?;
+    let redactor = fhirwall::redact::Redactor::new(&config.policy).context("policy")?;
+    if !redactor.has_programs() {
+        eprintln!(
+            "warning: Part 2 is on but no Part 2 program is named (policy.part2_programs, \
+             part2/programs.toml): records from the payer's SUD programs are classified \
+             only by labels and codes"
+        );
+    }
     // plugins (issue 7): every component must compile and match its world, as
     // `serve` requires (nothing is written to the compile cache).
     if !config.plugins.is_empty() {
@@ -432,6 +439,9 @@ organization = "Organization/org-grace"
 npi = "1417987256"
 jwks_path = "keys/grace-ehr.jwks.json"
 scopes = ["system/*.read"]
+[policy]
+# The demo dataset's substance-use-disorder program (42 CFR Part 2).
+part2_programs = ["Organization/org-recovery", "1234567893"]
 "#
     );
     let config_path = dir.path().join("fhirwall.toml");

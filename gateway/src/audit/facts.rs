@@ -158,6 +158,21 @@ impl AuditRecord {
     /// What redaction withheld (`suppressed.part2`, `.date-floor`,
     /// `.drug-pa`, `.unreadable`) and changed (`redacted.part2`,
     /// `.financial`), added to the disclosure.
+    /// What the policy plugins withheld and narrowed, counted like the
+    /// built-in filters' withholdings (`suppressed.plugin`, `redacted.plugin`).
+    pub fn count_plugin(&mut self, dropped: u32, replaced: u32) {
+        if dropped == 0 && replaced == 0 {
+            return;
+        }
+        let disclosure = self.disclosure.get_or_insert_with(Default::default);
+        if dropped > 0 {
+            *disclosure.suppressed.entry(crate::audit::Reason::Plugin).or_default() += dropped;
+        }
+        if replaced > 0 {
+            *disclosure.redacted.entry(crate::audit::Reason::Plugin).or_default() += replaced;
+        }
+    }
+
     pub fn set_redaction_report(&mut self, report: &crate::redact::RedactionReport) {
         let mut d = self.disclosure.take().unwrap_or_default();
         let add = |map: &mut std::collections::BTreeMap<Reason, u32>, reason, n: u32| {

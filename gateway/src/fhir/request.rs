@@ -153,6 +153,21 @@ impl Interaction {
         }
     }
 
+    /// Answered through the response chain (reads, history, searches,
+    /// pages); operations and writes are answered elsewhere.
+    pub fn is_chained(&self) -> bool {
+        matches!(
+            self,
+            Interaction::Capabilities
+                | Interaction::Read { .. }
+                | Interaction::Vread { .. }
+                | Interaction::HistoryInstance { .. }
+                | Interaction::SearchType { .. }
+                | Interaction::SearchCompartment { .. }
+                | Interaction::Page { .. }
+        )
+    }
+
     /// A short stable name for logs, metrics and audit.
     pub fn name(&self) -> &'static str {
         match self {

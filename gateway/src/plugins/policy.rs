@@ -218,7 +218,7 @@ pub struct PolicyRun {
 }
 
 /// What the response step did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PolicyReport {
     pub dropped: u32,
     pub replaced: u32,
@@ -356,6 +356,16 @@ impl PolicyRun {
                 }
             },
         }
+    }
+
+    /// Every plugin's verdict on one resource; a replacement the built-in
+    /// filters refuse (`recheck` false) is a drop. Blocking.
+    pub fn verdict_on(
+        &mut self,
+        resource: &str,
+        recheck: &dyn Fn(&str) -> bool,
+    ) -> Result<Verdict, PluginError> {
+        self.verdict(resource, recheck)
     }
 
     fn verdict(&mut self, resource: &str, recheck: &dyn Fn(&str) -> bool) -> Result<Verdict, PluginError> {

@@ -3,6 +3,10 @@
 //! sealed with AES-256-GCM under a key only fhirwall holds, bound to the
 //! caller (its id is the associated data, so another caller's token does not
 //! open) and to an expiry.
+//!
+//! Every token has the same length ([`TOKEN_PLAINTEXT`] bytes sealed): the
+//! state is deflated and padded, so the length of a link says nothing about
+//! the upstream's cursor (which can depend on data the caller may not see).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,10 +27,19 @@ pub struct PageRef {
     /// The upstream link below the upstream base (`Patient?_offset=20`).
     #[serde(rename = "p")]
     pub upstream_path: String,
+    /// Visible matches of that upstream page already sent.
+    #[serde(rename = "s", default)]
+    pub skip: usize,
+    /// The page size the caller asked for.
+    #[serde(rename = "c", default)]
+    pub count: usize,
     /// Unix seconds after which the token is refused.
     #[serde(rename = "e")]
     pub expires: u64,
 }
+
+/// The sealed plaintext of every token: 2-byte length, deflated state, padding.
+pub const TOKEN_PLAINTEXT: usize = 1024;
 
 pub struct PageSealer {
     key: LessSafeKey,
@@ -47,21 +60,44 @@ impl PageSealer {
         PageSealer { key: LessSafeKey::new(unbound), rng: SystemRandom::new(), ttl }
     }
 
-    /// Seal an upstream link for `caller`.
+    /// Seal an upstream link for `caller` (a page that starts at the
+    /// upstream page, after `skip` visible matches, `count` matches long).
     pub fn seal(
         &self,
         caller: &str,
         resource_type: &str,
         upstream_path: &str,
     ) -> Result<String, GatewayError> {
+        self.seal_at(caller, resource_type, upstream_path, 0, 0)
+    }
+
+    /// [`PageSealer::seal`] with the position inside the upstream page.
+    pub fn seal_at(
+        &self,
+        caller: &str,
+        resource_type: &str,
+        upstream_path: &str,
+        skip: usize,
+        count: usize,
+    ) -> Result<String, GatewayError> {
         let page = PageRef {
             resource_type: resource_type.to_owned(),
             upstream_path: upstream_path.to_owned(),
+            skip,
+            count,
             expires: now_unix() + self.ttl.as_secs(),
         };
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| GatewayError::internal("no randomness for page token"))?;
-        let mut data = serde_json::to_vec(&page).map_err(|e| GatewayError::internal(e.to_string()))?;
+        let state = serde_json::to_vec(&page).map_err(|e| GatewayError::internal(e.to_string()))?;
+        let packed = miniz_oxide::deflate::compress_to_vec(&state, 9);
+        if packed.len() + 2 > TOKEN_PLAINTEXT {
+            return Err(GatewayError::internal("the upstream paging link is too long to seal"));
+        }
+        let mut data = Vec::with_capacity(TOKEN_PLAINTEXT + AES_256_GCM.tag_len());
+        data.extend_from_slice(&(packed.len() as u16).to_be_bytes());
+        data.extend_from_slice(&packed);
+        data.resize(TOKEN_PLAINTEXT, 0);
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
@@ -88,7 +124,14 @@ impl PageSealer {
         let mut sealed = sealed.to_vec();
         let plain =
             self.key.open_in_place(nonce, Aad::from(caller.as_bytes()), &mut sealed).map_err(|_| gone())?;
-        let page: PageRef = serde_json::from_slice(plain).map_err(|_| gone())?;
+        if plain.len() != TOKEN_PLAINTEXT {
+            return Err(gone());
+        }
+        let length = u16::from_be_bytes([plain[0], plain[1]]) as usize;
+        let packed = plain.get(2..2 + length).ok_or_else(gone)?;
+        let state =
+            miniz_oxide::inflate::decompress_to_vec_with_limit(packed, 64 * 1024).map_err(|_| gone())?;
+        let page: PageRef = serde_json::from_slice(&state).map_err(|_| gone())?;
         if page.expires < now_unix() {
             return Err(gone());
         }
@@ -115,6 +158,20 @@ mod tests {
         let page = s.open("grace", &token).unwrap();
         assert_eq!(page.upstream_path, "Observation?_offset=20&patient=Patient%2F1");
         assert_eq!(page.resource_type, "Observation");
+    }
+
+    #[test]
+    fn tokens_have_one_length_and_carry_the_position() {
+        let s = sealer();
+        let short = s.seal_at("grace", "Observation", "Observation?a=1", 0, 1).unwrap();
+        let long_path = format!(
+            "Observation?patient={}",
+            (0..100).map(|n| format!("Patient/pat-{n:04}")).collect::<Vec<_>>().join(",")
+        );
+        let long = s.seal_at("grace", "Observation", &long_path, 7, 20).unwrap();
+        assert_eq!(short.len(), long.len());
+        let page = s.open("grace", &long).unwrap();
+        assert_eq!((page.upstream_path.as_str(), page.skip, page.count), (long_path.as_str(), 7, 20));
     }
 
     #[test]

@@ -269,6 +269,11 @@ impl Redactor {
         &self.policies
     }
 
+    /// Is any Part 2 program named (policy data or config)?
+    pub fn has_programs(&self) -> bool {
+        !self.programs.organizations.is_empty() || !self.programs.npis.is_empty()
+    }
+
     pub fn mode(&self) -> Part2Mode {
         self.mode
     }

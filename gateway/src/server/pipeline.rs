@@ -27,9 +27,8 @@ use crate::fhir::request::{self, FhirRequest, Interaction, Operation, RequestPar
 use crate::fhir::{SearchParam, SearchParams};
 use crate::proxy::{UpstreamRequest, UpstreamResponse};
 
-// --- plugins (issue 7): the plugin stages (policy verdicts, $member-match).
+mod answer;
 mod plugin_stage;
-// --- end plugins
 
 /// Search query strings longer than this go upstream as POST `_search`.
 const MAX_GET_QUERY: usize = 4096;
@@ -70,6 +69,10 @@ struct RequestCtx {
     subset: Option<crate::redact::Subset>,
     redaction: std::sync::Mutex<crate::redact::RedactionReport>,
     // --- end redact
+    /// The policy plugins' run for this request (taken while a stage runs).
+    policy: std::sync::Mutex<Option<crate::plugins::PolicyRun>>,
+    /// What the policy plugins withheld and narrowed.
+    plugin_counts: std::sync::Mutex<crate::plugins::policy::PolicyReport>,
 }
 
 pub struct FhirHandler {
@@ -228,18 +231,30 @@ impl FhirHandler {
             access,
             subset,
             redaction: std::sync::Mutex::default(),
+            policy: std::sync::Mutex::new(policy),
+            plugin_counts: std::sync::Mutex::default(),
         };
         let content_type = parts.headers.get(CONTENT_TYPE).cloned();
+        let head = fhir.head;
+        let chained = fhir.interaction.is_chained();
         let result = self.dispatch(&ctx, fhir, body, content_type).await;
-        // --- plugins (issue 7): policy verdicts on what the built-in filters let out.
-        let result = match (result, policy) {
-            (Ok(response), Some(run)) => {
+        // Answers outside the chain (operations) get the policy verdicts here.
+        let run = ctx.policy.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let result = match (result, run) {
+            (Ok(response), Some(run)) if !chained => {
                 let scope = ctx.access.as_ref().map(|d| d.scope.clone());
                 self.policy_on_response(run, response, scope, record).await
             }
             (result, _) => result,
         };
-        // --- end plugins
+        let counts = *ctx.plugin_counts.lock().unwrap_or_else(|e| e.into_inner());
+        record.count_plugin(counts.dropped, counts.replaced);
+        let result = result.map(|mut response| {
+            if head {
+                *response.body_mut() = http_body_util::Full::new(Bytes::new());
+            }
+            response
+        });
         // --- access (issue 4): what the response filter let out, for the audit record.
         if ctx.access.is_some() {
             record.set_filter_report(&ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()));
@@ -271,18 +286,19 @@ impl FhirHandler {
             }
         }
         // --- end access
-        let (upstream_request, page_type) = match &fhir.interaction {
-            Interaction::Capabilities => (get("metadata".into()), None),
-            Interaction::Read { resource_type, id } => (get(format!("{resource_type}/{}", enc(id))), None),
+        let (upstream_request, page_type): (UpstreamRequest, Option<String>) = match &fhir.interaction {
+            Interaction::Capabilities => return self.answer_capabilities(ctx).await,
+            Interaction::Read { resource_type, id } => {
+                return self.answer_read(ctx, resource_type, id, None).await;
+            }
             Interaction::Vread { resource_type, id, version } => {
-                (get(format!("{resource_type}/{}/_history/{}", enc(id), enc(version))), None)
+                return self.answer_read(ctx, resource_type, id, Some(version)).await;
             }
             Interaction::HistoryInstance { resource_type, id } => {
-                let path = with_query(format!("{resource_type}/{}/_history", enc(id)), &fhir.params);
-                (get(path), Some(resource_type.clone()))
+                return self.answer_history(ctx, resource_type, id, fhir.params.to_query_string()).await;
             }
             Interaction::SearchType { resource_type } => {
-                (search(resource_type, &fhir.params), Some(resource_type.clone()))
+                return self.answer_search(ctx, first_page(resource_type, fhir.params.clone())).await;
             }
             Interaction::SearchCompartment { patient_id, resource_type } => {
                 // The loaded policy table (policy.dir over the built-in one), as the filter uses.
@@ -296,11 +312,17 @@ impl FhirHandler {
                 let mut params = SearchParams::default();
                 params.push(SearchParam::single(param, format!("Patient/{patient_id}")));
                 params.params.extend(fhir.params.params.iter().cloned());
-                (search(resource_type, &params), Some(resource_type.clone()))
+                return self.answer_search(ctx, first_page(resource_type, params)).await;
             }
             Interaction::Page { token } => {
                 let page = self.gw.pages.open(&ctx.caller.binding, token)?;
-                (get(page.upstream_path), Some(page.resource_type))
+                let start = answer::SearchStart {
+                    resource_type: page.resource_type,
+                    cursor: crate::chain::page::Cursor { path: page.upstream_path, skip: page.skip },
+                    want: page.count.clamp(1, answer::MAX_PAGE),
+                    from_token: true,
+                };
+                return self.answer_search(ctx, start).await;
             }
             Interaction::Operation(Operation::SystemExport) => {
                 return Err(GatewayError::forbidden(
@@ -421,6 +443,7 @@ impl FhirHandler {
             return Err(not_fhir(&format!("content type {content_type:?} is not JSON")));
         }
         let text = std::str::from_utf8(&upstream.body).map_err(|_| not_fhir("body is not UTF-8"))?;
+        crate::chain::strict::check(text).map_err(|e| not_fhir(&e.to_string()))?;
         // Parsing validates the whole document: truncated or malformed JSON stops here.
         let object =
             RawObject::parse(text).map_err(|e| not_fhir(&format!("body is not a JSON object: {e}")))?;
@@ -498,15 +521,6 @@ impl FhirHandler {
                 crate::fhir::bundle::push_member(&mut out, "entry", entry);
             }
             Some(out)
-        } else if resource_type == "CapabilityStatement" {
-            // auth (issue 3): fhirwall's SMART security section, not the upstream's.
-            let cs = self
-                .gw
-                .auth
-                .add_security(text)
-                .map_err(|e| not_fhir(&format!("CapabilityStatement: {e}")))?;
-            // --- plugins (issue 7): the operations fhirwall serves itself.
-            Some(self.declare_operations(cs))
         } else {
             filtered.take() // access (issue 4): a rebuilt Group, or None
         };
@@ -629,23 +643,17 @@ fn get(path_and_query: String) -> UpstreamRequest {
     }
 }
 
-/// A type search: GET with the canonical query, or POST `_search` when long.
-/// `handling=strict` asks the upstream to refuse parameters it would ignore.
-fn search(resource_type: &str, params: &SearchParams) -> UpstreamRequest {
-    let query = params.to_query_string();
-    let strict = (HeaderName::from_static("prefer"), HeaderValue::from_static("handling=strict"));
-    if query.len() <= MAX_GET_QUERY {
-        let mut req = get(with_query(resource_type.to_owned(), params));
-        req.headers.push(strict);
-        req
-    } else {
-        UpstreamRequest {
-            method: Method::POST,
-            path_and_query: format!("{resource_type}/_search"),
-            body: Some((Bytes::from(query), HeaderValue::from_static("application/x-www-form-urlencoded"))),
-            headers: vec![strict],
-            request_id: String::new(),
-        }
+/// The first page of a search: the caller's parameters, with a `_count`
+/// that lets one upstream page hold more than the caller's page.
+fn first_page(resource_type: &str, mut params: SearchParams) -> answer::SearchStart {
+    let (want, upstream_count) = answer::page_sizes(&params);
+    params.remove("_count");
+    params.push(SearchParam::single("_count", upstream_count.to_string()));
+    answer::SearchStart {
+        resource_type: resource_type.to_owned(),
+        cursor: crate::chain::page::Cursor { path: with_query(resource_type.to_owned(), &params), skip: 0 },
+        want,
+        from_token: false,
     }
 }
 

@@ -92,17 +92,7 @@ impl FhirHandler {
         })
         .await
         .map_err(|e| GatewayError::internal(format!("policy plugin task: {e}")))??;
-        if report.dropped > 0 || report.replaced > 0 {
-            // Counted like the built-in filters' withholdings (`suppressed.plugin`,
-            // `redacted.plugin`); the access report merges into the same disclosure.
-            let disclosure = record.disclosure.get_or_insert_with(Default::default);
-            if report.dropped > 0 {
-                *disclosure.suppressed.entry(crate::audit::Reason::Plugin).or_default() += report.dropped;
-            }
-            if report.replaced > 0 {
-                *disclosure.redacted.entry(crate::audit::Reason::Plugin).or_default() += report.replaced;
-            }
-        }
+        record.count_plugin(report.dropped, report.replaced);
         match outcome {
             BodyOutcome::Body(body) => {
                 let mut parts = parts;
@@ -162,48 +152,4 @@ impl FhirHandler {
 
 fn respond_body(bytes: Bytes) -> Body {
     http_body_util::Full::new(bytes)
-}
-
-const MEMBER_MATCH_DEFINITION: &str = "http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match";
-
-impl FhirHandler {
-    /// Declare `$member-match` on Patient in the CapabilityStatement (once,
-    /// in the first `rest`) when a matcher serves it, and never the
-    /// upstream's own declaration of it (fhirwall answers it, not the upstream).
-    pub(super) fn declare_operations(&self, cs: String) -> String {
-        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&cs) else { return cs };
-        let serve = self.gw.plugins.current().matcher.is_some();
-        let Some(rests) = value.get_mut("rest").and_then(|r| r.as_array_mut()) else { return cs };
-        for (n, rest) in rests.iter_mut().enumerate() {
-            let Some(resources) = rest.get_mut("resource").and_then(|r| r.as_array_mut()) else {
-                if n == 0 && serve {
-                    rest["resource"] =
-                        serde_json::json!([{"type": "Patient", "operation": [member_match_op()]}]);
-                }
-                continue;
-            };
-            for resource in resources.iter_mut() {
-                if let Some(ops) = resource.get_mut("operation").and_then(|o| o.as_array_mut()) {
-                    ops.retain(|op| {
-                        op["name"] != "member-match" && op["definition"] != MEMBER_MATCH_DEFINITION
-                    });
-                }
-            }
-            if n == 0 && serve {
-                match resources.iter_mut().find(|r| r["type"] == "Patient") {
-                    Some(patient) => match patient.get_mut("operation").and_then(|o| o.as_array_mut()) {
-                        Some(ops) => ops.push(member_match_op()),
-                        None => patient["operation"] = serde_json::json!([member_match_op()]),
-                    },
-                    None => resources
-                        .push(serde_json::json!({"type": "Patient", "operation": [member_match_op()]})),
-                }
-            }
-        }
-        value.to_string()
-    }
-}
-
-fn member_match_op() -> serde_json::Value {
-    serde_json::json!({ "name": "member-match", "definition": MEMBER_MATCH_DEFINITION })
 }

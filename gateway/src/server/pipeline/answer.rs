@@ -1,0 +1,493 @@
+//! Answers built through the response chain (`crate::chain`): reads,
+//! vreads, instance history, searches and their pages. The upstream is
+//! asked; every body is read strictly, every resource passes the stages
+//! (access, data scope, policy plugins); the Bundle around the survivors is
+//! written by fhirwall.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, ETAG, LAST_MODIFIED};
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
+use serde_json::value::RawValue;
+
+use super::{FhirHandler, MAX_GET_QUERY, RequestCtx};
+use crate::chain::envelope::{self, Envelope};
+use crate::chain::page::{Cursor, PageBuilder, Step};
+use crate::chain::{self, Entry, EntryMode, strict};
+use crate::error::GatewayError;
+use crate::fhir::bundle::RawObject;
+use crate::proxy::{UpstreamRequest, UpstreamResponse};
+use crate::server::respond::{self, Body};
+
+/// Page size when the caller names none.
+pub const DEFAULT_COUNT: usize = 20;
+/// Largest page fhirwall assembles (bigger `_count`s are clamped).
+pub const MAX_PAGE: usize = 500;
+/// Fewest entries asked of the upstream per page: small pages full of
+/// withheld entries would spend the per-page bound quickly.
+const MIN_UPSTREAM_COUNT: usize = 50;
+
+/// Where a search answer starts.
+pub(super) struct SearchStart {
+    pub resource_type: String,
+    pub cursor: Cursor,
+    pub want: usize,
+    /// A follow-up page (opened from a token): never a `total`.
+    pub from_token: bool,
+}
+
+fn unusable(why: impl Into<String>) -> GatewayError {
+    GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer").with_detail(why.into())
+}
+
+/// The body of an upstream answer as text that passed the strict reader.
+fn strict_text(upstream: &UpstreamResponse) -> Result<&str, GatewayError> {
+    let content_type = upstream.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.to_ascii_lowercase().contains("json") {
+        return Err(unusable(format!("content type {content_type:?} is not JSON")));
+    }
+    let text = std::str::from_utf8(&upstream.body).map_err(|_| unusable("body is not UTF-8"))?;
+    strict::check(text).map_err(|e| unusable(e.to_string()))?;
+    Ok(text)
+}
+
+/// The upstream's status, judged: success goes on; a missing resource is
+/// fhirwall's own 404; anything else is fhirwall's own refusal, never the
+/// upstream's words (they could describe data the caller may not see).
+fn judged(upstream: &UpstreamResponse) -> Result<(), GatewayError> {
+    let status = upstream.status;
+    match status.as_u16() {
+        200 => Ok(()),
+        404 | 410 => Err(crate::access::decide::not_found()),
+        400 | 422 => Err(GatewayError::bad_request("the upstream FHIR server refused the request")
+            .with_detail(format!("upstream answered {status}"))),
+        _ => Err(GatewayError::bad_gateway("the upstream FHIR server failed")
+            .with_detail(format!("upstream answered {status}"))),
+    }
+}
+
+/// `Type/id` of a resource, read from its own members.
+fn key_of(resource: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "resourceType")]
+        resource_type: Option<String>,
+        id: Option<String>,
+    }
+    let head: Head = serde_json::from_str(resource).ok()?;
+    Some(format!("{}/{}", head.resource_type?, head.id?))
+}
+
+impl FhirHandler {
+    async fn ask(
+        &self,
+        ctx: &RequestCtx,
+        request: UpstreamRequest,
+    ) -> Result<UpstreamResponse, GatewayError> {
+        let request = UpstreamRequest { request_id: ctx.request_id.clone(), ..request };
+        let started = std::time::Instant::now();
+        let result = self.gw.upstream.send(request).await;
+        self.gw.metrics.record_upstream(started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// The stages on one resource outside a Bundle; `None` when withheld.
+    fn chain_resource(
+        &self,
+        ctx: &RequestCtx,
+        text: &str,
+        with_subset: bool,
+        count: bool,
+    ) -> Result<Option<String>, GatewayError> {
+        let mut current: Option<String> = None;
+        if let Some(decision) = &ctx.access {
+            let mut scratch = crate::access::FilterReport::default();
+            let mut guard;
+            let report = if count {
+                guard = ctx.access_report.lock().unwrap_or_else(|e| e.into_inner());
+                &mut *guard
+            } else {
+                &mut scratch
+            };
+            match self.gw.access.filter_resource(decision, text, report) {
+                Ok(replaced) => current = replaced,
+                Err(_) => return Ok(None),
+            }
+        }
+        {
+            let mut scratch = crate::redact::RedactionReport::default();
+            let mut guard;
+            let report = if count {
+                guard = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
+                &mut *guard
+            } else {
+                &mut scratch
+            };
+            match self.gw.redactor.apply(current.as_deref().unwrap_or(text), report) {
+                crate::redact::Verdict::Keep => {}
+                crate::redact::Verdict::Replace(t) => current = Some(t),
+                crate::redact::Verdict::Drop(_) => return Ok(None),
+            }
+        }
+        if with_subset
+            && let Some(subset) = &ctx.subset
+            && let Some(cut) = subset.apply(current.as_deref().unwrap_or(text))
+        {
+            current = Some(cut);
+        }
+        let out = current.unwrap_or_else(|| text.to_owned());
+        Ok(Some(self.gw.upstream.rewriter().rewrite(&out).into_owned()))
+    }
+
+    /// The stages on one upstream Bundle page: the entries that may leave
+    /// (plugins not yet applied) and the upstream's next link.
+    fn chain_page(
+        &self,
+        ctx: &RequestCtx,
+        text: &str,
+        history: bool,
+    ) -> Result<(Vec<Entry>, Option<String>), GatewayError> {
+        let object = RawObject::parse(text).map_err(|e| unusable(format!("body: {e}")))?;
+        if object.get_str("resourceType").as_deref() != Some("Bundle") {
+            return Err(unusable("a search answer that is not a Bundle"));
+        }
+        let upstream_next = self.upstream_next(&object)?;
+        let mut entries_json: Option<String> = None;
+        if let Some(decision) = &ctx.access {
+            let mut report = ctx.access_report.lock().unwrap_or_else(|e| e.into_inner());
+            match self.gw.access.filter_bundle(decision, &object, &mut report) {
+                Ok(edit) => entries_json = edit.entry,
+                // An empty history is answered by the caller of this function.
+                Err(e) if history && e.status == StatusCode::NOT_FOUND => entries_json = Some(String::new()),
+                Err(e) => return Err(e),
+            }
+        }
+        let original = object.get("entry").map_or("[]", RawValue::get);
+        let current = match entries_json.as_deref() {
+            Some("") => "[]",
+            Some(entries) => entries,
+            None => original,
+        };
+        let redacted = {
+            let mut report = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
+            let subset = if history { None } else { ctx.subset.as_ref() };
+            self.gw.redactor.entries_subset(current, subset, &mut report).map_err(unusable)?
+        };
+        let current = match redacted.entry.as_deref() {
+            Some("") => "[]",
+            Some(entries) => entries,
+            None => current,
+        };
+        let raw: Vec<&RawValue> = serde_json::from_str(current).map_err(|_| unusable("Bundle.entry"))?;
+        let rewriter = self.gw.upstream.rewriter();
+        let mut out = Vec::with_capacity(raw.len());
+        for entry in raw {
+            let Some(read) = envelope::read_entry(entry, history)? else { continue };
+            let resource = read.resource.get();
+            let Some(key) = key_of(resource) else { continue };
+            out.push(Entry {
+                key,
+                mode: read.mode,
+                resource: rewriter.rewrite(resource).into_owned(),
+                version: read.version,
+            });
+        }
+        Ok((out, upstream_next))
+    }
+
+    /// The upstream's `next` link, below its base. A link elsewhere, or one
+    /// that is not a string, is the upstream's fault.
+    fn upstream_next(&self, object: &RawObject<'_>) -> Result<Option<String>, GatewayError> {
+        #[derive(serde::Deserialize)]
+        struct Link {
+            relation: Option<String>,
+            url: Option<String>,
+        }
+        let Some(links) = object.get("link") else { return Ok(None) };
+        let links: Vec<Link> =
+            serde_json::from_str(links.get()).map_err(|e| unusable(format!("Bundle.link: {e}")))?;
+        let Some(url) = links.into_iter().find(|l| l.relation.as_deref() == Some("next")).and_then(|l| l.url)
+        else {
+            return Ok(None);
+        };
+        match self.gw.upstream.rewriter().strip_upstream_base(&url) {
+            Some(path) => Ok(Some(path.to_owned())),
+            None => Err(unusable("a paging link outside the upstream's base")),
+        }
+    }
+
+    /// Policy plugins over the entries of one page (on a blocking thread).
+    async fn plugin_entries(
+        &self,
+        ctx: &RequestCtx,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<Entry>, GatewayError> {
+        let Some(mut run) = ctx.policy.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return Ok(entries);
+        };
+        let access = self.gw.access.clone();
+        let scope = ctx.access.as_ref().map(|d| d.scope.clone());
+        let (run, result) = tokio::task::spawn_blocking(move || {
+            let recheck = |text: &str| match &scope {
+                Some(scope) => matches!(access.check_resource(scope, text), crate::access::Verdict::Keep(_)),
+                None => RawObject::parse(text).is_ok(),
+            };
+            let mut kept = Vec::with_capacity(entries.len());
+            let mut report = crate::plugins::policy::PolicyReport::default();
+            for mut entry in entries {
+                match run.verdict_on(&entry.resource, &recheck) {
+                    Ok(crate::plugins::policy::Verdict::Keep) => kept.push(entry),
+                    Ok(crate::plugins::policy::Verdict::Drop(_)) => report.dropped += 1,
+                    Ok(crate::plugins::policy::Verdict::Replace(new)) => {
+                        report.replaced += 1;
+                        entry.resource = new;
+                        kept.push(entry);
+                    }
+                    Err(e) => return (run, Err(e)),
+                }
+            }
+            (run, Ok((kept, report)))
+        })
+        .await
+        .map_err(|e| GatewayError::internal(format!("policy plugin task: {e}")))?;
+        *ctx.policy.lock().unwrap_or_else(|e| e.into_inner()) = Some(run);
+        let (kept, report) = result?;
+        let mut counts = ctx.plugin_counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.dropped += report.dropped;
+        counts.replaced += report.replaced;
+        Ok(kept)
+    }
+
+    /// Read or vread: the resource leaves only when it passes every stage;
+    /// a version only when the current version does too (a resource that
+    /// moved to a hidden patient shows none of its past).
+    pub(super) async fn answer_read(
+        &self,
+        ctx: &RequestCtx,
+        resource_type: &str,
+        id: &str,
+        version: Option<&str>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let current_path = format!("{resource_type}/{}", super::enc(id));
+        let path = match version {
+            Some(v) => format!("{current_path}/_history/{}", super::enc(v)),
+            None => current_path.clone(),
+        };
+        let upstream = self.ask(ctx, super::get(path)).await?;
+        judged(&upstream)?;
+        let text = strict_text(&upstream)?;
+        if key_of(text).as_deref() != Some(&format!("{resource_type}/{id}")) {
+            return Err(unusable("the upstream answered with another resource"));
+        }
+        if version.is_some() {
+            self.require_current_visible(ctx, &current_path, resource_type, id).await?;
+        }
+        let Some(out) = self.chain_resource(ctx, text, true, true)? else {
+            return Err(crate::access::decide::not_found());
+        };
+        let entry = Entry {
+            key: format!("{resource_type}/{id}"),
+            mode: EntryMode::Match,
+            resource: out,
+            version: None,
+        };
+        let Some(entry) = self.plugin_entries(ctx, vec![entry]).await?.pop() else {
+            return Err(crate::access::decide::not_found());
+        };
+        let unchanged = entry.resource.as_bytes() == upstream.body.as_ref();
+        let mut response = respond::fhir_json(StatusCode::OK, Bytes::from(entry.resource));
+        // Validators describe the upstream's bytes: only for bytes that left unchanged.
+        if unchanged {
+            for name in [ETAG, LAST_MODIFIED] {
+                if let Some(value) = upstream.headers.get(&name) {
+                    response.headers_mut().insert(name, value.clone());
+                }
+            }
+        }
+        Ok(response)
+    }
+
+    /// 404 unless the current version of the resource passes every stage.
+    async fn require_current_visible(
+        &self,
+        ctx: &RequestCtx,
+        current_path: &str,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<(), GatewayError> {
+        let upstream = self.ask(ctx, super::get(current_path.to_owned())).await?;
+        judged(&upstream)?;
+        let text = strict_text(&upstream)?;
+        if key_of(text).as_deref() != Some(&format!("{resource_type}/{id}")) {
+            return Err(unusable("the upstream answered with another resource"));
+        }
+        let Some(out) = self.chain_resource(ctx, text, false, false)? else {
+            return Err(crate::access::decide::not_found());
+        };
+        let entry = Entry {
+            key: format!("{resource_type}/{id}"),
+            mode: EntryMode::Match,
+            resource: out,
+            version: None,
+        };
+        if self.plugin_entries(ctx, vec![entry]).await?.is_empty() {
+            return Err(crate::access::decide::not_found());
+        }
+        Ok(())
+    }
+
+    /// Instance history: the versions that pass every stage, and only
+    /// while the current version does.
+    pub(super) async fn answer_history(
+        &self,
+        ctx: &RequestCtx,
+        resource_type: &str,
+        id: &str,
+        query: String,
+    ) -> Result<Response<Body>, GatewayError> {
+        let current_path = format!("{resource_type}/{}", super::enc(id));
+        self.require_current_visible(ctx, &current_path, resource_type, id).await?;
+        let key = format!("{resource_type}/{id}");
+        let mut path = format!("{current_path}/_history");
+        if !query.is_empty() {
+            path = format!("{path}?{query}");
+        }
+        let mut versions: Vec<Entry> = Vec::new();
+        let mut visited = std::collections::HashSet::new();
+        loop {
+            if !visited.insert(path.clone()) || visited.len() > chain::page::MAX_UPSTREAM_PAGES {
+                return Err(unusable("the upstream's history paging does not end"));
+            }
+            let upstream = self.ask(ctx, super::get(path.clone())).await?;
+            judged(&upstream)?;
+            let text = strict_text(&upstream)?;
+            let (entries, next) = self.chain_page(ctx, text, true)?;
+            let entries: Vec<Entry> = entries.into_iter().filter(|e| e.key == key).collect();
+            versions.extend(self.plugin_entries(ctx, entries).await?);
+            match next {
+                Some(next) => path = next,
+                None => break,
+            }
+        }
+        if versions.is_empty() {
+            return Err(crate::access::decide::not_found());
+        }
+        let envelope = Envelope {
+            bundle_type: "history",
+            total: Some(versions.len()),
+            self_url: &ctx.self_url,
+            next_url: None,
+            public_base: &self.gw.public_base,
+        };
+        Ok(respond::fhir_json(StatusCode::OK, Bytes::from(envelope.write(&versions, &[]))))
+    }
+
+    /// `metadata`: fhirwall's own CapabilityStatement, written from the
+    /// upstream's (public: no token needed, nothing of the upstream's copied
+    /// but the types and search parameters fhirwall serves).
+    pub(super) async fn answer_capabilities(&self, ctx: &RequestCtx) -> Result<Response<Body>, GatewayError> {
+        let upstream = self.ask(ctx, super::get("metadata".into())).await?;
+        if upstream.status != StatusCode::OK {
+            return Err(GatewayError::bad_gateway("the upstream FHIR server failed")
+                .with_detail(format!("metadata: upstream answered {}", upstream.status)));
+        }
+        let text = strict_text(&upstream)?;
+        let policy = self.gw.access.policy();
+        let serves = |t: &str| !matches!(policy.rule(t), crate::access::policy::TypeRule::Unlisted);
+        let matcher = self.gw.plugins.current().matcher.is_some();
+        let offers = |op: &str| op == "member-match" && matcher;
+        let served =
+            chain::capability::Served { serves: &serves, offers: &offers, public_base: &self.gw.public_base };
+        let statement =
+            chain::capability::build(text, &served).map_err(|why| unusable(format!("metadata: {why}")))?;
+        let statement = self
+            .gw
+            .auth
+            .add_security(&statement)
+            .map_err(|e| GatewayError::internal(format!("CapabilityStatement: {e}")))?;
+        Ok(respond::fhir_json(StatusCode::OK, Bytes::from(statement)))
+    }
+
+    /// A search page: filled from as many upstream pages as it takes.
+    pub(super) async fn answer_search(
+        &self,
+        ctx: &RequestCtx,
+        start: SearchStart,
+    ) -> Result<Response<Body>, GatewayError> {
+        let mut builder = PageBuilder::new(start.want);
+        let mut cursor = start.cursor;
+        let mut visited = std::collections::HashSet::new();
+        loop {
+            if !visited.insert(cursor.path.clone()) {
+                return Err(unusable("the upstream's paging links loop"));
+            }
+            let upstream = self.ask(ctx, search_request(&cursor.path)).await?;
+            judged(&upstream)?;
+            let text = strict_text(&upstream)?;
+            let (entries, next) = self.chain_page(ctx, text, false)?;
+            let entries = self.plugin_entries(ctx, entries).await?;
+            match builder.feed(&cursor, entries, next) {
+                Step::Fetch(next) => cursor = next,
+                Step::Done => break,
+            }
+        }
+        let page = builder.finish(&|entry: &Entry| chain::references(&entry.resource));
+        let next_url = match &page.next {
+            Some(next) => {
+                let token = self.gw.pages.seal_at(
+                    &ctx.caller.binding,
+                    &start.resource_type,
+                    &next.path,
+                    next.skip,
+                    start.want,
+                )?;
+                Some(format!("{}/_page/{token}", self.gw.public_base))
+            }
+            None => None,
+        };
+        let envelope = Envelope {
+            bundle_type: "searchset",
+            total: (!start.from_token && page.complete).then_some(page.matches.len()),
+            self_url: &ctx.self_url,
+            next_url: next_url.as_deref(),
+            public_base: &self.gw.public_base,
+        };
+        Ok(respond::fhir_json(StatusCode::OK, Bytes::from(envelope.write(&page.matches, &page.includes))))
+    }
+}
+
+/// The upstream request for a search cursor: GET, or POST `_search` when
+/// the query is long. `handling=strict` asks the upstream to refuse
+/// parameters it would otherwise ignore.
+fn search_request(path: &str) -> UpstreamRequest {
+    let strict = (HeaderName::from_static("prefer"), HeaderValue::from_static("handling=strict"));
+    match path.split_once('?') {
+        Some((resource_type, query)) if path.len() > MAX_GET_QUERY && !resource_type.contains('/') => {
+            UpstreamRequest {
+                method: Method::POST,
+                path_and_query: format!("{resource_type}/_search"),
+                body: Some((
+                    Bytes::from(query.to_owned()),
+                    HeaderValue::from_static("application/x-www-form-urlencoded"),
+                )),
+                headers: vec![strict],
+                request_id: String::new(),
+            }
+        }
+        _ => {
+            let mut request = super::get(path.to_owned());
+            request.headers.push(strict);
+            request
+        }
+    }
+}
+
+/// The page size a search asks for, and the `_count` sent upstream.
+pub(super) fn page_sizes(params: &crate::fhir::SearchParams) -> (usize, usize) {
+    let want = params
+        .first("_count")
+        .and_then(|p| p.values.first())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(DEFAULT_COUNT)
+        .clamp(1, MAX_PAGE);
+    (want, (want + 1).max(MIN_UPSTREAM_COUNT))
+}
