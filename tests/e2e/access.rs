@@ -1096,15 +1096,24 @@ async fn hidden_and_missing_resources_are_indistinguishable() {
 async fn totals_never_count_removed_entries() {
     let up = IgnoringUpstream::start();
     let f = Fixture::start(&up.base(), "");
-    // One page (304 Coverages): the total is recomputed to what is returned.
-    let resp = f.get("hopkins", "Coverage").await;
+    // One page holding every visible match (304 Coverages upstream): the total
+    // counts what is returned.
+    let resp = f.get("hopkins", "Coverage?_count=500").await;
     resp.assert_status(200);
     let bundle = resp.json();
     let returned = bundle_resources(&bundle).len();
     assert_eq!(returned, visible("org-hopkins").len());
     assert_eq!(bundle["total"].as_u64(), Some(returned as u64));
-    // Several pages (1218 EOBs): no total at all, and every page is filtered.
-    let mut url = Some(f.gw.url("ExplanationOfBenefit"));
+    assert!(bundle_link(&bundle, "next").is_none());
+    // A page that is not the whole answer: no total, and a full page of visible matches.
+    let resp = f.get("hopkins", "Coverage").await;
+    let bundle = resp.json();
+    assert!(bundle.get("total").is_none(), "{}", bundle["total"]);
+    assert_eq!(bundle_resources(&bundle).len(), 20);
+    assert!(bundle_link(&bundle, "next").is_some());
+    // Several pages (1218 EOBs): no total at all, every page filtered and
+    // full but the last.
+    let mut url = Some(f.gw.url("ExplanationOfBenefit?_count=100"));
     let mut pages = 0;
     let mut seen = 0;
     while let Some(u) = url {
@@ -1117,12 +1126,16 @@ async fn totals_never_count_removed_entries() {
             let p = r["patient"]["reference"].as_str().unwrap().trim_start_matches("Patient/");
             assert!(visible("org-hopkins").contains(p), "{p}");
         }
-        seen += bundle_resources(&page).len();
+        let n = bundle_resources(&page).len();
+        seen += n;
         url = bundle_link(&page, "next");
+        if url.is_some() {
+            assert_eq!(n, 100, "a page with more to come is full");
+        }
         pages += 1;
-        assert!(pages < 10);
+        assert!(pages < 20);
     }
-    assert_eq!(pages, 3);
+    assert_eq!(pages, seen.div_ceil(100));
     // Every claim of hopkins' patients, less what redaction withholds (Part 2, the
     // service-date floor, drug prior authorizations: issue 5).
     let attributed: usize = visible("org-hopkins")

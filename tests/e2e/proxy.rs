@@ -195,6 +195,14 @@ fn serve_fake(mut stream: TcpStream, addr: SocketAddr, log: Arc<Mutex<Vec<String
                 "",
             )
         }
+        // The upstream's second page: one more match, no further link.
+        t if t.starts_with("/fhir/Observation?x=1&_offset=1") => json(
+            "200 OK",
+            format!(
+                r#"{{"resourceType":"Bundle","type":"searchset","total":2,"link":[{{"relation":"self","url":"{base}/Observation?x=1&_offset=1"}}],"entry":[{{"fullUrl":"{base}/Observation/2","resource":{{"resourceType":"Observation","id":"2","subject":{{"reference":"{base}/Patient/ok"}}}}}}]}}"#
+            ),
+            "",
+        ),
         t if t.starts_with("/fhir/Observation?") => json(
             "200 OK",
             format!(
@@ -278,7 +286,7 @@ async fn upstream_urls_and_headers_never_reach_the_caller() {
     assert!(resp.header("x-request-id").is_some_and(|id| id.len() >= 16));
 
     // Bundle links: self is ours, next is sealed, foreign links are dropped.
-    let resp = gw.get(&gw.url("Observation?code=1")).await;
+    let resp = gw.get(&gw.url("Observation?code=1&_count=1")).await;
     resp.assert_status(200);
     let text = resp.text();
     assert!(!text.contains(&up.addr.to_string()), "{text}");
@@ -287,7 +295,7 @@ async fn upstream_urls_and_headers_never_reach_the_caller() {
         "foreign link kept: {text}"
     );
     let bundle = resp.json();
-    assert_eq!(bundle_link(&bundle, "self").unwrap(), gw.url("Observation?code=1"));
+    assert_eq!(bundle_link(&bundle, "self").unwrap(), gw.url("Observation?code=1&_count=1"));
     let next = bundle_link(&bundle, "next").expect("next link");
     assert!(next.starts_with(&gw.url("_page/")), "{next}");
     assert!(!next.contains("_offset"), "the upstream link is readable in {next}");
@@ -304,7 +312,7 @@ async fn upstream_urls_and_headers_never_reach_the_caller() {
 async fn forged_or_altered_page_tokens_are_404() {
     let up = FakeUpstream::start();
     let gw = gateway_for(&up.base(), 5000);
-    let bundle = gw.get(&gw.url("Observation?code=1")).await.json();
+    let bundle = gw.get(&gw.url("Observation?code=1&_count=1")).await.json();
     let next = bundle_link(&bundle, "next").unwrap();
     let token = next.rsplit('/').next().unwrap().to_owned();
     let mut altered: Vec<char> = token.chars().collect();
@@ -758,7 +766,7 @@ async fn paging_links_are_bound_to_the_client_that_searched() {
         &["system/*.read"],
     ));
     let other = gw.token("other-ehr", "system/*.read");
-    let bundle = gw.get(&gw.url("Observation?code=1")).await.json();
+    let bundle = gw.get(&gw.url("Observation?code=1&_count=1")).await.json();
     let next = bundle_link(&bundle, "next").unwrap();
     let before = up.caller_requests().len();
     let stolen = get_bearer(&next, &other).await;

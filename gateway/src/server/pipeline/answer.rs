@@ -5,7 +5,7 @@
 //! written by fhirwall.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, ETAG, LAST_MODIFIED};
+use http::header::{CONTENT_LOCATION, CONTENT_TYPE, ETAG, LAST_MODIFIED};
 use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
 use serde_json::value::RawValue;
 
@@ -293,14 +293,23 @@ impl FhirHandler {
         let Some(entry) = self.plugin_entries(ctx, vec![entry]).await?.pop() else {
             return Err(crate::access::decide::not_found());
         };
-        let unchanged = entry.resource.as_bytes() == upstream.body.as_ref();
+        let replaced_by_plugin = ctx.plugin_counts.lock().unwrap_or_else(|e| e.into_inner()).replaced > 0;
         let mut response = respond::fhir_json(StatusCode::OK, Bytes::from(entry.resource));
-        // Validators describe the upstream's bytes: only for bytes that left unchanged.
-        if unchanged {
+        // Weak validators name the version; a plugin's replacement is another text.
+        if !replaced_by_plugin {
             for name in [ETAG, LAST_MODIFIED] {
                 if let Some(value) = upstream.headers.get(&name) {
                     response.headers_mut().insert(name, value.clone());
                 }
+            }
+        }
+        // A location on fhirwall's base only (relative, or rewritten from the upstream's).
+        let rewriter = self.gw.upstream.rewriter();
+        if let Some(value) = upstream.headers.get(CONTENT_LOCATION).and_then(|v| v.to_str().ok()) {
+            let rewritten = rewriter.rewrite(value);
+            let safe = !rewritten.contains("://") || rewritten.starts_with(rewriter.public_base());
+            if safe && let Ok(v) = HeaderValue::from_str(&rewritten) {
+                response.headers_mut().insert(CONTENT_LOCATION, v);
             }
         }
         Ok(response)
