@@ -96,14 +96,15 @@ async fn verdicts_deny_drop_and_narrow_but_never_add() {
     assert_eq!(resp.status, 403);
     assert!(assert_operation_outcome(&resp).to_string().contains("denied by the test policy"));
 
-    // drop: a read looks like a missing resource; a search loses its entries and its total.
+    // drop: a read looks like a missing resource; a search loses its entries,
+    // and its total counts only what leaves.
     let drop = gw.token("drop-ehr", "system/*.read");
     assert_eq!(read(&gw, &drop, "Patient/pat-0001").await.status, 404);
     let search = read(&gw, &drop, "Coverage?patient=Patient/pat-0001").await;
     assert_eq!(search.status, 200, "{}", search.text());
     let bundle = search.json();
     assert!(bundle_resources(&bundle).is_empty(), "{bundle}");
-    assert!(bundle.get("total").is_none(), "a total would count withheld entries: {bundle}");
+    assert_eq!(bundle["total"], 0, "a total that counts withheld entries: {bundle}");
     let audit = gw.admin("GET", "/admin/audit?client=drop-ehr", None).await;
     assert!(audit.text().contains("suppressed.plugin"), "plugin drops not audited: {}", audit.text());
 
