@@ -366,10 +366,20 @@ impl Upstream {
         Upstream::sandbox_impl(Some(absolute(data)))
     }
 
+    /// [`Upstream::sandbox_with_data`] with more `fhirwall sandbox` flags (e.g. `--noise`).
+    pub fn sandbox_with_args(data: &Path, args: &[&str]) -> Upstream {
+        Upstream::sandbox_impl_args(Some(absolute(data)), args)
+    }
+
     fn sandbox_impl(data: Option<PathBuf>) -> Upstream {
+        Upstream::sandbox_impl_args(data, &[])
+    }
+
+    fn sandbox_impl_args(data: Option<PathBuf>, args: &[&str]) -> Upstream {
         let dir = test_tempdir("fhirwall-sandbox-");
         let mut cmd = Command::new(fhirwall_bin());
         cmd.args(["sandbox", "--listen", "127.0.0.1:0", "--faults"]);
+        cmd.args(args);
         if let Some(data) = data {
             cmd.arg("--data").arg(data);
         }

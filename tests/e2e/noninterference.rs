@@ -1,0 +1,196 @@
+//! Non-interference, tested differentially (DESIGN.md "Contract details"):
+//! what a client receives — status, body, paging links and totals — must not
+//! change when data it may not see is added upstream.
+//!
+//! Two sandbox upstreams: A holds the dataset D (examples/dataset) plus
+//! `tests/noninterference/base.ndjson`; B holds the same plus H
+//! (`hidden.ndjson`: hidden patients' records, Part 2 records of visible
+//! patients, an opted-out member's data, identifier-only links, versions
+//! that move between patients) and `financial.ndjson` (money added to
+//! visible claims), and runs in noise mode (non-resource Bundle members
+//! everywhere). A gateway stands in front of each, configured alike; the
+//! same client sends every request of `tests/noninterference/corpus.txt`
+//! to both, follows every `next` link, and the answers must be identical
+//! after normalising what is volatile (the gateway's own base URL, paging
+//! tokens). A difference fails with the request and both bodies. B's answers
+//! are also scanned for every hidden token (`facts.json`).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::*;
+
+const CLIENT: &str = "grace";
+/// Pages followed per corpus request at most.
+const MAX_PAGES: usize = 60;
+
+fn data_dir() -> PathBuf {
+    repo_root().join("tests/noninterference")
+}
+
+fn facts() -> serde_json::Value {
+    let text = std::fs::read_to_string(data_dir().join("facts.json")).expect("tests/noninterference/facts.json");
+    serde_json::from_str(&text).expect("facts.json is JSON")
+}
+
+/// One NDJSON file made of `parts` in order.
+fn combined(parts: &[PathBuf], name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fhirwall-ni-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut text = String::new();
+    for part in parts {
+        let chunk = std::fs::read_to_string(part).unwrap_or_else(|e| panic!("{}: {e}", part.display()));
+        text.push_str(chunk.trim_end());
+        text.push('\n');
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn gateway(upstream: &Upstream, facts: &serde_json::Value) -> Gateway {
+    let client = &facts["client"];
+    let programs: Vec<String> = facts["policy"]["part2_programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{:?}", p.as_str().unwrap()))
+        .collect();
+    let config = GatewayConfig::new(upstream.base_url())
+        .client(
+            CLIENT,
+            client["organization"].as_str().unwrap(),
+            client["npi"].as_str().unwrap(),
+            &["system/*.read"],
+        )
+        .extra_toml(&format!(
+            "[policy]\npart2 = \"exclude\"\npart2_programs = [{}]\nfinancial = \"strip\"\n\
+             service_date_floor = \"2016-01-01\"\nmax_narrowed_patients = 100\n",
+            programs.join(", ")
+        ));
+    Gateway::start(config)
+}
+
+/// What may differ between the two gateways: their base URL and the
+/// sealed tokens (random nonces), nothing else.
+fn normalise(text: &str, base: &str) -> String {
+    let text = text.replace(base, "{gw}");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("{gw}/_page/") {
+        let (head, tail) = rest.split_at(at + "{gw}/_page/".len());
+        out.push_str(head);
+        out.push_str("TOKEN");
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')).unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: String,
+    next: Option<String>,
+}
+
+async fn ask(gw: &Gateway, token: &str, method: &str, url: &str) -> Answer {
+    let resp = request(method, url, &[("Authorization", &format!("Bearer {token}"))], None).await;
+    let text = resp.text();
+    let next = if resp.status == 200 {
+        serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|b| bundle_link(&b, "next"))
+    } else {
+        None
+    };
+    Answer {
+        status: resp.status,
+        content_type: resp.content_type().unwrap_or("").to_owned(),
+        body: normalise(&text, &gw.base_url()),
+        next,
+    }
+}
+
+fn corpus() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(data_dir().join("corpus.txt")).expect("corpus.txt");
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (method, path) = l.split_once(' ').expect("METHOD path");
+            (method.to_owned(), path.to_owned())
+        })
+        .collect()
+}
+
+/// The first line where `a` and `b` differ, with some context.
+fn first_difference(a: &str, b: &str) -> String {
+    let at = a.bytes().zip(b.bytes()).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    let from = at.saturating_sub(200);
+    let cut = |s: &str| s.get(from..(at + 300).min(s.len())).unwrap_or("").to_owned();
+    format!("at byte {at}:\n  A: …{}…\n  B: …{}…", cut(a), cut(b))
+}
+
+#[tokio::test]
+async fn answers_do_not_depend_on_hidden_data() {
+    let facts = facts();
+    let root = repo_root();
+    let files = |list: &str| -> Vec<PathBuf> {
+        facts["load_order"][list].as_array().unwrap().iter().map(|p| root.join(p.as_str().unwrap())).collect()
+    };
+    let data_a = combined(&files("A"), "a.ndjson");
+    let data_b = combined(&files("B"), "b.ndjson");
+    let up_a = Upstream::sandbox_with_data(&data_a);
+    let up_b = Upstream::sandbox_with_args(&data_b, &[]);
+    let (gw_a, gw_b) = (gateway(&up_a, &facts), gateway(&up_b, &facts));
+    let opt_out = facts["opt_out"]["patient"].as_str().or(facts["opt_out"].as_str()).expect("opt-out member");
+    for gw in [&gw_a, &gw_b] {
+        gw.admin("PUT", &format!("/admin/opt-outs/{opt_out}"), None).await.assert_status(204);
+    }
+    let (token_a, token_b) = (gw_a.token(CLIENT, "system/*.read"), gw_b.token(CLIENT, "system/*.read"));
+    let hidden_tokens: Vec<String> =
+        facts["hidden_tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect();
+
+    let corpus = corpus();
+    assert!(corpus.len() >= 300, "the corpus has {} requests", corpus.len());
+    let (mut compared, mut differences, mut leaks) = (0usize, Vec::new(), Vec::new());
+    for (method, path) in &corpus {
+        let (mut url_a, mut url_b) = (gw_a.url(path), gw_b.url(path));
+        for page in 0..MAX_PAGES {
+            let (a, b) = (ask(&gw_a, &token_a, method, &url_a).await, ask(&gw_b, &token_b, method, &url_b).await);
+            compared += 1;
+            let what = format!("{method} {path} (page {})", page + 1);
+            if (a.status, &a.content_type, &a.body) != (b.status, &b.content_type, &b.body) {
+                differences.push(format!(
+                    "{what}: A {} / B {}\n{}",
+                    a.status,
+                    b.status,
+                    first_difference(&a.body, &b.body)
+                ));
+            }
+            // The request's own words are echoed in `self`; scan the rest.
+            let scanned = b.body.replace(&normalise(&url_b, &gw_b.base_url()), "");
+            for token in &hidden_tokens {
+                if !path.contains(token.as_str()) && scanned.contains(token.as_str()) {
+                    leaks.push(format!("{what}: hidden token {token:?} in B's answer"));
+                }
+            }
+            match (a.next, b.next) {
+                (Some(na), Some(nb)) => (url_a, url_b) = (na, nb),
+                _ => break,
+            }
+        }
+    }
+    let report = |items: &[String]| items.iter().take(400).cloned().collect::<Vec<_>>().join("\n\n");
+    assert!(leaks.is_empty(), "{} hidden tokens leaked:\n{}", leaks.len(), report(&leaks));
+    assert!(
+        differences.is_empty(),
+        "{} of {compared} answers differ between the upstream without and with hidden data:\n{}",
+        differences.len(),
+        report(&differences)
+    );
+    eprintln!("non-interference: {} requests, {compared} answers compared, identical", corpus.len());
+    let _ = Path::new(&data_a);
+}
