@@ -46,6 +46,9 @@ enum Command {
         /// Honour the X-Sandbox-Fault / X-Sandbox-Delay-Ms test headers.
         #[arg(long)]
         faults: bool,
+        /// Add non-resource noise marked NOISE-SECRET to every Bundle served (gateway leak tests).
+        #[arg(long)]
+        noise: bool,
         /// Load this NDJSON dataset instead of the built-in one.
         #[arg(long)]
         data: Option<PathBuf>,
@@ -335,7 +338,7 @@ fn main() -> ExitCode {
         // --- end plugins
         Command::Serve { config } => serve(config),
         Command::Demo { port } => demo(port),
-        Command::Sandbox { listen, faults, data } => sandbox(listen, faults, data),
+        Command::Sandbox { listen, faults, noise, data } => sandbox(listen, faults, noise, data),
         Command::Config(ConfigCommand::Check { config }) => config_check(config),
         Command::Keygen { client_id, out, alg, force } => keygen(&client_id, &out, &alg, force),
         Command::Token { client_id, key, token_url, scope, alg, json } => {
@@ -382,7 +385,7 @@ fn config_check(config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sandbox(listen: SocketAddr, faults: bool, data: Option<PathBuf>) -> anyhow::Result<()> {
+fn sandbox(listen: SocketAddr, faults: bool, noise: bool, data: Option<PathBuf>) -> anyhow::Result<()> {
     fhirwall::telemetry::init_logging(true);
     runtime()?.block_on(async move {
         let sandbox = match data {
@@ -393,7 +396,8 @@ fn sandbox(listen: SocketAddr, faults: bool, data: Option<PathBuf>) -> anyhow::R
             }
             None => fhirwall::sandbox::Sandbox::builtin()?,
         }
-        .with_faults(faults);
+        .with_faults(faults)
+        .with_noise(noise);
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot bind {listen}"))?;
         let addr = listener.local_addr()?;

@@ -22,9 +22,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use super::params::{self, Kind};
-use super::search::{Outcome, Refusal, Search};
+use super::search::{DEFAULT_COUNT, MAX_COUNT, Outcome, Refusal, Search};
 use super::store::{Entry, valid_id, valid_type};
-use super::{Fault, FaultPlan, Sandbox};
+use super::{Fault, FaultPlan, NOISE_MARKER, Sandbox};
 
 pub(crate) type Body = BoxBody<Bytes, io::Error>;
 
@@ -298,7 +298,10 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
         [_, "_history"] => Reply::outcome(400, "not-supported", "type-level history is not supported"),
         [ty, id] if is_get => read(ctx, ty, id),
         [_, _] => Reply::not_allowed("GET", "update/patch/delete are not supported (read-only)"),
-        [ty, id, "_history"] if is_get => history(ctx, ty, id),
+        [ty, id, "_history"] if is_get => {
+            let pairs = req.uri().query().map(query_pairs).unwrap_or_default();
+            history(ctx, ty, id, &pairs)
+        }
         [ty, id, "_history", vid] if is_get => vread(ctx, ty, id, vid),
         [_, _, "_history", ..] => Reply::not_allowed("GET", "history is read-only"),
         [_, _, compartment] if valid_type(compartment) => Reply::outcome(
@@ -332,38 +335,94 @@ fn read(ctx: &Ctx, ty: &str, id: &str) -> Reply {
 }
 
 fn vread(ctx: &Ctx, ty: &str, id: &str, vid: &str) -> Reply {
-    match lookup(ctx, ty, id) {
-        Ok(e) if e.version == vid => read(ctx, ty, id),
-        Ok(_) => Reply::outcome(404, "not-found", &format!("{ty}/{id}/_history/{vid} is not known")),
-        Err(r) => r,
-    }
-}
-
-fn history(ctx: &Ctx, ty: &str, id: &str) -> Reply {
     let e = match lookup(ctx, ty, id) {
         Ok(e) => e,
         Err(r) => return r,
     };
-    let mut out = String::with_capacity(e.json.len() + 512);
-    out.push_str(r#"{"resourceType":"Bundle","id":"#);
-    push_json_str(&mut out, &bundle_id());
-    out.push_str(r#","meta":{"lastUpdated":"#);
-    push_json_str(&mut out, &now_rfc3339());
-    out.push_str(r#"},"type":"history","total":1,"link":[{"relation":"self","url":"#);
-    push_json_str(&mut out, &format!("{}/{ty}/{id}/_history", ctx.base));
-    out.push_str(r#"}],"entry":[{"fullUrl":"#);
-    push_json_str(&mut out, &format!("{}/{ty}/{id}", ctx.base));
-    out.push_str(r#","resource":"#);
-    out.push_str(&e.json);
-    out.push_str(r#","request":{"method":"#);
-    push_json_str(&mut out, if e.version == "1" { "POST" } else { "PUT" });
-    out.push_str(r#","url":"#);
-    push_json_str(&mut out, &format!("{ty}/{id}"));
-    out.push_str(r#"},"response":{"status":"200 OK","etag":"#);
-    push_json_str(&mut out, &format!("W/\"{}\"", e.version));
-    out.push_str(r#","lastModified":"#);
-    push_json_str(&mut out, &e.last_updated);
-    out.push_str("}}]}");
+    match e.version_json(vid) {
+        Some(json) => {
+            let mut r = Reply::json(StatusCode::OK, Bytes::copy_from_slice(json.as_bytes()));
+            r.etag = Some(format!("W/\"{vid}\""));
+            r
+        }
+        None => Reply::outcome(404, "not-found", &format!("{ty}/{id}/_history/{vid} is not known")),
+    }
+}
+
+/// `_count` / `_offset` of a history request; other parameters (`_since`,
+/// `_at`, ...) are ignored.
+fn history_paging(pairs: &[(String, String)]) -> Result<(usize, usize), Reply> {
+    let (mut count, mut offset) = (DEFAULT_COUNT, 0);
+    for (k, v) in pairs {
+        let slot = match k.as_str() {
+            "_count" => &mut count,
+            "_offset" => &mut offset,
+            _ => continue,
+        };
+        *slot = v.trim().parse::<usize>().map_err(|_| {
+            Reply::outcome(400, "invalid", &format!("{k}: expected a non-negative integer, got {v:?}"))
+        })?;
+    }
+    Ok((count.min(MAX_COUNT), offset))
+}
+
+/// The instance history: every kept version, newest first, paged like a
+/// search.
+fn history(ctx: &Ctx, ty: &str, id: &str, pairs: &[(String, String)]) -> Reply {
+    let e = match lookup(ctx, ty, id) {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    let (count, offset) = match history_paging(pairs) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let noise = ctx.sandbox.noise_enabled();
+    let versions: Vec<(&str, &str, &str)> = e.versions().collect();
+    let total = versions.len();
+    let page = &versions[offset.min(total)..(offset.saturating_add(count)).min(total)];
+    let history_url = format!("{}/{ty}/{id}/_history", ctx.base);
+    let mut out = String::with_capacity(page.iter().map(|v| v.2.len() + 512).sum::<usize>() + 1024);
+    open_bundle(&mut out, "history", total, noise);
+    let mut links: Vec<(&str, String)> = paging_links(total, count, offset)
+        .into_iter()
+        .map(|(rel, off)| (rel, format!("{history_url}?_count={count}&_offset={off}")))
+        .collect();
+    if noise {
+        links.extend(noise_links(&history_url));
+    }
+    push_links(&mut out, &links);
+    let full_url = format!("{}/{ty}/{id}", ctx.base);
+    let key = format!("{ty}/{id}");
+    for (i, (vid, last_updated, json)) in page.iter().enumerate() {
+        out.push_str(if i == 0 { r#","entry":[{"# } else { r#",{"# });
+        if noise {
+            push_noise_entry_link(&mut out, &key);
+        }
+        out.push_str(r#""fullUrl":"#);
+        push_json_str(&mut out, &full_url);
+        out.push_str(r#","resource":"#);
+        out.push_str(json);
+        if noise {
+            out.push_str(r#","search":"#);
+            out.push_str(&noise_search(None));
+        }
+        out.push_str(r#","request":{"method":"PUT","url":"#);
+        push_json_str(&mut out, &key);
+        out.push_str(r#"},"response":{"status":"200 OK","etag":"#);
+        push_json_str(&mut out, &format!("W/\"{vid}\""));
+        out.push_str(r#","lastModified":"#);
+        push_json_str(&mut out, last_updated);
+        if noise {
+            out.push_str(r#","outcome":"#);
+            out.push_str(&noise_outcome("history entry"));
+        }
+        out.push_str("}}");
+    }
+    if !page.is_empty() {
+        out.push(']');
+    }
+    close_bundle(&mut out, noise);
     Reply::json(StatusCode::OK, out)
 }
 
@@ -395,55 +454,187 @@ fn page_url(ctx: &Ctx, ty: &str, params: &[(String, String)], count: usize, offs
     format!("{}/{ty}?{}", ctx.base, q.finish())
 }
 
-fn searchset(ctx: &Ctx, ty: &str, o: &Outcome<'_>) -> String {
-    let size: usize =
-        o.page.iter().chain(o.included.iter()).map(|e| e.json.len() + ctx.base.len() + 96).sum();
-    let mut out = String::with_capacity(size + 1024);
-    out.push_str(r#"{"resourceType":"Bundle","id":"#);
-    push_json_str(&mut out, &bundle_id());
-    out.push_str(r#","meta":{"lastUpdated":"#);
-    push_json_str(&mut out, &now_rfc3339());
-    out.push_str(r#"},"type":"searchset","total":"#);
-    out.push_str(&o.total.to_string());
-    out.push_str(r#","link":["#);
-    let mut links = vec![("self", o.offset), ("first", 0)];
-    if o.count > 0 {
-        if o.offset > 0 {
-            links.push(("previous", o.offset.saturating_sub(o.count)));
+/// The `link`s of a page: relation and offset.
+fn paging_links(total: usize, count: usize, offset: usize) -> Vec<(&'static str, usize)> {
+    let mut links = vec![("self", offset), ("first", 0)];
+    if count > 0 {
+        if offset > 0 {
+            links.push(("previous", offset.saturating_sub(count)));
         }
-        if o.offset + o.count < o.total {
-            links.push(("next", o.offset + o.count));
+        if offset.saturating_add(count) < total {
+            links.push(("next", offset + count));
         }
-        let last = if o.total == 0 { 0 } else { (o.total - 1) / o.count * o.count };
+        let last = if total == 0 { 0 } else { (total - 1) / count * count };
         links.push(("last", last));
     }
-    for (i, (rel, offset)) in links.iter().enumerate() {
+    links
+}
+
+/// `{"resourceType":"Bundle",...,"total":N` (the object left open).
+fn open_bundle(out: &mut String, kind: &str, total: usize, noise: bool) {
+    let id = bundle_id();
+    let now = now_rfc3339();
+    out.push_str(r#"{"resourceType":"Bundle","id":"#);
+    push_json_str(out, &id);
+    out.push_str(r#","meta":{"lastUpdated":"#);
+    push_json_str(out, &now);
+    if noise {
+        out.push_str(r#","tag":"#);
+        out.push_str(
+            &json!([{"system": NOISE_SYSTEM, "code": "noise", "display": format!("{NOISE_MARKER} tag")}])
+                .to_string(),
+        );
+    }
+    out.push('}');
+    if noise {
+        out.push_str(r#","extension":"#);
+        out.push_str(&noise_extension("Bundle.extension").to_string());
+        out.push_str(r#","identifier":"#);
+        out.push_str(
+            &json!({"system": format!("{NOISE_SYSTEM}/{NOISE_MARKER}"), "value": format!("{NOISE_MARKER}-{id}")})
+                .to_string(),
+        );
+    }
+    out.push_str(r#","type":"#);
+    push_json_str(out, kind);
+    if noise {
+        out.push_str(r#","timestamp":"#);
+        push_json_str(out, &now);
+        out.push_str(r#","_timestamp":{"extension":"#);
+        out.push_str(&noise_extension("Bundle.timestamp").to_string());
+        out.push('}');
+    }
+    out.push_str(r#","total":"#);
+    out.push_str(&total.to_string());
+}
+
+/// `,"link":[...]`
+fn push_links(out: &mut String, links: &[(&str, String)]) {
+    out.push_str(r#","link":["#);
+    for (i, (rel, url)) in links.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         out.push_str(r#"{"relation":"#);
-        push_json_str(&mut out, rel);
+        push_json_str(out, rel);
         out.push_str(r#","url":"#);
-        push_json_str(&mut out, &page_url(ctx, ty, &o.link_params, o.count, *offset));
+        push_json_str(out, url);
         out.push('}');
     }
     out.push(']');
+}
+
+/// Closes what [`open_bundle`] opened, after the links and entries.
+fn close_bundle(out: &mut String, noise: bool) {
+    if noise {
+        let signature = json!({
+            "type": [{
+                "system": "urn:iso-astm:E1762-95:2013",
+                "code": "1.2.840.10065.1.12.1.1",
+                "display": "Author's Signature",
+            }],
+            "when": now_rfc3339(),
+            "who": {"display": format!("{NOISE_MARKER} signer")},
+            "sigFormat": "application/jose",
+            "data": NOISE_DATA_BASE64,
+        });
+        out.push_str(r#","signature":"#);
+        out.push_str(&signature.to_string());
+        out.push_str(r#","issues":"#);
+        out.push_str(&noise_outcome("Bundle.issues"));
+    }
+    out.push('}');
+}
+
+/// Where the noise's made-up URLs point.
+const NOISE_SYSTEM: &str = "http://sandbox.fhirwall.invalid/noise";
+/// `NOISE-SECRET`, base64: the signature's data.
+const NOISE_DATA_BASE64: &str = "Tk9JU0UtU0VDUkVU";
+
+fn noise_extension(place: &str) -> Value {
+    json!([{"url": format!("{NOISE_SYSTEM}/extension"), "valueString": format!("{NOISE_MARKER} in {place}")}])
+}
+
+fn noise_outcome(place: &str) -> String {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "information", "code": "informational",
+                   "diagnostics": format!("{NOISE_MARKER} in {place}")}],
+    })
+    .to_string()
+}
+
+/// `entry.search` with noise: the mode (searchset entries), a score and
+/// an extension.
+fn noise_search(mode: Option<&str>) -> String {
+    let mut search = json!({"score": 1, "extension": noise_extension("entry.search")});
+    if let Some(mode) = mode {
+        search["mode"] = mode.into();
+    }
+    search.to_string()
+}
+
+/// `"link":[...],` opening an entry (the object already open).
+fn push_noise_entry_link(out: &mut String, key: &str) {
+    out.push_str(r#""link":"#);
+    out.push_str(
+        &json!([{"relation": "alternate", "url": format!("{NOISE_SYSTEM}/{NOISE_MARKER}/{key}")}])
+            .to_string(),
+    );
+    out.push(',');
+}
+
+/// The Bundle-level noise links: an `alternate` and a second `last`, both
+/// with the marker in their URL (the `last` one on the sandbox's base).
+fn noise_links(page_base: &str) -> [(&'static str, String); 2] {
+    [
+        ("alternate", format!("{NOISE_SYSTEM}/{NOISE_MARKER}/alternate")),
+        ("last", format!("{page_base}?_page={NOISE_MARKER}")),
+    ]
+}
+
+fn searchset(ctx: &Ctx, ty: &str, o: &Outcome<'_>) -> String {
+    let noise = ctx.sandbox.noise_enabled();
+    let size: usize =
+        o.page.iter().chain(o.included.iter()).map(|e| e.json.len() + ctx.base.len() + 96).sum();
+    let mut out = String::with_capacity(size + 1024);
+    open_bundle(&mut out, "searchset", o.total, noise);
+    let mut links: Vec<(&str, String)> = paging_links(o.total, o.count, o.offset)
+        .into_iter()
+        .map(|(rel, offset)| (rel, page_url(ctx, ty, &o.link_params, o.count, offset)))
+        .collect();
+    if noise {
+        links.extend(noise_links(&format!("{}/{ty}", ctx.base)));
+    }
+    push_links(&mut out, &links);
     let entries = o.page.iter().map(|e| (e, "match")).chain(o.included.iter().map(|e| (e, "include")));
     let mut first = true;
     for (e, mode) in entries {
-        out.push_str(if first { r#","entry":[{"fullUrl":"# } else { r#",{"fullUrl":"# });
+        out.push_str(if first { r#","entry":[{"# } else { r#",{"# });
         first = false;
+        if noise {
+            push_noise_entry_link(&mut out, &e.key());
+        }
+        out.push_str(r#""fullUrl":"#);
         push_json_str(&mut out, &format!("{}/{}/{}", ctx.base, e.rtype, e.id));
         out.push_str(r#","resource":"#);
         out.push_str(&e.json);
-        out.push_str(r#","search":{"mode":""#);
-        out.push_str(mode);
-        out.push_str(r#""}}"#);
+        if noise {
+            out.push_str(r#","search":"#);
+            out.push_str(&noise_search(Some(mode)));
+            out.push_str(r#","response":{"status":"200 OK","outcome":"#);
+            out.push_str(&noise_outcome("searchset entry"));
+            out.push_str("}}");
+        } else {
+            out.push_str(r#","search":{"mode":""#);
+            out.push_str(mode);
+            out.push_str(r#""}}"#);
+        }
     }
     if !first {
         out.push(']');
     }
-    out.push('}');
+    close_bundle(&mut out, noise);
     out
 }
 
@@ -483,7 +674,7 @@ fn capability(base: &str, sandbox: &Sandbox) -> Value {
             "type": ty,
             "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "history-instance"}, {"code": "search-type"}],
             "versioning": "versioned",
-            "readHistory": false,
+            "readHistory": true,
             "updateCreate": false,
             "searchInclude": includes,
             "searchRevInclude": revincludes,

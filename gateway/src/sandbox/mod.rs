@@ -7,17 +7,48 @@
 //! [`Sandbox::builtin`] loads `examples/dataset/payer.ndjson`, embedded in
 //! the binary; [`Sandbox::from_ndjson`] / [`Sandbox::from_path`] load any
 //! NDJSON (one resource per line; a Bundle line contributes its entries),
-//! and [`Sandbox::merge_ndjson`] adds or replaces resources. Resource
-//! bodies are kept as JSON text and served byte for byte. A resource
-//! without `meta.versionId` gets `"1"`, one without `meta.lastUpdated`
-//! gets the load time.
+//! and [`Sandbox::merge_ndjson`] adds resources, versions, or replaces
+//! them. Resource bodies are kept as JSON text and served byte for byte. A
+//! resource without `meta.versionId` gets `"1"`, one without
+//! `meta.lastUpdated` gets the load time.
+//!
+//! # Versions
+//! A loaded resource (a line or a Bundle-line entry, in any
+//! `from_ndjson` / `merge_ndjson` call) whose `Type/id` is already stored:
+//! - with the same `meta.versionId` replaces that version (as before);
+//! - with another `meta.versionId` is kept as a further version. The
+//!   current version is the highest versionId: two versionIds that both
+//!   parse as `u64` (and differ in value) compare numerically, otherwise
+//!   the later-loaded one wins. A loaded version that does not supersede
+//!   the current one is filed among the older ones, before the first one it
+//!   supersedes by the same rule (so with numeric versionIds the history
+//!   order is simply highest first).
+//!
+//! Only current versions exist for search, `_include`, `_revinclude`,
+//! read, the indexes, [`Sandbox::len`], [`Sandbox::count`],
+//! [`Sandbox::resource_json`] and [`Sandbox::resources`]: a superseded
+//! version's references and other search values are not indexed (a search
+//! by an old version's subject does not find the resource). Superseded
+//! versions are served by vread and history only, and listed by
+//! [`Sandbox::versions`].
 //!
 //! # HTTP API (base path `/fhir`; responses `application/fhir+json`)
 //! - `GET /fhir/metadata`: a CapabilityStatement listing the types, search
 //!   parameters, `_include` and `_revinclude` values supported.
-//! - `GET /fhir/{Type}/{id}` (read, with `ETag: W/"{versionId}"`),
-//!   `GET /fhir/{Type}/{id}/_history/{vid}` (vread of the current version
-//!   only), `GET /fhir/{Type}/{id}/_history` (a one-entry history Bundle).
+//! - `GET /fhir/{Type}/{id}` (read of the current version, with
+//!   `ETag: W/"{versionId}"`).
+//! - `GET /fhir/{Type}/{id}/_history/{vid}` (vread): any kept version,
+//!   byte for byte, with `ETag: W/"{vid}"`; an unknown vid is a 404
+//!   OperationOutcome.
+//! - `GET /fhir/{Type}/{id}/_history`: a `history` Bundle of every kept
+//!   version, newest first (the order above), `total` = number of versions.
+//!   Each entry: `fullUrl` (`{base}/{Type}/{id}`), `resource` (the
+//!   version's bytes), `request` `{method: "PUT", url: "{Type}/{id}"}`,
+//!   `response` `{status: "200 OK", etag: "W/\"{vid}\"", lastModified:
+//!   the version's meta.lastUpdated}`. Paged like searches: `_count`
+//!   (default 20, capped at 500) and `_offset`, with `self`/`first`/
+//!   `previous`/`next`/`last` links; other parameters (`_since`, `_at`)
+//!   are ignored. Type-level history: 400 not-supported.
 //! - Search: `GET /fhir/{Type}?...` and `POST /fhir/{Type}/_search` (form
 //!   body, merged with the query). Parameters per type are in `params.rs`,
 //!   among them `_id` (comma lists), `patient`, `subject`, `beneficiary`,
@@ -67,6 +98,29 @@
 //! `DELETE /_sandbox/fault` to disarm. Without faults enabled that
 //! endpoint does not exist (404).
 //!
+//! # Noise (only with [`Sandbox::with_noise`]`(true)`, `fhirwall sandbox --noise`; off by default)
+//! Every Bundle served (searchset and history) carries extra non-resource
+//! members a real server might send, each holding the text
+//! [`NOISE_MARKER`] (`NOISE-SECRET`), so a test can assert that none of it
+//! passes a gateway:
+//! - Bundle: `meta.tag` (marker as display), `extension` (a
+//!   `valueString`), `identifier` (system and value), `timestamp` with a
+//!   `_timestamp` primitive extension, `signature` (type coding, `when`,
+//!   `who.display`, `data` = base64 of the marker), an R5-style `issues`
+//!   OperationOutcome (diagnostics), and two extra `link`s after the
+//!   normal ones: `alternate` and a second `last`, both with the marker in
+//!   their URL.
+//! - Every entry: `link` `[{relation: "alternate"}]` (marker in the URL),
+//!   `search.score` 1 and `search.extension` (a `valueString`; searchset
+//!   entries keep their `search.mode`). Searchset entries get
+//!   `response {status: "200 OK", outcome}`, history entries an `outcome`
+//!   inside their existing `response`; each outcome is an
+//!   OperationOutcome whose diagnostics hold the marker.
+//!
+//! Resources are unchanged byte for byte; with noise off the Bundles have
+//! none of these members. [`Sandbox::set_noise`] switches it while
+//! serving.
+//!
 //! Searches are served from indexes (by type, by `Type/id`, by reference
 //! per search parameter), so patient-scoped searches, `_include` and
 //! `_revinclude` are map lookups followed by filtering of the few hits.
@@ -94,6 +148,9 @@ use store::Store;
 
 /// The synthetic payer dataset, one FHIR R4 resource per line.
 pub const BUILTIN_NDJSON: &str = include_str!("../../../examples/dataset/payer.ndjson");
+
+/// The text every noise member holds (see the module docs, "Noise").
+pub const NOISE_MARKER: &str = "NOISE-SECRET";
 
 /// Request header that delays the answer (only with faults enabled).
 pub const DELAY_HEADER: &str = http::DELAY_HEADER;
@@ -158,6 +215,7 @@ pub struct FaultPlan {
 pub struct Sandbox {
     store: Store,
     faults: AtomicBool,
+    noise: AtomicBool,
     armed_flag: AtomicBool,
     armed: Mutex<Option<FaultPlan>>,
 }
@@ -185,13 +243,15 @@ impl Sandbox {
         Sandbox {
             store: Store::default(),
             faults: AtomicBool::new(false),
+            noise: AtomicBool::new(false),
             armed_flag: AtomicBool::new(false),
             armed: Mutex::new(None),
         }
     }
 
     /// Add resources from NDJSON; a resource with an existing `Type/id`
-    /// replaces the stored one.
+    /// replaces the stored version with its `meta.versionId`, or is kept
+    /// as another version (see the module docs, "Versions").
     pub fn merge_ndjson(mut self, text: &str) -> anyhow::Result<Sandbox> {
         self.store.add_ndjson(text)?;
         self.store.reindex();
@@ -211,6 +271,22 @@ impl Sandbox {
 
     pub fn faults_enabled(&self) -> bool {
         self.faults.load(Ordering::Relaxed)
+    }
+
+    /// Add non-resource noise carrying [`NOISE_MARKER`] to every Bundle
+    /// served (see the module docs, "Noise").
+    pub fn with_noise(self, on: bool) -> Sandbox {
+        self.set_noise(on);
+        self
+    }
+
+    /// Turn Bundle noise on or off, also while serving.
+    pub fn set_noise(&self, on: bool) {
+        self.noise.store(on, Ordering::Relaxed);
+    }
+
+    pub fn noise_enabled(&self) -> bool {
+        self.noise.load(Ordering::Relaxed)
     }
 
     /// Arm a fault plan: the next matching requests (all, or `times` of
@@ -265,15 +341,26 @@ impl Sandbox {
         self.store.by_type.get(resource_type).map_or(0, Vec::len)
     }
 
-    /// The stored JSON of `Type/id`, as served.
+    /// The stored JSON of `Type/id` (its current version), as served.
     pub fn resource_json(&self, resource_type: &str, id: &str) -> Option<&str> {
         self.store.get(resource_type, id).map(|e| &*e.json)
     }
 
-    /// Every stored resource's JSON text, in load order (e.g. to feed the
-    /// same data to another FHIR server).
+    /// Every stored resource's JSON text (current versions), in load order
+    /// of their first version (e.g. to feed the same data to another FHIR
+    /// server).
     pub fn resources(&self) -> impl Iterator<Item = &str> {
         self.store.entries.iter().map(|e| &*e.json)
+    }
+
+    /// Every kept version of `Type/id` as `(versionId, JSON)`, newest first
+    /// (the history order; the first is the current version). Empty for an
+    /// unknown resource.
+    pub fn versions(&self, resource_type: &str, id: &str) -> Vec<(&str, &str)> {
+        self.store
+            .get(resource_type, id)
+            .map(|e| e.versions().map(|(vid, _, json)| (vid, json)).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -282,6 +369,7 @@ impl std::fmt::Debug for Sandbox {
         f.debug_struct("Sandbox")
             .field("resources", &self.len())
             .field("faults", &self.faults_enabled())
+            .field("noise", &self.noise_enabled())
             .finish_non_exhaustive()
     }
 }

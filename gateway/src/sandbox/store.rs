@@ -4,6 +4,10 @@
 //! plus the search values extracted once at load time. Indexes: by type, by
 //! `Type/id`, and by reference (`Source|param|Target/id`), so patient-scoped
 //! searches, `_include` and `_revinclude` are map lookups.
+//!
+//! Only current versions are [`Entry`]s (and so only they are indexed and
+//! searched); superseded versions are kept, bytes only, in the current
+//! entry's [`Entry::older`] for vread and history.
 
 use std::collections::HashMap;
 
@@ -37,6 +41,28 @@ pub(crate) struct Entry {
     pub json: Box<str>,
     /// Extracted search values: (parameter name, value).
     pub values: Vec<(&'static str, SValue)>,
+    /// Superseded versions of this resource, newest first (see
+    /// [`supersedes`]); empty for a resource loaded in one version.
+    pub older: Vec<Version>,
+}
+
+/// A superseded version of a resource: only what vread and history serve.
+#[derive(Debug)]
+pub(crate) struct Version {
+    pub version: String,
+    pub last_updated: String,
+    /// The version's JSON text, exactly as served.
+    pub json: Box<str>,
+}
+
+/// Whether a newly loaded `new` version supersedes the stored `old` one
+/// (they differ): numerically when both are unsigned integers of
+/// different value, otherwise the later-loaded one (`new`) wins.
+pub(crate) fn supersedes(new: &str, old: &str) -> bool {
+    match (new.parse::<u64>(), old.parse::<u64>()) {
+        (Ok(n), Ok(o)) if n != o => n > o,
+        _ => true,
+    }
 }
 
 impl Entry {
@@ -90,7 +116,48 @@ impl Entry {
             Some(raw) if !completed => raw.into(),
             _ => serde_json::to_string(&value)?.into_boxed_str(),
         };
-        Ok(Entry { rtype, id, version, last_updated, json, values })
+        Ok(Entry { rtype, id, version, last_updated, json, values, older: Vec::new() })
+    }
+
+    /// This entry as a superseded version (its search values dropped).
+    fn into_version(self) -> Version {
+        Version { version: self.version, last_updated: self.last_updated, json: self.json }
+    }
+
+    /// Take in another load of the same `Type/id`. The same versionId
+    /// replaces that version in place (current or not); a new versionId is
+    /// kept: it becomes current when it [`supersedes`] the current one,
+    /// otherwise it is filed among the older versions before the first one
+    /// it supersedes, so `older` stays newest first.
+    fn absorb(&mut self, new: Entry) {
+        if new.version == self.version {
+            let older = std::mem::take(&mut self.older);
+            *self = new;
+            self.older = older;
+        } else if let Some(v) = self.older.iter_mut().find(|v| v.version == new.version) {
+            *v = new.into_version();
+        } else if supersedes(&new.version, &self.version) {
+            let mut older = std::mem::take(&mut self.older);
+            let previous = std::mem::replace(self, new);
+            older.insert(0, previous.into_version());
+            self.older = older;
+        } else {
+            let at = self.older.iter().position(|v| supersedes(&new.version, &v.version));
+            let at = at.unwrap_or(self.older.len());
+            self.older.insert(at, new.into_version());
+        }
+    }
+
+    /// Every version as (versionId, lastUpdated, JSON), newest first: the
+    /// current one, then the superseded ones.
+    pub(crate) fn versions(&self) -> impl Iterator<Item = (&str, &str, &str)> {
+        std::iter::once((&*self.version, &*self.last_updated, &*self.json))
+            .chain(self.older.iter().map(|v| (&*v.version, &*v.last_updated, &*v.json)))
+    }
+
+    /// The JSON of version `vid`, current or superseded.
+    pub(crate) fn version_json(&self, vid: &str) -> Option<&str> {
+        self.versions().find(|(v, _, _)| *v == vid).map(|(_, _, json)| json)
     }
 }
 
@@ -128,8 +195,10 @@ pub(crate) fn ref_key(source: &str, param: &str, target: &str) -> String {
 impl Store {
     /// Load NDJSON: one resource per line (blank lines skipped). A Bundle
     /// line of type collection/transaction/batch/searchset contributes its
-    /// entries' resources. A later resource with the same `Type/id`
-    /// replaces an earlier one.
+    /// entries' resources. A later resource with the same `Type/id` and
+    /// the same `meta.versionId` replaces the earlier one; with another
+    /// versionId both are kept as versions (see [`Entry::absorb`]). Call
+    /// [`Store::reindex`] afterwards.
     pub(crate) fn add_ndjson(&mut self, text: &str) -> anyhow::Result<()> {
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -160,7 +229,7 @@ impl Store {
         }
         let entry = Entry::from_value(value, raw)?;
         match self.by_id.get(&entry.key()) {
-            Some(&i) => self.entries[i] = entry,
+            Some(&i) => self.entries[i].absorb(entry),
             None => {
                 self.by_id.insert(entry.key(), self.entries.len());
                 self.entries.push(entry);
@@ -169,7 +238,9 @@ impl Store {
         Ok(())
     }
 
-    /// Rebuild the type and reference indexes (after loading).
+    /// Rebuild the type and reference indexes (after loading) from the
+    /// current versions, so a superseded version's references, like its
+    /// other search values, are gone.
     pub(crate) fn reindex(&mut self) {
         self.by_type.clear();
         self.by_ref.clear();

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::*;
 
@@ -547,4 +547,441 @@ async fn http2_and_shutdown_on_drop() {
         }
     }
     assert!(closed);
+}
+
+// --- versions and history
+
+/// A Patient line: `vid` None leaves out `meta.versionId`; `mark` is put in
+/// `birthDate`'s place as a text to tell versions apart.
+fn patient_line(id: &str, vid: Option<&str>, mark: &str) -> String {
+    let meta = match vid {
+        Some(v) => format!(r#""meta":{{"versionId":"{v}","lastUpdated":"2024-01-0{}T00:00:00Z"}},"#, v.len()),
+        None => String::new(),
+    };
+    format!(r#"{{"resourceType":"Patient","id":"{id}",{meta}"gender":"other","name":[{{"text":"{mark}"}}]}}"#)
+}
+
+fn version_ids(s: &Sandbox, ty: &str, id: &str) -> Vec<String> {
+    s.versions(ty, id).into_iter().map(|(v, _)| v.to_owned()).collect()
+}
+
+#[test]
+fn versions_are_kept_ordered_and_replaced() {
+    // (case, NDJSON loads (each a merge_ndjson call), history vids newest first, current's mark)
+    let v = |vid: &str, mark: &str| patient_line("p", Some(vid), mark);
+    let cases: Vec<(&str, Vec<String>, Vec<&str>, &str)> = vec![
+        ("same version replaces", vec![v("1", "a"), v("1", "b")], vec!["1"], "b"),
+        (
+            "no versionId is 1 and replaces",
+            vec![patient_line("p", None, "a"), patient_line("p", None, "b")],
+            vec!["1"],
+            "b",
+        ),
+        ("higher later", vec![v("1", "a"), v("2", "b")], vec!["2", "1"], "b"),
+        ("lower later stays old", vec![v("2", "b"), v("1", "a")], vec!["2", "1"], "b"),
+        ("numeric, not lexical", vec![v("10", "ten"), v("9", "nine")], vec!["10", "9"], "ten"),
+        ("numeric, not lexical, other order", vec![v("9", "nine"), v("10", "ten")], vec!["10", "9"], "ten"),
+        ("filed in the middle", vec![v("1", "a"), v("3", "c"), v("2", "b")], vec!["3", "2", "1"], "c"),
+        (
+            "same old version replaced in place",
+            vec![v("1", "a"), v("2", "b"), v("1", "A")],
+            vec!["2", "1"],
+            "b",
+        ),
+        ("non-numeric: later wins", vec![v("a", "x"), v("b", "y")], vec!["b", "a"], "y"),
+        ("non-numeric: later wins, other order", vec![v("b", "y"), v("a", "x")], vec!["a", "b"], "x"),
+        ("mixed: later wins", vec![v("3", "three"), v("x", "ex")], vec!["x", "3"], "ex"),
+        ("mixed: later wins, other order", vec![v("x", "ex"), v("3", "three")], vec!["3", "x"], "three"),
+        (
+            "missing versionId is version 1",
+            vec![v("2", "b"), patient_line("p", None, "a")],
+            vec!["2", "1"],
+            "b",
+        ),
+        (
+            "Bundle entries are versions too",
+            vec![
+                format!(
+                    r#"{{"resourceType":"Bundle","type":"collection","entry":[{{"resource":{}}},{{"resource":{}}}]}}"#,
+                    v("2", "b"),
+                    v("1", "a")
+                ),
+                v("3", "c"),
+            ],
+            vec!["3", "2", "1"],
+            "c",
+        ),
+        (
+            "one call, several lines",
+            vec![format!("{}\n{}\n{}", v("1", "a"), v("5", "e"), v("4", "d"))],
+            vec!["5", "4", "1"],
+            "e",
+        ),
+    ];
+    for (case, loads, want, mark) in cases {
+        let mut s = Sandbox::empty();
+        for text in &loads {
+            s = s.merge_ndjson(text).unwrap_or_else(|e| panic!("{case}: {e:#}"));
+        }
+        assert_eq!(s.len(), 1, "{case}: one resource, however many versions");
+        assert_eq!(s.count("Patient"), 1, "{case}");
+        assert_eq!(version_ids(&s, "Patient", "p"), want, "{case}");
+        let current: Value = serde_json::from_str(s.resource_json("Patient", "p").unwrap()).unwrap();
+        assert_eq!(current["name"][0]["text"], mark, "{case}: current version");
+        assert_eq!(s.versions("Patient", "p")[0].1, s.resource_json("Patient", "p").unwrap(), "{case}");
+        assert_eq!(s.resources().count(), 1, "{case}");
+    }
+    // A replaced old version holds the new bytes.
+    let s = Sandbox::from_ndjson(&format!("{}\n{}\n{}", v("1", "a"), v("2", "b"), v("1", "A"))).unwrap();
+    assert_eq!(s.versions("Patient", "p")[1].1, v("1", "A"));
+    assert!(s.versions("Patient", "nope").is_empty());
+}
+
+/// Two versions of `Observation/o1` whose subject moves from Patient/a (v1)
+/// to Patient/b (v2), loaded newest first or oldest first.
+fn moving_observation(newest_first: bool) -> Sandbox {
+    let obs = |vid: &str, subject: &str, code: &str, date: &str| {
+        format!(
+            r#"{{"resourceType":"Observation","id":"o1","meta":{{"versionId":"{vid}","lastUpdated":"{date}T00:00:00Z"}},"status":"final","code":{{"coding":[{{"system":"http://loinc.org","code":"{code}"}}]}},"subject":{{"reference":"Patient/{subject}"}}}}"#
+        )
+    };
+    let patients = [patient_line("a", None, "A"), patient_line("b", None, "B")].join("\n");
+    let (v1, v2) = (obs("1", "a", "old-code", "2020-01-01"), obs("2", "b", "new-code", "2023-01-01"));
+    let lines = if newest_first { format!("{v2}\n{v1}") } else { format!("{v1}\n{v2}") };
+    Sandbox::from_ndjson(&patients).unwrap().merge_ndjson(&lines).unwrap()
+}
+
+#[tokio::test]
+async fn searches_and_indexes_see_only_current_versions() {
+    // (query, expected match keys, expected include keys)
+    let table: &[(&str, &[&str], &[&str])] = &[
+        ("Observation?subject=Patient/a", &[], &[]),
+        ("Observation?patient=a", &[], &[]),
+        ("Observation?subject=Patient/b", &["Observation/o1"], &[]),
+        ("Observation?patient=b", &["Observation/o1"], &[]),
+        ("Observation?code=old-code", &[], &[]),
+        ("Observation?code=http://loinc.org|new-code", &["Observation/o1"], &[]),
+        ("Observation?_lastUpdated=lt2021-01-01", &[], &[]),
+        ("Observation?_lastUpdated=ge2023-01-01", &["Observation/o1"], &[]),
+        ("Observation?_id=o1&_include=Observation:subject", &["Observation/o1"], &["Patient/b"]),
+        ("Patient?_id=a&_revinclude=Observation:subject", &["Patient/a"], &[]),
+        ("Patient?_id=b&_revinclude=Observation:subject", &["Patient/b"], &["Observation/o1"]),
+        ("Patient?_id=a&_revinclude=Observation:patient", &["Patient/a"], &[]),
+        ("Observation", &["Observation/o1"], &[]),
+    ];
+    for newest_first in [false, true] {
+        let s = moving_observation(newest_first);
+        assert_eq!((s.len(), s.count("Observation")), (3, 1));
+        let h = start(SocketAddr::from(([127, 0, 0, 1], 0)), Arc::new(s)).await.unwrap();
+        for (query, matches, includes) in table {
+            let r = get(&format!("{}/{query}", h.base_url())).await;
+            assert_eq!(r.status, 200, "{query}");
+            assert_eq!(keys(&r.body, "match"), *matches, "{query} (newest first: {newest_first})");
+            assert_eq!(keys(&r.body, "include"), *includes, "{query} (newest first: {newest_first})");
+            assert_eq!(r.body["total"].as_u64(), Some(matches.len() as u64), "{query}");
+        }
+        let r = get(&format!("{}/Observation/o1", h.base_url())).await;
+        assert_eq!(
+            (r.etag.as_deref(), r.body["subject"]["reference"].as_str()),
+            (Some("W/\"2\""), Some("Patient/b"))
+        );
+        h.shutdown().await.unwrap();
+    }
+}
+
+struct TextResp {
+    status: u16,
+    etag: Option<String>,
+    text: String,
+}
+
+async fn get_text(url: &str) -> TextResp {
+    let r = reqwest::get(url).await.expect("request");
+    let status = r.status().as_u16();
+    let etag = r.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    TextResp { status, etag, text: r.text().await.expect("body") }
+}
+
+/// `Patient/p` in versions 1..=3 (v2 without lastUpdated), loaded out of
+/// order, plus a single-version `Patient/q`.
+fn three_versions() -> (Sandbox, Vec<String>) {
+    let v1 = r#"{"resourceType":"Patient","id":"p","meta":{"versionId":"1","lastUpdated":"2021-01-01T00:00:00Z"},"name":[{"text":"one"}]}"#;
+    let v2 = r#"{"resourceType":"Patient","id":"p","meta":{"versionId":"2"},"name":[{"text":"two"}]}"#;
+    let v3 = r#"{"resourceType":"Patient","id":"p","meta":{"versionId":"3","lastUpdated":"2023-03-03T00:00:00Z"},"name":[{"text":"three"}],  "gender":"female"}"#;
+    let q = r#"{"resourceType":"Patient","id":"q","meta":{"versionId":"7","lastUpdated":"2022-01-01T00:00:00Z"}}"#;
+    let s = Sandbox::from_ndjson(&format!("{v3}\n{q}\n{v1}")).unwrap().merge_ndjson(v2).unwrap();
+    let stored_v2 = s.versions("Patient", "p")[1].1.to_owned();
+    (s, vec![v1.to_owned(), stored_v2, v3.to_owned()])
+}
+
+#[tokio::test]
+async fn vread_serves_every_kept_version_byte_for_byte() {
+    let (s, raw) = three_versions();
+    let h = start(SocketAddr::from(([127, 0, 0, 1], 0)), Arc::new(s)).await.unwrap();
+    let base = h.base_url();
+    // (path, status, ETag, body as stored)
+    let table: Vec<(&str, u16, Option<&str>, Option<&str>)> = vec![
+        ("Patient/p/_history/1", 200, Some("W/\"1\""), Some(&raw[0])),
+        ("Patient/p/_history/2", 200, Some("W/\"2\""), Some(&raw[1])),
+        ("Patient/p/_history/3", 200, Some("W/\"3\""), Some(&raw[2])),
+        ("Patient/p", 200, Some("W/\"3\""), Some(&raw[2])),
+        ("Patient/q/_history/7", 200, Some("W/\"7\""), None),
+        ("Patient/p/_history/4", 404, None, None),
+        ("Patient/p/_history/03", 404, None, None),
+        ("Patient/q/_history/1", 404, None, None),
+        ("Patient/nope/_history/1", 404, None, None),
+    ];
+    for (path, status, etag, body) in table {
+        let r = get_text(&format!("{base}/{path}")).await;
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(r.etag.as_deref(), etag, "{path}");
+        if let Some(body) = body {
+            assert_eq!(r.text, body, "{path}: byte for byte");
+        }
+        if status == 404 {
+            let v: Value = serde_json::from_str(&r.text).unwrap();
+            assert_eq!(v["resourceType"], "OperationOutcome", "{path}");
+        }
+    }
+    // The version completed at load (no lastUpdated) got one.
+    let v2: Value = serde_json::from_str(&raw[1]).unwrap();
+    assert!(v2["meta"]["lastUpdated"].is_string());
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn history_lists_versions_newest_first_and_pages() {
+    let (s, raw) = three_versions();
+    let s = Arc::new(s);
+    let h = start(SocketAddr::from(([127, 0, 0, 1], 0)), s.clone()).await.unwrap();
+    let base = h.base_url();
+    let r = get_text(&format!("{base}/Patient/p/_history")).await;
+    assert_eq!(r.status, 200);
+    for version in &raw {
+        assert!(r.text.contains(version.as_str()), "resource bytes as stored: {version}");
+    }
+    let b: Value = serde_json::from_str(&r.text).unwrap();
+    assert_eq!((b["resourceType"].as_str(), b["type"].as_str()), (Some("Bundle"), Some("history")));
+    assert_eq!(b["total"].as_u64(), Some(3));
+    let entries = b["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 3);
+    let v2_updated = serde_json::from_str::<Value>(&raw[1]).unwrap()["meta"]["lastUpdated"].clone();
+    // (entry index, versionId, lastModified)
+    let want = [
+        (0, "3", json!("2023-03-03T00:00:00Z")),
+        (1, "2", v2_updated),
+        (2, "1", json!("2021-01-01T00:00:00Z")),
+    ];
+    for (i, vid, last_modified) in want {
+        let e = &entries[i];
+        assert_eq!(e["fullUrl"].as_str(), Some(format!("{base}/Patient/p").as_str()), "{vid}");
+        assert_eq!(e["resource"]["meta"]["versionId"], vid);
+        assert_eq!(e["request"], json!({"method": "PUT", "url": "Patient/p"}), "{vid}");
+        assert_eq!(
+            e["response"],
+            json!({"status": "200 OK", "etag": format!("W/\"{vid}\""), "lastModified": last_modified}),
+            "{vid}"
+        );
+        let keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 4, "{keys:?}");
+    }
+    assert_eq!(link(&b, "self"), Some(format!("{base}/Patient/p/_history?_count=20&_offset=0").as_str()));
+    assert!(link(&b, "next").is_none());
+
+    // Paging: (query, vids on the page, has next)
+    let table: &[(&str, &[&str], bool)] = &[
+        ("_count=2", &["3", "2"], true),
+        ("_count=2&_offset=2", &["1"], false),
+        ("_count=1&_offset=1", &["2"], true),
+        ("_count=0", &[], false),
+        ("_offset=5", &[], false),
+        ("_since=2020-01-01", &["3", "2", "1"], false),
+    ];
+    for (query, vids, has_next) in table {
+        let r = get(&format!("{base}/Patient/p/_history?{query}")).await;
+        assert_eq!(r.status, 200, "{query}");
+        assert_eq!(r.body["total"].as_u64(), Some(3), "{query}");
+        let got: Vec<&str> = r.body["entry"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["resource"]["meta"]["versionId"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(got, *vids, "{query}");
+        assert_eq!(link(&r.body, "next").is_some(), *has_next, "{query}");
+    }
+    // Following `next` visits every version once.
+    let mut url = format!("{base}/Patient/p/_history?_count=2");
+    let mut seen = Vec::new();
+    loop {
+        let r = get(&url).await;
+        for e in r.body["entry"].as_array().into_iter().flatten() {
+            seen.push(e["response"]["etag"].as_str().unwrap().to_owned());
+        }
+        match link(&r.body, "next") {
+            Some(next) => url = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["W/\"3\"", "W/\"2\"", "W/\"1\""]);
+
+    for bad in ["_count=x", "_offset=-1"] {
+        assert_eq!(get(&format!("{base}/Patient/p/_history?{bad}")).await.status, 400, "{bad}");
+    }
+    assert_eq!(get(&format!("{base}/Patient/nope/_history")).await.status, 404);
+    let r = get(&format!("{base}/Patient/q/_history")).await;
+    assert_eq!(r.body["total"].as_u64(), Some(1));
+    assert_eq!(r.body["entry"][0]["response"]["etag"], "W/\"7\"");
+    h.shutdown().await.unwrap();
+}
+
+// --- noise
+
+/// The value at a JSON pointer, as text ("" when absent).
+fn text_at(v: &Value, pointer: &str) -> String {
+    match v.pointer(pointer) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    }
+}
+
+/// Bundle-level pointers that must hold the marker, with noise on.
+const NOISE_BUNDLE_POINTERS: &[&str] = &[
+    "/meta/tag/0/display",
+    "/extension/0/valueString",
+    "/identifier/system",
+    "/identifier/value",
+    "/_timestamp/extension/0/valueString",
+    "/signature/who/display",
+    "/issues/issue/0/diagnostics",
+];
+
+/// Per-entry pointers that must hold the marker, with noise on (searchset
+/// and history entries alike).
+const NOISE_ENTRY_POINTERS: &[&str] =
+    &["/link/0/url", "/search/extension/0/valueString", "/response/outcome/issue/0/diagnostics"];
+
+/// The Bundle-level and per-entry noise checks shared by searchset and
+/// history.
+fn assert_noisy(case: &str, text: &str, sandbox: &Sandbox) {
+    use base64::Engine as _;
+    let b: Value = serde_json::from_str(text).unwrap();
+    for p in NOISE_BUNDLE_POINTERS {
+        assert!(text_at(&b, p).contains(NOISE_MARKER), "{case}: {p} in {b}");
+    }
+    assert!(b["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{case}: timestamp");
+    let sig = &b["signature"];
+    assert!(sig["type"][0]["code"].is_string() && sig["when"].is_string(), "{case}: {sig}");
+    let data = base64::engine::general_purpose::STANDARD.decode(sig["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data, NOISE_MARKER.as_bytes(), "{case}: signature.data");
+    assert_eq!(b["issues"]["resourceType"], "OperationOutcome", "{case}");
+    let links = b["link"].as_array().unwrap();
+    for rel in ["alternate", "last"] {
+        assert!(
+            links.iter().any(|l| l["relation"] == rel && text_at(l, "/url").contains(NOISE_MARKER)),
+            "{case}: a {rel} link with the marker"
+        );
+    }
+    let entries = b["entry"].as_array().unwrap();
+    assert!(!entries.is_empty(), "{case}");
+    for e in entries {
+        for p in NOISE_ENTRY_POINTERS {
+            assert!(text_at(e, p).contains(NOISE_MARKER), "{case}: entry {p} in {e}");
+        }
+        assert_eq!(e["link"][0]["relation"], "alternate", "{case}");
+        assert_eq!(e["search"]["score"], 1, "{case}");
+        assert_eq!(e["response"]["status"], "200 OK", "{case}");
+        assert_eq!(e["response"]["outcome"]["resourceType"], "OperationOutcome", "{case}");
+        // The resource is untouched: its stored bytes appear verbatim and
+        // hold no marker.
+        let (ty, id) =
+            (e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap());
+        let vid = e["resource"]["meta"]["versionId"].as_str().unwrap();
+        let stored = sandbox.versions(ty, id).into_iter().find(|(v, _)| *v == vid).unwrap().1;
+        assert!(text.contains(stored), "{case}: {ty}/{id} byte for byte");
+        assert!(!stored.contains(NOISE_MARKER) && !e["resource"].to_string().contains(NOISE_MARKER));
+    }
+}
+
+#[tokio::test]
+async fn noise_decorates_every_bundle_but_no_resource() {
+    let (s, _) = three_versions();
+    let obs =
+        r#"{"resourceType":"Observation","id":"o","status":"final","subject":{"reference":"Patient/q"}}"#;
+    let s = Arc::new(s.merge_ndjson(obs).unwrap().with_noise(true));
+    assert!(s.noise_enabled() && !s.faults_enabled());
+    let h = start(SocketAddr::from(([127, 0, 0, 1], 0)), s.clone()).await.unwrap();
+    let base = h.base_url();
+    // (case, path, expected entry count, searchset modes)
+    let table: &[(&str, &str, usize, &[&str])] = &[
+        ("searchset", "Patient?_count=2", 2, &["match", "match"]),
+        (
+            "searchset with includes",
+            "Observation?_id=o&_include=Observation:subject",
+            2,
+            &["match", "include"],
+        ),
+        ("history", "Patient/p/_history", 3, &[]),
+        ("history page", "Patient/p/_history?_count=1&_offset=1", 1, &[]),
+    ];
+    for (case, path, n, modes) in table {
+        let r = get_text(&format!("{base}/{path}")).await;
+        assert_eq!(r.status, 200, "{case}");
+        assert_noisy(case, &r.text, &s);
+        let b: Value = serde_json::from_str(&r.text).unwrap();
+        assert_eq!(b["entry"].as_array().unwrap().len(), *n, "{case}");
+        if case.starts_with("searchset") {
+            let got: Vec<&str> =
+                b["entry"].as_array().unwrap().iter().filter_map(|e| e["search"]["mode"].as_str()).collect();
+            assert_eq!(got, *modes, "{case}");
+        } else {
+            // History keeps its own response members next to the outcome.
+            for e in b["entry"].as_array().unwrap() {
+                assert!(e["response"]["etag"].is_string() && e["response"]["lastModified"].is_string());
+                assert_eq!(e["request"]["method"], "PUT");
+            }
+        }
+    }
+    // Reads and vreads are not Bundles: no noise.
+    for path in ["Patient/p", "Patient/p/_history/1", "metadata"] {
+        let r = get_text(&format!("{base}/{path}")).await;
+        assert!(!r.text.contains(NOISE_MARKER), "{path}");
+    }
+    // Switched off while serving: none of it.
+    s.set_noise(false);
+    for path in ["Patient?_count=2", "Patient/p/_history"] {
+        let r = get_text(&format!("{base}/{path}")).await;
+        assert!(!r.text.contains(NOISE_MARKER), "{path}");
+        let b: Value = serde_json::from_str(&r.text).unwrap();
+        for member in ["identifier", "timestamp", "_timestamp", "extension", "signature", "issues"] {
+            assert!(b.get(member).is_none(), "{path}: {member}");
+        }
+        assert!(b["meta"].get("tag").is_none(), "{path}");
+        for e in b["entry"].as_array().unwrap() {
+            assert!(e.get("link").is_none() && e["response"].get("outcome").is_none(), "{path}");
+        }
+    }
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_noise_a_searchset_is_byte_for_byte_as_before() {
+    let raw = patient_line("p", Some("1"), "plain");
+    let s = Arc::new(Sandbox::from_ndjson(&raw).unwrap());
+    assert!(!s.noise_enabled(), "noise is off by default");
+    let h = start(SocketAddr::from(([127, 0, 0, 1], 0)), s).await.unwrap();
+    let base = h.base_url();
+    let r = get_text(&format!("{base}/Patient?_id=p")).await;
+    let b: Value = serde_json::from_str(&r.text).unwrap();
+    let page = |offset: u32| format!("{base}/Patient?_id=p&_count=20&_offset={offset}");
+    let want = format!(
+        r#"{{"resourceType":"Bundle","id":{},"meta":{{"lastUpdated":{}}},"type":"searchset","total":1,"link":[{{"relation":"self","url":{}}},{{"relation":"first","url":{}}},{{"relation":"last","url":{}}}],"entry":[{{"fullUrl":{},"resource":{raw},"search":{{"mode":"match"}}}}]}}"#,
+        b["id"],
+        b["meta"]["lastUpdated"],
+        json!(page(0)),
+        json!(page(0)),
+        json!(page(0)),
+        json!(format!("{base}/Patient/p")),
+    );
+    assert_eq!(r.text, want);
+    h.shutdown().await.unwrap();
 }
