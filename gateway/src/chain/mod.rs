@@ -23,6 +23,7 @@
 
 pub mod capability;
 pub mod envelope;
+pub mod names;
 pub mod page;
 pub mod strict;
 

@@ -73,6 +73,8 @@ struct RequestCtx {
     policy: std::sync::Mutex<Option<crate::plugins::PolicyRun>>,
     /// What the policy plugins withheld and narrowed.
     plugin_counts: std::sync::Mutex<crate::plugins::policy::PolicyReport>,
+    /// Referenced resources classified for Part 2 in this request (`Type/id` -> withheld).
+    part2_targets: std::sync::Mutex<std::collections::HashMap<String, bool>>,
 }
 
 pub struct FhirHandler {
@@ -233,6 +235,7 @@ impl FhirHandler {
             redaction: std::sync::Mutex::default(),
             policy: std::sync::Mutex::new(policy),
             plugin_counts: std::sync::Mutex::default(),
+            part2_targets: std::sync::Mutex::default(),
         };
         let content_type = parts.headers.get(CONTENT_TYPE).cloned();
         let head = fhir.head;

@@ -95,7 +95,6 @@ impl FhirHandler {
         &self,
         ctx: &RequestCtx,
         text: &str,
-        with_subset: bool,
         count: bool,
     ) -> Result<Option<String>, GatewayError> {
         let mut current: Option<String> = None;
@@ -112,6 +111,12 @@ impl FhirHandler {
                 Ok(replaced) => current = replaced,
                 Err(_) => return Ok(None),
             }
+            let scope = &decision.scope;
+            let visible = |id: &str| scope.is_visible(id);
+            if chain::names::names_hidden_patient(current.as_deref().unwrap_or(text), &visible) {
+                report.suppressed_attribution += 1;
+                return Ok(None);
+            }
         }
         {
             let mut scratch = crate::redact::RedactionReport::default();
@@ -127,12 +132,6 @@ impl FhirHandler {
                 crate::redact::Verdict::Replace(t) => current = Some(t),
                 crate::redact::Verdict::Drop(_) => return Ok(None),
             }
-        }
-        if with_subset
-            && let Some(subset) = &ctx.subset
-            && let Some(cut) = subset.apply(current.as_deref().unwrap_or(text))
-        {
-            current = Some(cut);
         }
         let out = current.unwrap_or_else(|| text.to_owned());
         Ok(Some(self.gw.upstream.rewriter().rewrite(&out).into_owned()))
@@ -169,8 +168,9 @@ impl FhirHandler {
         };
         let redacted = {
             let mut report = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
-            let subset = if history { None } else { ctx.subset.as_ref() };
-            self.gw.redactor.entries_subset(current, subset, &mut report).map_err(unusable)?
+            // `_elements`/`_summary` are cut after the follow-up checks
+            // (`subset_matches`), which must see whole resources.
+            self.gw.redactor.entries_subset(current, None, &mut report).map_err(unusable)?
         };
         let current = match redacted.entry.as_deref() {
             Some("") => "[]",
@@ -184,6 +184,13 @@ impl FhirHandler {
             let Some(read) = envelope::read_entry(entry, history)? else { continue };
             let resource = read.resource.get();
             let Some(key) = key_of(resource) else { continue };
+            if let Some(decision) = &ctx.access {
+                let visible = |id: &str| decision.scope.is_visible(id);
+                if chain::names::names_hidden_patient(resource, &visible) {
+                    ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()).suppressed_attribution += 1;
+                    continue;
+                }
+            }
             out.push(Entry {
                 key,
                 mode: read.mode,
@@ -213,6 +220,124 @@ impl FhirHandler {
             Some(path) => Ok(Some(path.to_owned())),
             None => Err(unusable("a paging link outside the upstream's base")),
         }
+    }
+
+    /// Withheld by reference (DESIGN.md "Part 2 programs"): an entry that
+    /// references a resource withheld as Part 2 or as a drug prior
+    /// authorization is withheld too, whether or not that resource is in the
+    /// same answer — so the outcome never depends on how the upstream cut its
+    /// pages. Targets that are not in `entries` are read from the upstream
+    /// (one `_id` search per type) and classified by the data-scope stage.
+    /// One hop: a target's own references are not followed.
+    async fn withhold_part2_referrers(
+        &self,
+        ctx: &RequestCtx,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<Entry>, GatewayError> {
+        let here: std::collections::HashSet<String> = entries.iter().map(|e| e.key.clone()).collect();
+        let refs: Vec<Vec<String>> = entries
+            .iter()
+            .map(|e| {
+                chain::references(&e.resource)
+                    .into_iter()
+                    .filter(|r| !here.contains(r) && may_be_part2(r))
+                    .collect()
+            })
+            .collect();
+        let mut unknown: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+        {
+            let known = ctx.part2_targets.lock().unwrap_or_else(|e| e.into_inner());
+            for target in refs.iter().flatten() {
+                if known.contains_key(target) {
+                    continue;
+                }
+                let (resource_type, id) = target.split_once('/').expect("normalised references are Type/id");
+                let ids = unknown.entry(resource_type.to_owned()).or_default();
+                if !ids.iter().any(|i| i == id) {
+                    ids.push(id.to_owned());
+                }
+            }
+        }
+        for (resource_type, ids) in unknown {
+            for chunk in ids.chunks(50) {
+                let found = self.classify_targets(ctx, &resource_type, chunk).await?;
+                let mut known = ctx.part2_targets.lock().unwrap_or_else(|e| e.into_inner());
+                for id in chunk {
+                    let key = format!("{resource_type}/{id}");
+                    let withheld = found.get(&key).copied().unwrap_or(false);
+                    known.insert(key, withheld);
+                }
+            }
+        }
+        let known = ctx.part2_targets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = Vec::with_capacity(entries.len());
+        let mut withheld = 0;
+        for (entry, refs) in entries.into_iter().zip(refs) {
+            if refs.iter().any(|r| known.get(r).copied().unwrap_or(false)) {
+                withheld += 1;
+            } else {
+                kept.push(entry);
+            }
+        }
+        drop(known);
+        if withheld > 0 {
+            ctx.redaction.lock().unwrap_or_else(|e| e.into_inner()).part2_excluded += withheld;
+        }
+        Ok(kept)
+    }
+
+    /// Read `resource_type` resources by id and say which are withheld as
+    /// Part 2 or drug PA (by `Type/id`). An upstream that cannot answer fails
+    /// the request closed.
+    async fn classify_targets(
+        &self,
+        ctx: &RequestCtx,
+        resource_type: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, bool>, GatewayError> {
+        let mut params = crate::fhir::SearchParams::default();
+        params.push(crate::fhir::SearchParam::new("_id", None, ids.to_vec()));
+        params.push(crate::fhir::SearchParam::single("_count", ids.len().max(1).to_string()));
+        let path = format!("{resource_type}?{}", params.to_query_string());
+        let upstream = self.ask(ctx, search_request(&path)).await?;
+        let mut out = std::collections::HashMap::new();
+        if upstream.status == StatusCode::BAD_REQUEST || upstream.status == StatusCode::NOT_FOUND {
+            // A type the upstream does not search: nothing it could name is known.
+            return Ok(out);
+        }
+        judged(&upstream)?;
+        let text = strict_text(&upstream)?;
+        let object = RawObject::parse(text).map_err(|e| unusable(format!("body: {e}")))?;
+        let entries: Vec<&RawValue> = match object.get("entry") {
+            Some(raw) => serde_json::from_str(raw.get()).map_err(|_| unusable("Bundle.entry"))?,
+            None => Vec::new(),
+        };
+        for entry in entries {
+            let Some(read) = envelope::read_entry(entry, false)? else { continue };
+            let resource = read.resource.get();
+            let Some(key) = key_of(resource) else { continue };
+            let mut scratch = crate::redact::RedactionReport::default();
+            let withheld = matches!(
+                self.gw.redactor.apply(resource, &mut scratch),
+                crate::redact::Verdict::Drop(
+                    crate::redact::Reason::Part2 | crate::redact::Reason::DrugPriorAuth
+                )
+            );
+            out.insert(key, withheld);
+        }
+        Ok(out)
+    }
+
+    /// The caller's `_elements` / `_summary`, cut from the matches (never
+    /// from includes), after every stage has judged the whole resource.
+    fn subset_matches(&self, ctx: &RequestCtx, mut entries: Vec<Entry>) -> Vec<Entry> {
+        let Some(subset) = &ctx.subset else { return entries };
+        for entry in entries.iter_mut().filter(|e| e.mode == EntryMode::Match) {
+            if let Some(cut) = subset.apply(&entry.resource) {
+                entry.resource = cut;
+            }
+        }
+        entries
     }
 
     /// Policy plugins over the entries of one page (on a blocking thread).
@@ -281,7 +406,7 @@ impl FhirHandler {
         if version.is_some() {
             self.require_current_visible(ctx, &current_path, resource_type, id).await?;
         }
-        let Some(out) = self.chain_resource(ctx, text, true, true)? else {
+        let Some(out) = self.chain_resource(ctx, text, true)? else {
             return Err(crate::access::decide::not_found());
         };
         let entry = Entry {
@@ -290,7 +415,9 @@ impl FhirHandler {
             resource: out,
             version: None,
         };
-        let Some(entry) = self.plugin_entries(ctx, vec![entry]).await?.pop() else {
+        let entries = self.withhold_part2_referrers(ctx, vec![entry]).await?;
+        let entries = self.plugin_entries(ctx, entries).await?;
+        let Some(entry) = self.subset_matches(ctx, entries).pop() else {
             return Err(crate::access::decide::not_found());
         };
         let replaced_by_plugin = ctx.plugin_counts.lock().unwrap_or_else(|e| e.into_inner()).replaced > 0;
@@ -329,7 +456,7 @@ impl FhirHandler {
         if key_of(text).as_deref() != Some(&format!("{resource_type}/{id}")) {
             return Err(unusable("the upstream answered with another resource"));
         }
-        let Some(out) = self.chain_resource(ctx, text, false, false)? else {
+        let Some(out) = self.chain_resource(ctx, text, false)? else {
             return Err(crate::access::decide::not_found());
         };
         let entry = Entry {
@@ -338,7 +465,8 @@ impl FhirHandler {
             resource: out,
             version: None,
         };
-        if self.plugin_entries(ctx, vec![entry]).await?.is_empty() {
+        let entries = self.withhold_part2_referrers(ctx, vec![entry]).await?;
+        if self.plugin_entries(ctx, entries).await?.is_empty() {
             return Err(crate::access::decide::not_found());
         }
         Ok(())
@@ -371,6 +499,7 @@ impl FhirHandler {
             let text = strict_text(&upstream)?;
             let (entries, next) = self.chain_page(ctx, text, true)?;
             let entries: Vec<Entry> = entries.into_iter().filter(|e| e.key == key).collect();
+            let entries = self.withhold_part2_referrers(ctx, entries).await?;
             versions.extend(self.plugin_entries(ctx, entries).await?);
             match next {
                 Some(next) => path = next,
@@ -433,7 +562,9 @@ impl FhirHandler {
             judged(&upstream)?;
             let text = strict_text(&upstream)?;
             let (entries, next) = self.chain_page(ctx, text, false)?;
+            let entries = self.withhold_part2_referrers(ctx, entries).await?;
             let entries = self.plugin_entries(ctx, entries).await?;
+            let entries = self.subset_matches(ctx, entries);
             match builder.feed(&cursor, entries, next) {
                 Step::Fetch(next) => cursor = next,
                 Step::Done => break,
@@ -462,6 +593,17 @@ impl FhirHandler {
         };
         Ok(respond::fhir_json(StatusCode::OK, Bytes::from(envelope.write(&page.matches, &page.includes))))
     }
+}
+
+/// Types whose resources are never Part 2 by themselves here: the patient,
+/// and directory data (a Part 2 program's Organization is found by the
+/// program rule on the referrer).
+fn may_be_part2(reference: &str) -> bool {
+    let resource_type = reference.split('/').next().unwrap_or("");
+    !matches!(
+        resource_type,
+        "Patient" | "Practitioner" | "PractitionerRole" | "Organization" | "Location" | "Group" | "Coverage"
+    )
 }
 
 /// The upstream request for a search cursor: GET, or POST `_search` when

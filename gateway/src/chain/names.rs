@@ -1,0 +1,122 @@
+//! Records that name a patient the caller may not see (DESIGN.md "Contract
+//! details"): a literal reference to a hidden Patient anywhere in a resource
+//! — an owner link, a participant, `Patient.link.other`, a Provenance or
+//! AuditEvent agent or entity — withholds it, and so does a Reference given
+//! only by an identifier that names a patient (fhirwall cannot resolve a
+//! member identifier to a patient, so it cannot show that the patient is
+//! visible). The payer-only links (`payee`, `subscriber`, `policyHolder`,
+//! `payor`) are the exception the access stage already judged: they never
+//! make a record visible, and a dependent's record stays visible behind a
+//! hidden subscriber.
+
+use serde_json::Value;
+
+/// Top-level members whose patient links are judged by the access stage.
+const PAYER_LINKS: &[&str] = &["payee", "subscriber", "policyHolder", "payor"];
+/// v2-0203 identifier types that identify a person as a member or patient.
+const PATIENT_IDENTIFIER_TYPES: &[&str] = &["MB", "MR", "MA", "MC", "SN", "PI", "PT", "SB"];
+
+/// Does `resource` name a patient for whom `visible` is false, or a patient
+/// by identifier only?
+pub fn names_hidden_patient(resource: &str, visible: &dyn Fn(&str) -> bool) -> bool {
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(resource) else { return true };
+    map.iter().filter(|(key, _)| !PAYER_LINKS.contains(&key.as_str())).any(|(_, v)| walk(v, visible))
+}
+
+fn walk(value: &Value, visible: &dyn Fn(&str) -> bool) -> bool {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get("reference")
+                && let Some(key) = crate::redact::normalize_reference(reference)
+                && let Some(id) = key.strip_prefix("Patient/")
+                && !visible(id)
+            {
+                return true;
+            }
+            if !map.contains_key("reference")
+                && let Some(Value::Object(identifier)) = map.get("identifier")
+                && names_a_patient(map.get("type"), identifier)
+            {
+                return true;
+            }
+            map.values().any(|v| walk(v, visible))
+        }
+        Value::Array(items) => items.iter().any(|v| walk(v, visible)),
+        _ => false,
+    }
+}
+
+/// An identifier-only Reference that points at a patient: typed `Patient`,
+/// or an identifier of a member/patient kind.
+fn names_a_patient(reference_type: Option<&Value>, identifier: &serde_json::Map<String, Value>) -> bool {
+    if reference_type.and_then(Value::as_str) == Some("Patient") {
+        return true;
+    }
+    if identifier
+        .get("system")
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.to_ascii_lowercase().contains("member"))
+    {
+        return true;
+    }
+    identifier
+        .get("type")
+        .and_then(|t| t.get("coding"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("code").and_then(Value::as_str))
+        .any(|code| PATIENT_IDENTIFIER_TYPES.contains(&code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn visible(id: &str) -> bool {
+        id == "p1"
+    }
+
+    #[test]
+    fn hidden_patients_are_found_anywhere_but_payer_links() {
+        for (text, named) in [
+            (r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"}}"#, false),
+            (
+                r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"},"performer":[{"reference":"Patient/p2"}]}"#,
+                true,
+            ),
+            (
+                r#"{"resourceType":"Provenance","agent":[{"who":{"reference":"https://x/fhir/Patient/p2/_history/1"}}]}"#,
+                true,
+            ),
+            (r#"{"resourceType":"Patient","id":"p1","link":[{"other":{"reference":"Patient/p2"}}]}"#, true),
+            (
+                r#"{"resourceType":"Coverage","beneficiary":{"reference":"Patient/p1"},"subscriber":{"reference":"Patient/p2"}}"#,
+                false,
+            ),
+            (
+                r#"{"resourceType":"ExplanationOfBenefit","patient":{"reference":"Patient/p1"},"payee":{"party":{"reference":"Patient/p2"}}}"#,
+                false,
+            ),
+            (
+                r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"},"performer":[{"type":"Patient","identifier":{"value":"X1"}}]}"#,
+                true,
+            ),
+            (
+                r#"{"resourceType":"Condition","subject":{"identifier":{"system":"http://payer/member-id","value":"X1"}}}"#,
+                true,
+            ),
+            (
+                r#"{"resourceType":"Appointment","participant":[{"actor":{"identifier":{"type":{"coding":[{"code":"MB"}]},"value":"X1"}}}]}"#,
+                true,
+            ),
+            (
+                r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"},"performer":[{"identifier":{"system":"http://hl7.org/fhir/sid/us-npi","value":"1"}}]}"#,
+                false,
+            ),
+            ("not json", true),
+        ] {
+            assert_eq!(names_hidden_patient(text, &visible), named, "{text}");
+        }
+    }
+}
