@@ -10,6 +10,8 @@ bash scripts/setup-test-deps.sh
 
 echo "== synthetic dataset is what its generator writes"
 python3 examples/dataset/generate.py --check
+echo "== non-interference data is what its generator writes"
+python3 tests/noninterference/generate.py --check
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
