@@ -138,19 +138,10 @@ fn first_difference(a: &str, b: &str) -> String {
 
 #[tokio::test]
 async fn answers_do_not_depend_on_hidden_data() {
-    differential(false).await;
+    differential().await;
 }
 
-/// The financial overlay (money added to visible claims and coverages) is
-/// not yet stripped as whole elements (issue 11, class 3): run with
-/// `cargo test --test noninterference -- --ignored` to see what still shows.
-#[tokio::test]
-#[ignore = "financial stripping of whole elements is not done yet"]
-async fn money_added_upstream_does_not_show() {
-    differential(true).await;
-}
-
-async fn differential(with_financial: bool) {
+async fn differential() {
     let facts = facts();
     let root = repo_root();
     let files = |list: &str| -> Vec<PathBuf> {
@@ -159,12 +150,11 @@ async fn differential(with_financial: bool) {
             .unwrap()
             .iter()
             .map(|p| p.as_str().unwrap())
-            .filter(|p| with_financial || !p.ends_with("financial.ndjson"))
             .map(|p| root.join(p))
             .collect()
     };
     let data_a = combined(&files("A"), "a.ndjson");
-    let data_b = combined(&files("B"), if with_financial { "bf.ndjson" } else { "b.ndjson" });
+    let data_b = combined(&files("B"), "b.ndjson");
     let up_a = Upstream::sandbox_with_data(&data_a);
     let up_b = Upstream::sandbox_with_args(&data_b, &["--noise"]);
     let (gw_a, gw_b) = (gateway(&up_a, &facts), gateway(&up_b, &facts));

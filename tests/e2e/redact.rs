@@ -269,11 +269,10 @@ async fn exclude_mode_leaves_no_sensitive_byte() {
     let resp = get_bearer(&run.gw.url(key), &run.tokens["org-grace"]).await;
     resp.assert_status(200);
     let text = resp.text();
-    assert!(
-        text.contains("denialreason")
-            && text.contains("processNote")
-            && text.contains("extension-reviewAction")
-    );
+    // Free text goes with the money (DESIGN.md financial scope: `text`,
+    // `processNote`, `note`); the structured decision stays.
+    assert!(text.contains("denialreason") && text.contains("extension-reviewAction"), "{text}");
+    assert!(!text.contains("processNote"), "{text}");
     assert_clean(key, &text, &withheld);
 
     // `_elements` cannot hide what redaction decides on.

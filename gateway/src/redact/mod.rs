@@ -39,6 +39,7 @@
 
 pub mod codes;
 pub mod dates;
+pub mod money;
 pub mod policy;
 pub mod rewrite;
 pub mod scan;
@@ -267,6 +268,25 @@ impl Redactor {
 
     pub fn policies(&self) -> &Policies {
         &self.policies
+    }
+
+    /// The financial scope beyond `financial.toml` ([`money`]): the
+    /// resource without any Money value or claims free text, or `None` when
+    /// nothing changes (or `financial` is not `strip`). `Err`: unreadable.
+    pub fn strip_money(
+        &self,
+        resource: &str,
+        report: &mut RedactionReport,
+    ) -> Result<Option<String>, &'static str> {
+        if !self.financial {
+            return Ok(None);
+        }
+        let Some(resource_type) = crate::fhir::bundle::resource_type(resource) else { return Ok(None) };
+        let out = money::strip(&resource_type, resource)?;
+        if out.is_some() {
+            report.financial_stripped += 1;
+        }
+        Ok(out)
     }
 
     /// Is any Part 2 program named (policy data or config)?

@@ -133,7 +133,20 @@ impl FhirHandler {
                 crate::redact::Verdict::Drop(_) => return Ok(None),
             }
         }
-        let out = current.unwrap_or_else(|| text.to_owned());
+        let mut out = current.unwrap_or_else(|| text.to_owned());
+        let mut scratch = crate::redact::RedactionReport::default();
+        let mut guard;
+        let report = if count {
+            guard = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
+            &mut *guard
+        } else {
+            &mut scratch
+        };
+        match self.gw.redactor.strip_money(&out, report) {
+            Ok(Some(stripped)) => out = stripped,
+            Ok(None) => {}
+            Err(_) => return Ok(None),
+        }
         Ok(Some(self.gw.upstream.rewriter().rewrite(&out).into_owned()))
     }
 
@@ -191,6 +204,15 @@ impl FhirHandler {
                     continue;
                 }
             }
+            let stripped = {
+                let mut report = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
+                match self.gw.redactor.strip_money(resource, &mut report) {
+                    Ok(stripped) => stripped,
+                    // Nothing unreadable leaves.
+                    Err(_) => continue,
+                }
+            };
+            let resource = stripped.as_deref().unwrap_or(resource);
             out.push(Entry {
                 key,
                 mode: read.mode,
