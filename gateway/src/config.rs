@@ -39,7 +39,7 @@ pub struct Config {
     /// WebAssembly plugins (matcher and policy worlds).
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
-    /// `$member-match` response options (issue 7).
+    /// `$member-match` response options.
     #[serde(default)]
     pub member_match: MemberMatchConfig,
     #[serde(default)]
@@ -254,7 +254,7 @@ pub struct PluginConfig {
     /// spends answering its `candidates` queries is not counted).
     #[serde(default = "defaults::plugin_timeout_ms")]
     pub timeout_ms: u64,
-    // --- plugins (issue 7): sandbox grants; nothing is granted by default.
+    // plugins: sandbox grants; nothing is granted by default.
     /// Environment variables the plugin sees (its configuration). Without
     /// this the environment is empty; the gateway's own is never inherited.
     #[serde(default)]
@@ -270,10 +270,9 @@ pub struct PluginConfig {
     /// Matchers: most members one `candidates` query returns.
     #[serde(default = "defaults::plugin_max_candidates")]
     pub max_candidates: usize,
-    // --- end plugins
 }
 
-// --- plugins (issue 7)
+// plugins
 /// `$member-match` (HRex) response details.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -321,7 +320,6 @@ pub enum MemberIdentifierType {
     #[serde(rename = "UMB")]
     Umb,
 }
-// --- end plugins
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

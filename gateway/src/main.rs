@@ -56,7 +56,7 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
-    // --- plugins (issue 7)
+    // plugins
     /// Offline batch member matching (tuning, benchmarks): the same plugin and host code as $member-match.
     ///
     /// Members are FHIR Patient and Coverage lines (Coverage.beneficiary -> Patient); queries are HRex
@@ -85,7 +85,6 @@ enum Command {
     /// WebAssembly plugin tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
-    // --- end plugins
     /// The audit log: check its hash chain, find records.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -127,7 +126,7 @@ enum Command {
     },
 }
 
-// --- plugins (issue 7)
+// plugins
 #[derive(Subcommand)]
 enum PluginCommand {
     /// Run a plugin against fixtures: DIR/cases.ndjson (and DIR/members.ndjson for a matcher).
@@ -183,7 +182,6 @@ fn plugin_command(command: PluginCommand) -> ExitCode {
         }
     }
 }
-// --- end plugins
 
 #[derive(Subcommand)]
 enum ConfigCommand {
@@ -324,7 +322,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Audit(command) => return audit(command),
-        // --- plugins (issue 7)
+        // plugins
         Command::Plugin(command) => return plugin_command(command),
         Command::Match { plugin, members, queries, memory_mb, timeout_ms, threads } => {
             fhirwall::plugins::cli::run_match(
@@ -335,7 +333,6 @@ fn main() -> ExitCode {
                 threads.unwrap_or_else(fhirwall::plugins::cli::default_threads),
             )
         }
-        // --- end plugins
         Command::Serve { config } => serve(config),
         Command::Demo { port } => demo(port),
         Command::Sandbox { listen, faults, noise, data } => sandbox(listen, faults, noise, data),
@@ -366,7 +363,7 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
 
 fn config_check(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
-    // redact (issue 5): the policy data (policy.dir over the built-in files) must load too.
+    // redact: the policy data (policy.dir over the built-in files) must load too.
     let redactor = fhirwall::redact::Redactor::new(&config.policy).context("policy")?;
     if !redactor.has_programs() {
         eprintln!(
@@ -375,7 +372,7 @@ fn config_check(config_path: PathBuf) -> anyhow::Result<()> {
              only by labels and codes"
         );
     }
-    // plugins (issue 7): every component must compile and match its world, as
+    // plugins: every component must compile and match its world, as
     // `serve` requires (nothing is written to the compile cache).
     if !config.plugins.is_empty() {
         fhirwall::plugins::Plugins::load(&config.plugins, None).context("plugins")?;
@@ -417,7 +414,7 @@ fn demo(port: u16) -> anyhow::Result<()> {
         Ok(t) if !t.is_empty() => t,
         _ => hex_token(),
     };
-    // auth (issue 3): a demo provider client (Grace Family Medicine) with a fresh key pair.
+    // auth: a demo provider client (Grace Family Medicine) with a fresh key pair.
     let keys = fhirwall::auth::cli::keygen(
         "grace-ehr",
         &dir.path().join("keys"),

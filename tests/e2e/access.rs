@@ -1,4 +1,4 @@
-//! End-to-end tests of access control (issue 4): attribution scoping and
+//! End-to-end tests of access control: attribution scoping and
 //! opt-out suppression on every interaction, with the real `fhirwall` binary in
 //! front of real upstreams — the built-in sandbox, Medplum with the synthetic
 //! payer dataset, and an upstream written here that ignores every search
@@ -1137,7 +1137,7 @@ async fn totals_never_count_removed_entries() {
     }
     assert_eq!(pages, seen.div_ceil(100));
     // Every claim of hopkins' patients, less what redaction withholds (Part 2, the
-    // service-date floor, drug prior authorizations: issue 5).
+    // service-date floor, drug prior authorizations).
     let attributed: usize = visible("org-hopkins")
         .iter()
         .map(|p| facts()["patients"][p]["resources"]["ExplanationOfBenefit"].as_u64().unwrap_or(0) as usize)

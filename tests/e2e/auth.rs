@@ -471,7 +471,7 @@ async fn scopes_limit_interactions_and_types() {
     assert_eq!(read.status, 403, "{read:?}");
     // ...and its searches carry the constraint: every dataset Observation is a lab,
     // so under category=vital-signs the same search comes back empty. (pat-0040 is
-    // attributed to both org-grace and org-valley: access control, issue 4.)
+    // attributed to both org-grace and org-valley: access control.)
     let open = get_bearer(&gw.url("Observation?patient=Patient/pat-0040"), &grace).await;
     open.assert_status(200);
     assert!(!bundle_resources(&open.json()).is_empty(), "grace sees pat-0040's labs");

@@ -1,5 +1,5 @@
 //! One regression test per class of leak the security review found
-//! (issue 11), each asserting on the raw bytes the client receives.
+//!, each asserting on the raw bytes the client receives.
 //! The hidden data is `tests/noninterference/` (see its README): a sandbox
 //! holds D plus the hidden overlay and runs in noise mode; the client is
 //! org-grace. `tests/e2e/noninterference.rs` proves the general rule

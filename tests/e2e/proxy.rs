@@ -39,7 +39,7 @@ fn start_gateway(config: GatewayConfig) -> Fixture {
     start_gateway_as(config, "Organization/org-grace", "1417987256")
 }
 
-/// Access control (issue 4) scopes every answer to the patients attributed to
+/// Access control scopes every answer to the patients attributed to
 /// the client's organization: tests pick the organization whose attribution
 /// Group holds the patients they read.
 fn start_gateway_as(config: GatewayConfig, organization: &str, npi: &str) -> Fixture {
@@ -179,7 +179,7 @@ fn serve_fake(mut stream: TcpStream, addr: SocketAddr, log: Arc<Mutex<Vec<String
         ),
         "/fhir/Patient/redirect" => "HTTP/1.1 302 Found\r\nLocation: http://elsewhere.example/fhir/Patient/1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
         "/fhir/Patient/array" => json("200 OK", "[1,2,3]".into(), ""),
-        // Access control (issue 4): org-grace's attribution Group holds every
+        // Access control: org-grace's attribution Group holds every
         // patient these tests read.
         t if t.starts_with("/fhir/Group?") => {
             let members = ["ok", "other", "truncated", "cut-json", "notjson", "html", "slow", "error500", "unauth", "redirect", "array"]

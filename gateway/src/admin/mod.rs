@@ -56,7 +56,7 @@ impl AdminHandler {
                 "admin API: missing or wrong bearer token",
             )
             .with_header(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"))),
-            // --- auth (issue 3): the client registry.
+            // auth: the client registry.
             (&Method::POST, "/admin/clients") => {
                 let body = read_json_body(req).await?;
                 let client = self.gw.auth.register_client(&body).await?;
@@ -77,13 +77,11 @@ impl AdminHandler {
                     Err(GatewayError::not_found("no such client"))
                 }
             }
-            // --- end auth
-            // --- access (issue 4): opt-outs and attribution rosters.
+            // access: opt-outs and attribution rosters.
             (_, path) if crate::access::admin::handles(path) => {
                 crate::access::admin::route(&self.gw.access, req).await
             }
-            // --- end access
-            // --- audit (issue 6)
+            // audit
             (&Method::GET, "/admin/audit") => audit_query(&self.gw, req.uri().query()).await,
             // The last durable record, to keep outside this host as an anchor
             // (`fhirwall audit verify --anchor SEQ:HASH`).
@@ -92,8 +90,7 @@ impl AdminHandler {
                 let body = serde_json::json!({ "seq": seq, "hash": hash, "anchor": format!("{seq}:{hash}") });
                 Ok(respond::json(StatusCode::OK, body.to_string()))
             }
-            // --- end audit
-            // --- plugins (issue 7): rebuild every plugin from its file and swap
+            // plugins: rebuild every plugin from its file and swap
             // atomically; on failure the old set stays and the answer says why.
             (&Method::POST, "/admin/plugins/reload") => match self.gw.plugins.reload().await {
                 Ok(report) => {
@@ -106,7 +103,6 @@ impl AdminHandler {
                     format!("plugins not reloaded, the previous versions stay in force: {e}"),
                 )),
             },
-            // --- end plugins
             _ => Err(GatewayError::not_found("no admin endpoint at this path")),
         }
     }
@@ -127,7 +123,7 @@ impl Handler for AdminHandler {
             Err(e) => (respond::error(&e), Some(e)),
         };
         if let Some(mut record) = record {
-            // --- audit (issue 6): durable before the response leaves.
+            // audit: durable before the response leaves.
             record.set_outcome(response.status().as_u16(), error.as_ref());
             if record.kind == (crate::audit::Kind::Admin { action: "client.create" })
                 && response.status().is_success()

@@ -61,31 +61,68 @@ pub struct Entry {
 /// and versioned spellings alike). `reference` members at any depth count;
 /// `#contained` and logical-only references do not.
 pub fn references(resource: &str) -> Vec<String> {
-    fn walk(value: &serde_json::Value, out: &mut Vec<String>) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (key, member) in map {
-                    if key == "reference"
-                        && let Some(text) = member.as_str()
-                        && let Some(normal) = crate::redact::normalize_reference(text)
-                    {
-                        out.push(normal);
-                    } else {
-                        walk(member, out);
-                    }
-                }
+    let mut out: Vec<String> = match raw_reference_values(resource) {
+        Some(values) => values.into_iter().filter_map(crate::redact::normalize_reference).collect(),
+        None => {
+            let mut out = Vec::new();
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(resource) {
+                walk_references(&value, &mut out);
             }
-            serde_json::Value::Array(items) => items.iter().for_each(|item| walk(item, out)),
-            _ => {}
+            out
         }
-    }
-    let mut out = Vec::new();
-    if let Ok(value) = serde_json::from_str::<serde_json::Value>(resource) {
-        walk(&value, &mut out);
-    }
+    };
     out.sort();
     out.dedup();
     out
+}
+
+fn walk_references(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, member) in map {
+                if key == "reference"
+                    && let Some(text) = member.as_str()
+                    && let Some(normal) = crate::redact::normalize_reference(text)
+                {
+                    out.push(normal);
+                } else {
+                    walk_references(member, out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|item| walk_references(item, out)),
+        _ => {}
+    }
+}
+
+/// The string values of every `"reference"` member, read from raw JSON
+/// that passed the strict reader, without building a tree. `None` when the
+/// text holds a `\u` escape (a member name could then be spelled with
+/// escapes) or a reference value holds an escape: callers then parse fully.
+pub fn raw_reference_values(text: &str) -> Option<Vec<&str>> {
+    if text.contains("\\u") {
+        return None;
+    }
+    const KEY: &str = "\"reference\"";
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(at) = text[from..].find(KEY) {
+        let start = from + at;
+        from = start + KEY.len();
+        // A member name follows `{` or `,`; the same word as a value follows `:`.
+        if !text[..start].trim_end().ends_with(['{', ',']) {
+            continue;
+        }
+        let Some(rest) = text[from..].trim_start().strip_prefix(':') else { continue };
+        let Some(value) = rest.trim_start().strip_prefix('"') else { continue };
+        let end = value.find('"')?;
+        let value = &value[..end];
+        if value.contains('\\') {
+            return None;
+        }
+        out.push(value);
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -99,5 +136,12 @@ mod tests {
             "entity":[{"what":{"reference":"#c1"}},{"what":{"reference":"Observation/o1"}}]}"##;
         assert_eq!(references(text), vec!["Encounter/e1", "Observation/o1", "Patient/p9"]);
         assert!(references("not json").is_empty());
+        // The raw reader and the tree agree; escapes send it to the tree.
+        let escaped =
+            r#"{"subject":{"refer\u0065nce":"Patient/p2"},"note":[{"text":"\"reference\":\"Patient/p3\""}]}"#;
+        assert_eq!(raw_reference_values(escaped), None);
+        assert_eq!(references(escaped), vec!["Patient/p2"]);
+        let tricky = r#"{"type":"reference","note":[{"text":"a \"reference\": \"Patient/p3\""}],"a" : { "reference" : "Patient/p4" }}"#;
+        assert_eq!(raw_reference_values(tricky), Some(vec!["Patient/p4"]));
     }
 }

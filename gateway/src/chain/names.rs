@@ -19,8 +19,57 @@ const PATIENT_IDENTIFIER_TYPES: &[&str] = &["MB", "MR", "MA", "MC", "SN", "PI", 
 /// Does `resource` name a patient for whom `visible` is false, or a patient
 /// by identifier only?
 pub fn names_hidden_patient(resource: &str, visible: &dyn Fn(&str) -> bool) -> bool {
+    // Fast path: the top-level members raw, their references read without a
+    // tree. Identifier-only references (an `identifier` object) and escapes
+    // take the tree walk.
+    if let Ok(object) = crate::fhir::bundle::RawObject::parse(resource) {
+        let mut fast = true;
+        for (key, value) in &object.members {
+            if PAYER_LINKS.contains(&key.as_ref()) {
+                continue;
+            }
+            let text = value.get();
+            if has_identifier_object(text) {
+                fast = false;
+                break;
+            }
+            match super::raw_reference_values(text) {
+                Some(values) => {
+                    let hidden = values
+                        .iter()
+                        .filter_map(|r| crate::redact::normalize_reference(r))
+                        .any(|key| key.strip_prefix("Patient/").is_some_and(|id| !visible(id)));
+                    if hidden {
+                        return true;
+                    }
+                }
+                None => {
+                    fast = false;
+                    break;
+                }
+            }
+        }
+        if fast {
+            return false;
+        }
+    }
     let Ok(Value::Object(map)) = serde_json::from_str::<Value>(resource) else { return true };
     map.iter().filter(|(key, _)| !PAYER_LINKS.contains(&key.as_str())).any(|(_, v)| walk(v, visible))
+}
+
+/// Does the raw text hold an `"identifier"` member whose value is an object
+/// (a Reference's identifier, not a resource's identifier list)?
+fn has_identifier_object(text: &str) -> bool {
+    let mut from = 0;
+    while let Some(at) = text[from..].find("\"identifier\"") {
+        from += at + "\"identifier\"".len();
+        if let Some(rest) = text[from..].trim_start().strip_prefix(':')
+            && rest.trim_start().starts_with('{')
+        {
+            return true;
+        }
+    }
+    false
 }
 
 fn walk(value: &Value, visible: &dyn Fn(&str) -> bool) -> bool {
@@ -113,6 +162,10 @@ mod tests {
             (
                 r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"},"performer":[{"identifier":{"system":"http://hl7.org/fhir/sid/us-npi","value":"1"}}]}"#,
                 false,
+            ),
+            (
+                r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"},"performer":[{"refer\u0065nce":"Patient/p2"}]}"#,
+                true,
             ),
             ("not json", true),
         ] {

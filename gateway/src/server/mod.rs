@@ -28,6 +28,9 @@ use crate::telemetry::Metrics;
 const PAGE_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 /// Everything a request handler needs, built once at startup.
+/// How long a referenced resource's Part 2 classification is reused.
+pub const PART2_TARGET_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct Gateway {
     pub config: Config,
     /// Path of the FHIR base (`/fhir`), no trailing slash ("" for the root).
@@ -36,10 +39,10 @@ pub struct Gateway {
     pub public_base: String,
     pub upstream: Upstream,
     pub pages: PageSealer,
-    /// WebAssembly plugins: the matcher and the policy chain (issue 7).
+    /// WebAssembly plugins: the matcher and the policy chain.
     pub plugins: Arc<crate::plugins::Plugins>,
     pub store: Store,
-    /// SMART Backend Services: token endpoint, clients, token checks (issue 3).
+    /// SMART Backend Services: token endpoint, clients, token checks.
     pub auth: crate::auth::Auth,
     pub metrics: Arc<Metrics>,
     pub parse_options: ParseOptions,
@@ -47,12 +50,16 @@ pub struct Gateway {
     pub admin_token: Option<String>,
     /// The audit log every request is recorded in before it is answered.
     pub audit: crate::audit::AuditLog,
-    /// Attribution, opt-outs, request decisions and the response filter (issue 4).
+    /// Attribution, opt-outs, request decisions and the response filter.
     pub access: Arc<crate::access::Access>,
-    /// Part 2, drug PAs, service-date floor, financial stripping (issue 5).
+    /// Part 2, drug PAs, service-date floor, financial stripping.
     pub redactor: crate::redact::Redactor,
     /// `$member-match` brute-force budgets (HREX-10), kept in the store.
     pub match_throttle: crate::ops::throttle::MatchThrottle,
+    /// Referenced resources already classified for Part 2 (`Type/id` ->
+    /// withheld), shared by requests for [`PART2_TARGET_TTL`]: a record that
+    /// becomes Part 2 upstream withholds its referrers within that time.
+    pub part2_targets: moka::sync::Cache<String, bool>,
     ready: AtomicBool,
     /// Keeps the built-in sandbox running when `upstream.url = "sandbox"`.
     _sandbox: Option<sandbox::SandboxHandle>,
@@ -65,12 +72,11 @@ impl Gateway {
         let public_base = config.server.base_url.as_str().trim_end_matches('/').to_owned();
         let base_path = config.server.base_url.path().trim_end_matches('/').to_owned();
 
-        // --- redact (issue 5): the policy data first; invalid data stops startup.
+        // redact: the policy data first; invalid data stops startup.
         let redactor = crate::redact::Redactor::new(&config.policy).context("policy")?;
         for (file, from) in &redactor.policies().sources {
             tracing::debug!(file = %file, from = %from, "policy file");
         }
-        // --- end redact
         let audit = open_audit(&config).await?;
         let store = Store::open(&config.state.url).await.context("state.url")?;
         let page_key = store.shared_secret("page-token-key").await.context("state: page token key")?;
@@ -92,12 +98,11 @@ impl Gateway {
             (config.upstream.url.clone(), None)
         };
         let upstream = Upstream::new(&config.upstream, &upstream_base, &public_base)?;
-        // --- access (issue 4): attribution is loaded per organization on first
+        // access: attribution is loaded per organization on first
         // use and refreshed every attribution.refresh_s in the background.
         let access = crate::access::Access::new(&config, store.clone(), upstream.clone(), &public_base)
             .context("access")?;
         access.spawn_refresher();
-        // --- end access
 
         let admin_token =
             admin_token.or_else(|| std::env::var(&config.admin.token_env).ok()).filter(|t| !t.is_empty());
@@ -107,10 +112,9 @@ impl Gateway {
                 "no admin token in the environment: the admin API refuses every authenticated call"
             );
         }
-        // --- plugins (issue 7): compiled (or taken from the compile cache) and
+        // plugins: compiled (or taken from the compile cache) and
         // type-checked now; a plugin that does not load stops startup.
         let plugins = load_plugins(&config).await?;
-        // --- end plugins
 
         Ok(Arc::new(Gateway {
             parse_options: ParseOptions { allow_writes: config.server.allow_writes },
@@ -128,6 +132,10 @@ impl Gateway {
             access,
             redactor,
             match_throttle,
+            part2_targets: moka::sync::Cache::builder()
+                .max_capacity(200_000)
+                .time_to_live(PART2_TARGET_TTL)
+                .build(),
             ready: AtomicBool::new(false),
             _sandbox: sandbox,
         }))

@@ -59,16 +59,14 @@ struct RequestCtx {
     caller: Caller,
     /// The public URL of this request (for Bundle `self` links).
     self_url: String,
-    // --- access (issue 4): the decision (caller's scope, how to filter the
+    // access: the decision (caller's scope, how to filter the
     // answer) and what the response filter let out and held back.
     access: Option<crate::access::Decision>,
     access_report: std::sync::Mutex<crate::access::FilterReport>,
-    // --- end access
-    // --- redact (issue 5): the caller's `_elements`/`_summary` (cut by
+    // redact: the caller's `_elements`/`_summary` (cut by
     // fhirwall after redaction) and what redaction withheld or changed.
     subset: Option<crate::redact::Subset>,
     redaction: std::sync::Mutex<crate::redact::RedactionReport>,
-    // --- end redact
     /// The policy plugins' run for this request (taken while a stage runs).
     policy: std::sync::Mutex<Option<crate::plugins::PolicyRun>>,
     /// What the policy plugins withheld and narrowed.
@@ -108,13 +106,12 @@ impl Handler for FhirHandler {
                 respond::error(&err)
             }
         };
-        // --- audit (issue 6): durable before the response leaves; no record, no data.
+        // audit: durable before the response leaves; no record, no data.
         if let Err(e) = self.gw.audit.record(&record).await {
             let err = crate::audit::fail_closed(&e);
             log_error(&err, &request_id);
             response = respond::error(&err);
         }
-        // --- end audit
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(HeaderName::from_static("x-request-id"), value);
         }
@@ -145,7 +142,7 @@ impl FhirHandler {
         record: &mut AuditRecord,
     ) -> (&'static str, Result<Response<Body>, GatewayError>) {
         let gw = &self.gw;
-        // --- auth (issue 3): the token endpoint is outside the FHIR base.
+        // auth: the token endpoint is outside the FHIR base.
         if req.uri().path() == crate::auth::TOKEN_PATH {
             let (response, token) = gw.auth.token_endpoint(req).await;
             record.set_token(token);
@@ -155,7 +152,7 @@ impl FhirHandler {
             return ("unrouted", Err(GatewayError::not_found("no FHIR endpoint at this path")));
         };
         let below_base = below_base.to_owned();
-        // --- auth (issue 3): discovery and metadata are public; everything
+        // auth: discovery and metadata are public; everything
         // else is authenticated before it is even parsed.
         if below_base == ".well-known/smart-configuration" {
             record.set_interaction("smart-configuration");
@@ -172,7 +169,6 @@ impl FhirHandler {
                 }
             }
         };
-        // --- end auth
         if let Some(principal) = &principal {
             record.set_principal(principal);
         }
@@ -195,7 +191,7 @@ impl FhirHandler {
         };
         let name = fhir.interaction.name();
         record.set_request(&fhir);
-        // --- auth (issue 3): the token's scopes must cover the interaction
+        // auth: the token's scopes must cover the interaction
         // (searches under a v2 query constraint get the constraint added).
         let authorized = match &principal {
             Some(principal) => principal.authorize(&mut fhir),
@@ -205,26 +201,22 @@ impl FhirHandler {
         if let Err(err) = authorized {
             return (name, Err(err));
         }
-        // --- end auth
         let self_url = self_url(&gw.public_base, &below_base, &fhir.params);
-        // --- access (issue 4): attribution and opt-outs, before anything goes
+        // access: attribution and opt-outs, before anything goes
         // upstream (404 / 403 / narrowing / 400); fails closed.
         let access = match gw.access.decide(principal.as_deref(), &mut fhir).await {
             Ok(decision) => decision,
             Err(err) => return (name, Err(err)),
         };
-        // --- end access
-        // --- redact (issue 5): redaction decides on whole resources, so the
+        // redact: redaction decides on whole resources, so the
         // upstream never applies `_elements` / `_summary`; fhirwall does, after.
         let subset = crate::redact::Subset::take(&mut fhir.params);
-        // --- end redact
-        // --- plugins (issue 7): the policy plugins' on-request, after the
+        // plugins: the policy plugins' on-request, after the
         // built-in checks; a deny is a 403, a plugin failure fails closed.
         let policy = match self.policy_on_request(principal.as_deref(), &fhir, request_id).await {
             Ok(run) => run,
             Err(err) => return (name, Err(err)),
         };
-        // --- end plugins
         let ctx = RequestCtx {
             request_id: request_id.to_owned(),
             caller: Caller::new(principal),
@@ -258,17 +250,15 @@ impl FhirHandler {
             }
             response
         });
-        // --- access (issue 4): what the response filter let out, for the audit record.
+        // access: what the response filter let out, for the audit record.
         if ctx.access.is_some() {
             record.set_filter_report(&ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()));
         }
-        // --- end access
-        // --- redact (issue 5): its counts per reason, for the audit record.
+        // redact: its counts per reason, for the audit record.
         let redaction = *ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
         if !redaction.is_empty() {
             record.set_redaction_report(&redaction);
         }
-        // --- end redact
         (name, result)
     }
 
@@ -280,7 +270,7 @@ impl FhirHandler {
         content_type: Option<HeaderValue>,
     ) -> Result<Response<Body>, GatewayError> {
         let head = fhir.head;
-        // --- access (issue 4): answers fhirwall gives itself (an empty visible
+        // access: answers fhirwall gives itself (an empty visible
         // set, a stored attribution roster).
         if let Some(decision) = &ctx.access {
             let mut report = ctx.access_report.lock().unwrap_or_else(|e| e.into_inner());
@@ -288,7 +278,6 @@ impl FhirHandler {
                 return Ok(respond::fhir_json(StatusCode::OK, if head { Bytes::new() } else { body }));
             }
         }
-        // --- end access
         let (upstream_request, page_type): (UpstreamRequest, Option<String>) = match &fhir.interaction {
             Interaction::Capabilities => return self.answer_capabilities(ctx).await,
             Interaction::Read { resource_type, id } => {
@@ -332,9 +321,8 @@ impl FhirHandler {
                     "system-level $export is not offered: Provider Access exports a Group (Group/{id}/$export)",
                 ));
             }
-            // --- plugins (issue 7): HRex $member-match through the matcher plugin.
+            // plugins: HRex $member-match through the matcher plugin.
             Interaction::Operation(Operation::MemberMatch) => return self.member_match(ctx, &body).await,
-            // --- end plugins
             Interaction::Operation(op) => {
                 return Err(GatewayError::new(
                     Blame::Caller,
@@ -381,7 +369,7 @@ impl FhirHandler {
             return Err(GatewayError::bad_gateway("the upstream FHIR server failed")
                 .with_detail(format!("upstream answered {status}")));
         }
-        // --- access (issue 4): a missing or deleted resource answers exactly
+        // access: a missing or deleted resource answers exactly
         // like a hidden one (same status, same body, no upstream headers).
         if let Some(decision) = &ctx.access
             && matches!(decision.mode, crate::access::Mode::Read | crate::access::Mode::History)
@@ -389,7 +377,6 @@ impl FhirHandler {
         {
             return Err(crate::access::decide::not_found());
         }
-        // --- end access
         let rewriter = self.gw.upstream.rewriter();
         let body =
             if upstream.body.is_empty() && (status == StatusCode::NO_CONTENT || status.is_client_error()) {
@@ -455,7 +442,7 @@ impl FhirHandler {
         if upstream.status.is_client_error() && resource_type != "OperationOutcome" {
             return Err(not_fhir("an error answer that is not an OperationOutcome"));
         }
-        // --- access (issue 4): the response filter, on every body that leaves
+        // access: the response filter, on every body that leaves
         // (Bundle entries, _include/_revinclude, contained, single resources).
         let (mut bundle_edit, mut filtered) = (None, None);
         if let Some(decision) = &ctx.access {
@@ -466,8 +453,7 @@ impl FhirHandler {
                 filtered = self.gw.access.filter_resource(decision, text, &mut report)?;
             }
         }
-        // --- end access
-        // --- redact (issue 5): Part 2, drug PAs, service-date floor and
+        // redact: Part 2, drug PAs, service-date floor and
         // financial stripping on whatever the access filter let through.
         if resource_type != "CapabilityStatement" {
             let mut report = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
@@ -487,7 +473,6 @@ impl FhirHandler {
                 }
             }
         }
-        // --- end redact
         let rewriter = self.gw.upstream.rewriter();
         // Only a Bundle (links) or the CapabilityStatement (security) is
         // rebuilt; anything else leaves as the upstream's bytes unless an
@@ -496,7 +481,7 @@ impl FhirHandler {
             let mut out = String::with_capacity(text.len() + 256);
             let mut failure = None;
             object.write_with(&mut out, |key, value| {
-                // access (issue 4): filtered entries; a total that counts only them.
+                // access: filtered entries; a total that counts only them.
                 match (key, &bundle_edit) {
                     ("entry", Some(edit)) => return edit.entry.clone(),
                     ("total", Some(edit)) => return edit.total_member(),
@@ -516,7 +501,7 @@ impl FhirHandler {
             if let Some(err) = failure {
                 return Err(err);
             }
-            // access (issue 4): listed roster Groups in a Bundle that had no entries.
+            // access: listed roster Groups in a Bundle that had no entries.
             if object.get("entry").is_none()
                 && let Some(entry) = bundle_edit.as_ref().and_then(|e| e.entry.as_deref())
                 && !entry.is_empty()
@@ -525,7 +510,7 @@ impl FhirHandler {
             }
             Some(out)
         } else {
-            filtered.take() // access (issue 4): a rebuilt Group, or None
+            filtered.take() // access: a rebuilt Group, or None
         };
         let rewritten = |text: &str| match rewriter.rewrite(text) {
             std::borrow::Cow::Owned(changed) => Some(changed),
@@ -540,7 +525,7 @@ impl FhirHandler {
         })
     }
 
-    /// redact (issue 5): the redaction chain over a Bundle's entries (as the
+    /// redact: the redaction chain over a Bundle's entries (as the
     /// access filter left them), composed with the access filter's edit: the
     /// entries that remain, and a `total` that counts only them.
     fn redact_bundle(

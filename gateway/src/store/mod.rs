@@ -38,7 +38,7 @@ const SCHEMA: &[&str] = &[
         name TEXT PRIMARY KEY,
         value TEXT NOT NULL
     )",
-    // --- access (issue 4): opt-outs, ingested attribution rosters, and the
+    // access: opt-outs, ingested attribution rosters, and the
     // change counters every node polls (see access::state).
     "CREATE TABLE IF NOT EXISTS fhirwall_opt_outs (
         patient_id TEXT PRIMARY KEY,
@@ -58,7 +58,6 @@ const SCHEMA: &[&str] = &[
     "INSERT INTO fhirwall_access_versions (name, version)
         VALUES ('opt-outs', 0), ('rosters', 0), ('attribution', 0)
         ON CONFLICT (name) DO NOTHING",
-    // --- end access
 ];
 
 impl Store {

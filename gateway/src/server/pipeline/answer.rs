@@ -24,7 +24,7 @@ pub const DEFAULT_COUNT: usize = 20;
 pub const MAX_PAGE: usize = 500;
 /// Fewest entries asked of the upstream per page: small pages full of
 /// withheld entries would spend the per-page bound quickly.
-const MIN_UPSTREAM_COUNT: usize = 50;
+const MIN_UPSTREAM_COUNT: usize = 20;
 
 /// Where a search answer starts.
 pub(super) struct SearchStart {
@@ -268,9 +268,13 @@ impl FhirHandler {
             .collect();
         let mut unknown: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
         {
-            let known = ctx.part2_targets.lock().unwrap_or_else(|e| e.into_inner());
+            let mut known = ctx.part2_targets.lock().unwrap_or_else(|e| e.into_inner());
             for target in refs.iter().flatten() {
                 if known.contains_key(target) {
+                    continue;
+                }
+                if let Some(withheld) = self.gw.part2_targets.get(target) {
+                    known.insert(target.clone(), withheld);
                     continue;
                 }
                 let (resource_type, id) = target.split_once('/').expect("normalised references are Type/id");
@@ -287,6 +291,7 @@ impl FhirHandler {
                 for id in chunk {
                     let key = format!("{resource_type}/{id}");
                     let withheld = found.get(&key).copied().unwrap_or(false);
+                    self.gw.part2_targets.insert(key.clone(), withheld);
                     known.insert(key, withheld);
                 }
             }
@@ -662,5 +667,8 @@ pub(super) fn page_sizes(params: &crate::fhir::SearchParams) -> (usize, usize) {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(DEFAULT_COUNT)
         .clamp(1, MAX_PAGE);
-    (want, (want + 1).max(MIN_UPSTREAM_COUNT))
+    // Half a page more than asked, so that one upstream page usually fills a
+    // page (and shows whether a further visible match exists) even when some
+    // of its entries are withheld.
+    (want, (want + want / 2 + 1).max(MIN_UPSTREAM_COUNT))
 }

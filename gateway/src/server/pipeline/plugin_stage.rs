@@ -1,4 +1,4 @@
-//! The plugin stages of the pipeline (issue 7):
+//! The plugin stages of the pipeline:
 //! - `policy_on_request`: every policy plugin's `on-request`, after the
 //!   built-in auth and access decisions (a deny is a 403);
 //! - `policy_on_response`: `on-resource` over what the built-in access and
