@@ -107,11 +107,22 @@ pub struct UpstreamEntry<'a> {
 /// copies (request method, response status / etag / lastModified, each only
 /// when it is a short plain string).
 pub fn read_entry<'a>(entry: &'a RawValue, history: bool) -> Result<Option<UpstreamEntry<'a>>, GatewayError> {
+    let object = RawObject::parse(entry.get()).map_err(|_| {
+        GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
+            .with_detail("a Bundle entry is not an object".to_owned())
+    })?;
+    read_entry_object(&object, history)
+}
+
+/// [`read_entry`] on an entry already read as its members.
+pub fn read_entry_object<'a>(
+    object: &RawObject<'a>,
+    history: bool,
+) -> Result<Option<UpstreamEntry<'a>>, GatewayError> {
     let unusable = || {
         GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
             .with_detail("a Bundle entry is not an object".to_owned())
     };
-    let object = RawObject::parse(entry.get()).map_err(|_| unusable())?;
     let Some(resource) = object.get("resource") else { return Ok(None) };
     #[derive(serde::Deserialize, Default)]
     struct Search {

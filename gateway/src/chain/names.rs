@@ -19,10 +19,23 @@ const PATIENT_IDENTIFIER_TYPES: &[&str] = &["MB", "MR", "MA", "MC", "SN", "PI", 
 /// Does `resource` name a patient for whom `visible` is false, or a patient
 /// by identifier only?
 pub fn names_hidden_patient(resource: &str, visible: &dyn Fn(&str) -> bool) -> bool {
+    match crate::fhir::bundle::RawObject::parse(resource) {
+        Ok(object) => object_names_hidden_patient(resource, &object, visible),
+        Err(_) => true,
+    }
+}
+
+/// [`names_hidden_patient`] on a resource already read as its top-level
+/// members (`object` is `resource` parsed).
+pub fn object_names_hidden_patient(
+    resource: &str,
+    object: &crate::fhir::bundle::RawObject<'_>,
+    visible: &dyn Fn(&str) -> bool,
+) -> bool {
     // Fast path: the top-level members raw, their references read without a
     // tree. Identifier-only references (an `identifier` object) and escapes
     // take the tree walk.
-    if let Ok(object) = crate::fhir::bundle::RawObject::parse(resource) {
+    {
         let mut fast = true;
         for (key, value) in &object.members {
             if PAYER_LINKS.contains(&key.as_ref()) {

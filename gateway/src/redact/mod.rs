@@ -289,6 +289,24 @@ impl Redactor {
         Ok(out)
     }
 
+    /// [`Redactor::strip_money`] on a resource already read as its members.
+    pub fn strip_money_object(
+        &self,
+        resource_type: &str,
+        resource: &str,
+        object: &RawObject<'_>,
+        report: &mut RedactionReport,
+    ) -> Result<Option<String>, &'static str> {
+        if !self.financial || !money::applies_to(resource_type) {
+            return Ok(None);
+        }
+        let out = money::strip_object(resource_type, resource, object)?;
+        if out.is_some() {
+            report.financial_stripped += 1;
+        }
+        Ok(out)
+    }
+
     /// Is any Part 2 program named (policy data or config)?
     pub fn has_programs(&self) -> bool {
         !self.programs.organizations.is_empty() || !self.programs.npis.is_empty()

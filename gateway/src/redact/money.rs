@@ -35,11 +35,28 @@ const ISO_4217: &str = "urn:iso:std:iso:4217";
 /// The resource without money, or `None` when there was nothing to remove.
 /// `Err` when the text is not a JSON object.
 pub fn strip(resource_type: &str, resource: &str) -> Result<Option<String>, &'static str> {
+    if !applies_to(resource_type) {
+        return Ok(None);
+    }
+    let object = RawObject::parse(resource).map_err(|_| "not a JSON object")?;
+    strip_object(resource_type, resource, &object)
+}
+
+/// Does the financial scope touch this type at all?
+pub fn applies_to(resource_type: &str) -> bool {
+    CLAIMS_TYPES.contains(&resource_type) || resource_type == "Coverage"
+}
+
+/// [`strip`] on a resource already read as its top-level members.
+pub fn strip_object(
+    resource_type: &str,
+    resource: &str,
+    object: &RawObject<'_>,
+) -> Result<Option<String>, &'static str> {
     let claims = CLAIMS_TYPES.contains(&resource_type);
     if !claims && resource_type != "Coverage" {
         return Ok(None);
     }
-    let object = RawObject::parse(resource).map_err(|_| "not a JSON object")?;
     let mut changed = false;
     let mut out = String::with_capacity(resource.len());
     out.push('{');

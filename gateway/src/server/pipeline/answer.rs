@@ -190,23 +190,29 @@ impl FhirHandler {
             Some(entries) => entries,
             None => current,
         };
-        let raw: Vec<&RawValue> = serde_json::from_str(current).map_err(|_| unusable("Bundle.entry"))?;
+        // One pass over the entries, one over each resource's members: the
+        // key, the hidden-patient check and the money strip share them.
+        let raw: Vec<RawObject<'_>> = serde_json::from_str(current).map_err(|_| unusable("Bundle.entry"))?;
         let rewriter = self.gw.upstream.rewriter();
         let mut out = Vec::with_capacity(raw.len());
-        for entry in raw {
-            let Some(read) = envelope::read_entry(entry, history)? else { continue };
+        for entry in &raw {
+            let Some(read) = envelope::read_entry_object(entry, history)? else { continue };
             let resource = read.resource.get();
-            let Some(key) = key_of(resource) else { continue };
+            let Ok(object) = RawObject::parse(resource) else { continue };
+            let (Some(resource_type), Some(id)) = (object.get_str("resourceType"), object.get_str("id"))
+            else {
+                continue;
+            };
             if let Some(decision) = &ctx.access {
                 let visible = |id: &str| decision.scope.is_visible(id);
-                if chain::names::names_hidden_patient(resource, &visible) {
+                if chain::names::object_names_hidden_patient(resource, &object, &visible) {
                     ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()).suppressed_attribution += 1;
                     continue;
                 }
             }
             let stripped = {
                 let mut report = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
-                match self.gw.redactor.strip_money(resource, &mut report) {
+                match self.gw.redactor.strip_money_object(&resource_type, resource, &object, &mut report) {
                     Ok(stripped) => stripped,
                     // Nothing unreadable leaves.
                     Err(_) => continue,
@@ -214,7 +220,7 @@ impl FhirHandler {
             };
             let resource = stripped.as_deref().unwrap_or(resource);
             out.push(Entry {
-                key,
+                key: format!("{resource_type}/{id}"),
                 mode: read.mode,
                 resource: rewriter.rewrite(resource).into_owned(),
                 version: read.version,
