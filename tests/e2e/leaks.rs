@@ -29,6 +29,10 @@ struct World {
 
 /// The sandbox with every hidden file, noise on, and a gateway for grace.
 async fn world() -> World {
+    world_with("exclude").await
+}
+
+async fn world_with(part2: &str) -> World {
     let facts = facts();
     let root = repo_root();
     let mut text = String::new();
@@ -45,8 +49,8 @@ async fn world() -> World {
         GatewayConfig::new(up.base_url())
             .client(CLIENT, "Organization/org-grace", "1417987256", &["system/*.read"])
             .extra_toml(
-                "[policy]\npart2 = \"exclude\"\npart2_programs = [\"Organization/org-recovery\", \"1234567893\"]\n\
-                 financial = \"strip\"\n",
+                &format!("[policy]\npart2 = \"{part2}\"\npart2_programs = [\"Organization/org-recovery\", \"1234567893\"]\n\
+                 financial = \"strip\"\n"),
             ),
     );
     gw.admin("PUT", "/admin/opt-outs/pat-0291", None).await.assert_status(204);
@@ -178,6 +182,21 @@ async fn class4_pointers_to_withheld_records_are_withheld() {
         resp.assert_status(200);
         assert_absent(&resp, &["h-cond-sud-01", "h-med-bup", "h-obs-p2-01", "HIDDEN-SECRET"]);
     }
+}
+
+// 4, `part2 = "redact"`: the references (and their display, the narrative,
+// notes) go, the record stays with the REDACTED label; a record whose own
+// top-level link is the withheld record is withheld.
+#[tokio::test]
+async fn class4_redact_mode_removes_the_references() {
+    let w = world_with("redact").await;
+    for read in ["Encounter/h-enc-sud-01", "Procedure/h-proc-sud-01"] {
+        let resp = w.get(read).await;
+        resp.assert_status(200);
+        assert_absent(&resp, &["h-cond-sud-01", "HIDDEN-SECRET"]);
+        assert!(resp.text().contains("REDACTED"), "{}", resp.text());
+    }
+    assert_eq!(w.get("MedicationDispense/h-md-bup-01").await.status, 404);
 }
 
 // 5. History and vread show a version only while it and the current one are visible.

@@ -307,6 +307,16 @@ impl Redactor {
         Ok(out)
     }
 
+    /// `part2 = "redact"`: `resource` without its references to the withheld
+    /// Part 2 records `targets` (see [`rewrite::remove_references`]); `None`
+    /// when it must be withheld instead (also in `exclude` mode).
+    pub fn redact_references(&self, resource: &str, targets: &HashSet<String>) -> Option<String> {
+        if self.mode != Part2Mode::Redact {
+            return None;
+        }
+        rewrite::remove_references(resource, targets, &self.policies.labels.redacted)
+    }
+
     /// Is any Part 2 program named (policy data or config)?
     pub fn has_programs(&self) -> bool {
         !self.programs.organizations.is_empty() || !self.programs.npis.is_empty()

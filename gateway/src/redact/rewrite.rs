@@ -166,6 +166,70 @@ pub fn rewrite(text: &str, rw: &Rewrite<'_>) -> Result<Rewritten, Unredactable> 
     Ok(Rewritten { text, redacted, stripped })
 }
 
+/// `part2 = "redact"` for a record that references withheld Part 2
+/// records: every Reference to one of `targets` (`Type/id`) is removed with
+/// its display — an array element goes whole, a list or object left empty
+/// goes — the narrative and notes go, and the `REDACTED` label is added. `None` when
+/// a top-level element would go entirely (the record's own link to it, such
+/// as `medicationReference`, cannot be removed safely: withhold it instead).
+pub fn remove_references(
+    resource: &str,
+    targets: &std::collections::HashSet<String>,
+    label: &RedactedLabel,
+) -> Option<String> {
+    fn names_target(value: &Value, targets: &std::collections::HashSet<String>) -> bool {
+        value
+            .get("reference")
+            .and_then(Value::as_str)
+            .and_then(super::normalize_reference)
+            .is_some_and(|key| targets.contains(&key))
+    }
+    /// Remove what names a target below `value`; `true` when `value` itself goes.
+    fn prune(value: &mut Value, targets: &std::collections::HashSet<String>) -> bool {
+        if names_target(value, targets) {
+            return true;
+        }
+        match value {
+            Value::Object(map) => {
+                let before = map.len();
+                map.retain(|_, member| !prune(member, targets));
+                before > 0 && map.is_empty()
+            }
+            Value::Array(items) => {
+                let before = items.len();
+                items.retain_mut(|item| !prune(item, targets));
+                before > 0 && items.is_empty()
+            }
+            _ => false,
+        }
+    }
+    let mut value: Value = serde_json::from_str(resource).ok()?;
+    let map = value.as_object_mut()?;
+    let mut emptied = Vec::new();
+    for (key, member) in map.iter_mut() {
+        if key == "meta" || key == "contained" {
+            continue;
+        }
+        // The member is itself the link (e.g. `medicationReference`).
+        if names_target(member, targets) {
+            return None;
+        }
+        if prune(member, targets) {
+            emptied.push(key.clone());
+        }
+    }
+    for key in emptied {
+        map.remove(&key);
+    }
+    // Free text may describe what was withheld.
+    map.remove("text");
+    map.remove("note");
+    let meta = map.entry("meta").or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(meta) = meta else { return None };
+    add_label(meta, label);
+    serde_json::to_string(&value).ok()
+}
+
 fn add_label(meta: &mut Map<String, Value>, label: &RedactedLabel) {
     let security = meta.entry("security").or_insert_with(|| Value::Array(Vec::new()));
     if !security.is_array() {
@@ -613,6 +677,24 @@ fn category_is_monetary(category: Option<&RawValue>, fin: &Financial) -> bool {
             coding.code.as_deref().is_some_and(|code| fin.is_monetary(coding.system.as_deref(), code))
         })
     })
+}
+
+#[cfg(test)]
+mod reference_tests {
+    use super::*;
+
+    #[test]
+    fn references_to_withheld_records_go_with_their_display() {
+        let label = RedactedLabel { system: "s".into(), code: "REDACTED".into(), display: None };
+        let targets: std::collections::HashSet<String> = ["Condition/sud".to_owned()].into();
+        let text = r#"{"resourceType":"Encounter","id":"e","text":{"div":"for SUD"},"subject":{"reference":"Patient/p"},"reasonReference":[{"reference":"Condition/sud","display":"Opioid use disorder"},{"reference":"Condition/flu"}],"diagnosis":[{"condition":{"reference":"http://x/fhir/Condition/sud/_history/2","display":"OUD"}}]}"#;
+        let out = remove_references(text, &targets, &label).unwrap();
+        assert!(!out.contains("sud") && !out.contains("Opioid") && !out.contains("OUD"), "{out}");
+        assert!(out.contains("Condition/flu") && out.contains("REDACTED"), "{out}");
+        // The record's own top-level link cannot go: withheld instead.
+        let dispense = r#"{"resourceType":"MedicationDispense","id":"d","medicationReference":{"reference":"Condition/sud"}}"#;
+        assert_eq!(remove_references(dispense, &targets, &label), None);
+    }
 }
 
 #[cfg(test)]

@@ -304,17 +304,30 @@ impl FhirHandler {
         }
         let known = ctx.part2_targets.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept = Vec::with_capacity(entries.len());
-        let mut withheld = 0;
-        for (entry, refs) in entries.into_iter().zip(refs) {
-            if refs.iter().any(|r| known.get(r).copied().unwrap_or(false)) {
-                withheld += 1;
-            } else {
+        let (mut withheld, mut redacted) = (0, 0);
+        for (mut entry, refs) in entries.into_iter().zip(refs) {
+            let gone: std::collections::HashSet<String> =
+                refs.into_iter().filter(|r| known.get(r).copied().unwrap_or(false)).collect();
+            if gone.is_empty() {
                 kept.push(entry);
+                continue;
+            }
+            // `redact` mode: the references (and their display) go; `exclude`,
+            // or a link that cannot go: the record is withheld.
+            match self.gw.redactor.redact_references(&entry.resource, &gone) {
+                Some(text) => {
+                    entry.resource = text;
+                    redacted += 1;
+                    kept.push(entry);
+                }
+                None => withheld += 1,
             }
         }
         drop(known);
-        if withheld > 0 {
-            ctx.redaction.lock().unwrap_or_else(|e| e.into_inner()).part2_excluded += withheld;
+        if withheld > 0 || redacted > 0 {
+            let mut report = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
+            report.part2_excluded += withheld;
+            report.part2_redacted += redacted;
         }
         Ok(kept)
     }
