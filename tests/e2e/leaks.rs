@@ -33,6 +33,10 @@ async fn world() -> World {
 }
 
 async fn world_with(part2: &str) -> World {
+    world_configured(part2, r#"["Organization/org-recovery", "1234567893"]"#).await
+}
+
+async fn world_configured(part2: &str, programs: &str) -> World {
     let facts = facts();
     let root = repo_root();
     let mut text = String::new();
@@ -48,10 +52,9 @@ async fn world_with(part2: &str) -> World {
     let gw = Gateway::start(
         GatewayConfig::new(up.base_url())
             .client(CLIENT, "Organization/org-grace", "1417987256", &["system/*.read"])
-            .extra_toml(
-                &format!("[policy]\npart2 = \"{part2}\"\npart2_programs = [\"Organization/org-recovery\", \"1234567893\"]\n\
-                 financial = \"strip\"\n"),
-            ),
+            .extra_toml(&format!(
+                "[policy]\npart2 = \"{part2}\"\npart2_programs = {programs}\nfinancial = \"strip\"\n"
+            )),
     );
     gw.admin("PUT", "/admin/opt-outs/pat-0291", None).await.assert_status(204);
     let token = gw.token(CLIENT, "system/*.read");
@@ -144,6 +147,25 @@ async fn class2_program_records_are_withheld() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no Part 2 program is named"));
+}
+
+// 2. A program named by one of its names is matched by both (the other
+// is looked up on the upstream's Organization).
+#[tokio::test]
+async fn class2_a_program_named_once_is_matched_by_both_names() {
+    for programs in [r#"["Organization/org-recovery"]"#, r#"["1234567893"]"#] {
+        let w = world_configured("exclude", programs).await;
+        // By NPI only, by reference only.
+        for read in [
+            "Observation/h-obs-p2-02",
+            "Procedure/h-proc-p2-02",
+            "Encounter/h-enc-p2-02",
+            "ExplanationOfBenefit/h-eob-sud-01",
+        ] {
+            let resp = w.get(read).await;
+            assert_eq!(resp.status, 404, "{programs}: {read}: {}", resp.text());
+        }
+    }
 }
 
 // 3. Money outside the listed elements never leaves.

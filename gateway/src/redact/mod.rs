@@ -41,6 +41,7 @@ pub mod codes;
 pub mod dates;
 pub mod money;
 pub mod policy;
+pub mod resolve;
 pub mod rewrite;
 pub mod scan;
 pub mod subset;
@@ -163,8 +164,12 @@ impl RedactionReport {
 /// The redaction chain, built once at startup.
 pub struct Redactor {
     policies: Arc<Policies>,
-    /// `part2/programs.toml` plus `policy.part2_programs`.
-    programs: policy::Programs,
+    /// `part2/programs.toml` plus `policy.part2_programs`, and what the
+    /// upstream says each of them is also known as ([`resolve`]).
+    programs: std::sync::RwLock<Arc<policy::Programs>>,
+    /// The configured programs have been looked up on the upstream (or
+    /// there are none): until then answers fail closed.
+    programs_resolved: std::sync::atomic::AtomicBool,
     trie: Trie,
     /// Date watch id -> (type, tier).
     watches: Vec<(String, usize)>,
@@ -256,7 +261,8 @@ impl Redactor {
             trie.add_marker(&marker.element, index as u32);
         }
         Ok(Redactor {
-            programs,
+            programs_resolved: std::sync::atomic::AtomicBool::new(programs.is_empty()),
+            programs: std::sync::RwLock::new(Arc::new(programs)),
             trie,
             watches,
             mode: config.part2,
@@ -319,18 +325,39 @@ impl Redactor {
 
     /// Is any Part 2 program named (policy data or config)?
     pub fn has_programs(&self) -> bool {
-        !self.programs.organizations.is_empty() || !self.programs.npis.is_empty()
+        !self.programs().is_empty()
     }
 
     pub fn mode(&self) -> Part2Mode {
         self.mode
     }
 
-    fn rules(&self) -> Rules<'_> {
+    /// The Part 2 programs in force.
+    pub fn programs(&self) -> Arc<policy::Programs> {
+        self.programs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Add what the upstream says the programs are also known as, and mark
+    /// the programs resolved.
+    pub fn add_resolved_programs(&self, found: &policy::Programs) {
+        let mut guard = self.programs.write().unwrap_or_else(|e| e.into_inner());
+        let mut merged = (**guard).clone();
+        merged.organizations.extend(found.organizations.iter().cloned());
+        merged.npis.extend(found.npis.iter().cloned());
+        *guard = Arc::new(merged);
+        self.programs_resolved.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Have the configured programs been looked up on the upstream?
+    pub fn programs_resolved(&self) -> bool {
+        self.programs_resolved.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn rules<'a>(&'a self, programs: &'a policy::Programs) -> Rules<'a> {
         Rules {
             codes: &self.policies.codes,
             labels: &self.policies.labels,
-            programs: &self.programs,
+            programs,
             markers: &self.policies.prior_auth.markers,
             trie: &self.trie,
         }
@@ -348,7 +375,8 @@ impl Redactor {
     }
 
     fn outcome<'a>(&self, text: &'a str, report: &mut RedactionReport, depth: usize) -> Outcome<'a> {
-        match scan::scan(text, &self.rules()) {
+        let programs = self.programs();
+        match scan::scan(text, &self.rules(&programs)) {
             Ok(scan) => self.decide(scan, &|| Some(text), report, depth),
             Err(_) => Outcome::unreadable(report),
         }
@@ -381,7 +409,7 @@ impl Redactor {
 
         // 1. Part 2.
         let program_itself = resource_type == "Organization"
-            && scan.id.as_deref().is_some_and(|id| self.programs.organizations.contains(id));
+            && scan.id.as_deref().is_some_and(|id| self.programs().organizations.contains(id));
         let mut plan = None;
         if scan.label || program_itself || !scan.hits.is_empty() {
             match (self.mode, scan.label || program_itself) {
@@ -536,7 +564,8 @@ impl Redactor {
             /// The resource cut out of `raw`, once something needs it.
             resource: std::cell::OnceCell<Option<&'a RawValue>>,
         }
-        let rules = self.rules();
+        let programs = self.programs();
+        let rules = self.rules(&programs);
         let mut slots: Vec<Slot<'_>> = Vec::with_capacity(entries.len());
         // One pass per entry: its fullUrl, search mode and the resource's scan.
         let mut scans = Vec::with_capacity(entries.len());

@@ -53,7 +53,7 @@ pub struct Gateway {
     /// Attribution, opt-outs, request decisions and the response filter.
     pub access: Arc<crate::access::Access>,
     /// Part 2, drug PAs, service-date floor, financial stripping.
-    pub redactor: crate::redact::Redactor,
+    pub redactor: Arc<crate::redact::Redactor>,
     /// `$member-match` brute-force budgets (HREX-10), kept in the store.
     pub match_throttle: crate::ops::throttle::MatchThrottle,
     /// Referenced resources already classified for Part 2 (`Type/id` ->
@@ -115,6 +115,11 @@ impl Gateway {
         // plugins: compiled (or taken from the compile cache) and
         // type-checked now; a plugin that does not load stops startup.
         let plugins = load_plugins(&config).await?;
+
+        // redact: programs known by one name are matched by both (looked up
+        // on the upstream in the background; answers wait for it).
+        let redactor = Arc::new(redactor);
+        crate::redact::resolve::spawn(redactor.clone(), upstream.clone());
 
         Ok(Arc::new(Gateway {
             parse_options: ParseOptions { allow_writes: config.server.allow_writes },

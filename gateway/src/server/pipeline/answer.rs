@@ -97,6 +97,7 @@ impl FhirHandler {
         text: &str,
         count: bool,
     ) -> Result<Option<String>, GatewayError> {
+        self.programs_resolved()?;
         let mut current: Option<String> = None;
         if let Some(decision) = &ctx.access {
             let mut scratch = crate::access::FilterReport::default();
@@ -150,6 +151,19 @@ impl FhirHandler {
         Ok(Some(self.gw.upstream.rewriter().rewrite(&out).into_owned()))
     }
 
+    /// Fail closed while the Part 2 programs are not yet looked up upstream.
+    fn programs_resolved(&self) -> Result<(), GatewayError> {
+        if self.gw.redactor.programs_resolved() {
+            return Ok(());
+        }
+        Err(GatewayError::new(
+            crate::error::Blame::Internal,
+            StatusCode::SERVICE_UNAVAILABLE,
+            crate::error::IssueCode::Transient,
+            "the Part 2 program list is not resolved yet; try again shortly",
+        ))
+    }
+
     /// The stages on one upstream Bundle page: the entries that may leave
     /// (plugins not yet applied) and the upstream's next link.
     fn chain_page(
@@ -158,6 +172,7 @@ impl FhirHandler {
         text: &str,
         history: bool,
     ) -> Result<(Vec<Entry>, Option<String>), GatewayError> {
+        self.programs_resolved()?;
         let object = RawObject::parse(text).map_err(|e| unusable(format!("body: {e}")))?;
         if object.get_str("resourceType").as_deref() != Some("Bundle") {
             return Err(unusable("a search answer that is not a Bundle"));
