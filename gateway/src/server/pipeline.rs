@@ -10,22 +10,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LOCATION, CONTENT_TYPE, ETAG, LAST_MODIFIED, LOCATION};
+use http::header::CONTENT_TYPE;
 use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::Request;
 use hyper::body::Incoming;
-use serde_json::value::RawValue;
 
 use super::Gateway;
 use super::listener::Handler;
 use super::respond::{self, Body};
 use crate::audit::AuditRecord;
 use crate::error::{Blame, GatewayError, IssueCode};
-use crate::fhir::bundle::RawObject;
 use crate::fhir::request::{self, FhirRequest, Interaction, Operation, RequestParts};
 use crate::fhir::{SearchParam, SearchParams};
-use crate::proxy::{UpstreamRequest, UpstreamResponse};
+use crate::proxy::UpstreamRequest;
 
 mod answer;
 mod plugin_stage;
@@ -278,7 +276,7 @@ impl FhirHandler {
                 return Ok(respond::fhir_json(StatusCode::OK, if head { Bytes::new() } else { body }));
             }
         }
-        let (upstream_request, page_type): (UpstreamRequest, Option<String>) = match &fhir.interaction {
+        let upstream_request = match &fhir.interaction {
             Interaction::Capabilities => return self.answer_capabilities(ctx).await,
             Interaction::Read { resource_type, id } => {
                 return self.answer_read(ctx, resource_type, id, None).await;
@@ -332,270 +330,23 @@ impl FhirHandler {
                 ));
             }
             Interaction::Create { resource_type } => {
-                (write(Method::POST, resource_type.clone(), body, content_type), None)
+                write(Method::POST, resource_type.clone(), body, content_type)
             }
             Interaction::Update { resource_type, id } => {
-                (write(Method::PUT, format!("{resource_type}/{}", enc(id)), body, content_type), None)
+                write(Method::PUT, format!("{resource_type}/{}", enc(id)), body, content_type)
             }
             Interaction::Patch { resource_type, id } => {
-                (write(Method::PATCH, format!("{resource_type}/{}", enc(id)), body, content_type), None)
+                write(Method::PATCH, format!("{resource_type}/{}", enc(id)), body, content_type)
             }
             Interaction::Delete { resource_type, id } => {
-                (write(Method::DELETE, format!("{resource_type}/{}", enc(id)), Bytes::new(), None), None)
+                write(Method::DELETE, format!("{resource_type}/{}", enc(id)), Bytes::new(), None)
             }
-            Interaction::Batch => (write(Method::POST, String::new(), body, content_type), None),
+            // Refused by access before this point; never relayed.
+            Interaction::Batch => {
+                return Err(GatewayError::forbidden("batch and transaction Bundles are not available"));
+            }
         };
-        let upstream_request = UpstreamRequest { request_id: ctx.request_id.clone(), ..upstream_request };
-        let started = Instant::now();
-        let result = self.gw.upstream.send(upstream_request).await;
-        self.gw.metrics.record_upstream(started.elapsed(), result.is_ok());
-        let upstream_response = result?;
-        self.relay(ctx, upstream_response, page_type.as_deref(), head)
-    }
-
-    /// Turn an upstream answer into fhirwall's answer: classify the status,
-    /// insist on complete JSON, seal paging links, rewrite every upstream URL.
-    fn relay(
-        &self,
-        ctx: &RequestCtx,
-        upstream: UpstreamResponse,
-        page_type: Option<&str>,
-        head: bool,
-    ) -> Result<Response<Body>, GatewayError> {
-        let status = upstream.status;
-        let usable =
-            status.is_success() || (status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 407));
-        if !usable {
-            return Err(GatewayError::bad_gateway("the upstream FHIR server failed")
-                .with_detail(format!("upstream answered {status}")));
-        }
-        // access: a missing or deleted resource answers exactly
-        // like a hidden one (same status, same body, no upstream headers).
-        if let Some(decision) = &ctx.access
-            && matches!(decision.mode, crate::access::Mode::Read | crate::access::Mode::History)
-            && matches!(status.as_u16(), 404 | 410)
-        {
-            return Err(crate::access::decide::not_found());
-        }
-        let rewriter = self.gw.upstream.rewriter();
-        let body =
-            if upstream.body.is_empty() && (status == StatusCode::NO_CONTENT || status.is_client_error()) {
-                None
-            } else {
-                Some(self.relay_body(ctx, &upstream, page_type)?)
-            };
-        let mut response = match (body, status.is_client_error()) {
-            (Some(body), _) => respond::fhir_json(status, body),
-            (None, true) => {
-                let err = GatewayError::new(
-                    Blame::Upstream,
-                    status,
-                    IssueCode::Processing,
-                    "the upstream FHIR server refused the request",
-                );
-                respond::error(&err)
-            }
-            (None, false) => respond::empty(status),
-        };
-        for name in [ETAG, LAST_MODIFIED] {
-            if let Some(value) = upstream.headers.get(&name) {
-                response.headers_mut().insert(name, value.clone());
-            }
-        }
-        for name in [LOCATION, CONTENT_LOCATION] {
-            let Some(value) = upstream.headers.get(&name).and_then(|v| v.to_str().ok()) else { continue };
-            let rewritten = rewriter.rewrite(value);
-            // A relative location is on our base too; an absolute one must now
-            // be on the public base, or it is dropped rather than leaked.
-            let safe = !rewritten.contains("://") || rewritten.starts_with(rewriter.public_base());
-            if safe && let Ok(v) = HeaderValue::from_str(&rewritten) {
-                response.headers_mut().insert(name, v);
-            }
-        }
-        if head {
-            *response.body_mut() = http_body_util::Full::new(Bytes::new());
-        }
-        Ok(response)
-    }
-
-    fn relay_body(
-        &self,
-        ctx: &RequestCtx,
-        upstream: &UpstreamResponse,
-        page_type: Option<&str>,
-    ) -> Result<Bytes, GatewayError> {
-        let not_fhir = |why: &str| {
-            GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
-                .with_detail(why.to_owned())
-        };
-        let content_type = upstream.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !content_type.to_ascii_lowercase().contains("json") {
-            return Err(not_fhir(&format!("content type {content_type:?} is not JSON")));
-        }
-        let text = std::str::from_utf8(&upstream.body).map_err(|_| not_fhir("body is not UTF-8"))?;
-        crate::chain::strict::check(text).map_err(|e| not_fhir(&e.to_string()))?;
-        // Parsing validates the whole document: truncated or malformed JSON stops here.
-        let object =
-            RawObject::parse(text).map_err(|e| not_fhir(&format!("body is not a JSON object: {e}")))?;
-        let resource_type =
-            object.get_str("resourceType").ok_or_else(|| not_fhir("body has no resourceType"))?;
-        if upstream.status.is_client_error() && resource_type != "OperationOutcome" {
-            return Err(not_fhir("an error answer that is not an OperationOutcome"));
-        }
-        // access: the response filter, on every body that leaves
-        // (Bundle entries, _include/_revinclude, contained, single resources).
-        let (mut bundle_edit, mut filtered) = (None, None);
-        if let Some(decision) = &ctx.access {
-            let mut report = ctx.access_report.lock().unwrap_or_else(|e| e.into_inner());
-            if resource_type == "Bundle" {
-                bundle_edit = Some(self.gw.access.filter_bundle(decision, &object, &mut report)?);
-            } else {
-                filtered = self.gw.access.filter_resource(decision, text, &mut report)?;
-            }
-        }
-        // redact: Part 2, drug PAs, service-date floor and
-        // financial stripping on whatever the access filter let through.
-        if resource_type != "CapabilityStatement" {
-            let mut report = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
-            if resource_type == "Bundle" {
-                bundle_edit = self.redact_bundle(ctx, &object, bundle_edit, &mut report)?;
-            } else {
-                let current = filtered.as_deref().unwrap_or(text);
-                match self.gw.redactor.apply(current, &mut report) {
-                    crate::redact::Verdict::Keep => {}
-                    crate::redact::Verdict::Replace(t) => filtered = Some(t),
-                    crate::redact::Verdict::Drop(_) => return Err(crate::access::decide::not_found()),
-                }
-                if let Some(subset) = &ctx.subset
-                    && let Some(cut) = subset.apply(filtered.as_deref().unwrap_or(text))
-                {
-                    filtered = Some(cut);
-                }
-            }
-        }
-        let rewriter = self.gw.upstream.rewriter();
-        // Only a Bundle (links) or the CapabilityStatement (security) is
-        // rebuilt; anything else leaves as the upstream's bytes unless an
-        // upstream URL has to be rewritten, so the common case copies nothing.
-        let rebuilt = if resource_type == "Bundle" {
-            let mut out = String::with_capacity(text.len() + 256);
-            let mut failure = None;
-            object.write_with(&mut out, |key, value| {
-                // access: filtered entries; a total that counts only them.
-                match (key, &bundle_edit) {
-                    ("entry", Some(edit)) => return edit.entry.clone(),
-                    ("total", Some(edit)) => return edit.total_member(),
-                    _ => {}
-                }
-                if key != "link" {
-                    return None;
-                }
-                match self.rewrite_links(ctx, value, page_type) {
-                    Ok(links) => Some(links),
-                    Err(e) => {
-                        failure = Some(e);
-                        Some(String::new())
-                    }
-                }
-            });
-            if let Some(err) = failure {
-                return Err(err);
-            }
-            // access: listed roster Groups in a Bundle that had no entries.
-            if object.get("entry").is_none()
-                && let Some(entry) = bundle_edit.as_ref().and_then(|e| e.entry.as_deref())
-                && !entry.is_empty()
-            {
-                crate::fhir::bundle::push_member(&mut out, "entry", entry);
-            }
-            Some(out)
-        } else {
-            filtered.take() // access: a rebuilt Group, or None
-        };
-        let rewritten = |text: &str| match rewriter.rewrite(text) {
-            std::borrow::Cow::Owned(changed) => Some(changed),
-            std::borrow::Cow::Borrowed(_) => None,
-        };
-        Ok(match rebuilt {
-            Some(out) => {
-                let changed = rewritten(&out);
-                Bytes::from(changed.unwrap_or(out))
-            }
-            None => rewritten(text).map(Bytes::from).unwrap_or_else(|| upstream.body.clone()),
-        })
-    }
-
-    /// redact: the redaction chain over a Bundle's entries (as the
-    /// access filter left them), composed with the access filter's edit: the
-    /// entries that remain, and a `total` that counts only them.
-    fn redact_bundle(
-        &self,
-        ctx: &RequestCtx,
-        object: &RawObject<'_>,
-        access_edit: Option<crate::access::BundleEdit>,
-        report: &mut crate::redact::RedactionReport,
-    ) -> Result<Option<crate::access::BundleEdit>, GatewayError> {
-        use crate::access::TotalEdit;
-        let entries = match access_edit.as_ref().and_then(|e| e.entry.as_deref()) {
-            Some("") => return Ok(access_edit),
-            Some(entries) => entries,
-            None => match object.get("entry") {
-                Some(entries) => entries.get(),
-                None => return Ok(access_edit),
-            },
-        };
-        let edit = self.gw.redactor.entries_subset(entries, ctx.subset.as_ref(), report).map_err(|why| {
-            GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
-                .with_detail(why.to_owned())
-        })?;
-        let Some(entry) = edit.entry else { return Ok(access_edit) };
-        let total = match access_edit.as_ref().map(|e| e.total) {
-            Some(TotalEdit::Set(_)) => TotalEdit::Set(edit.kept_matches),
-            Some(other) => other,
-            // No access edit: a count of the unfiltered matches must not leave.
-            None if object.get("total").is_some() => TotalEdit::Drop,
-            None => TotalEdit::Absent,
-        };
-        let dropped = access_edit.as_ref().map_or(0, |e| e.dropped) + edit.dropped;
-        Ok(Some(crate::access::BundleEdit { entry: Some(entry), total, dropped, kept: edit.kept }))
-    }
-
-    /// `self` becomes this request's public URL; paging relations become
-    /// sealed fhirwall links bound to the caller; anything else is dropped.
-    fn rewrite_links(
-        &self,
-        ctx: &RequestCtx,
-        links: &RawValue,
-        page_type: Option<&str>,
-    ) -> Result<String, GatewayError> {
-        #[derive(serde::Deserialize)]
-        struct Link {
-            relation: Option<String>,
-            url: Option<String>,
-        }
-        let links: Vec<Link> = serde_json::from_str(links.get()).map_err(|e| {
-            GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
-                .with_detail(format!("Bundle.link: {e}"))
-        })?;
-        let rewriter = self.gw.upstream.rewriter();
-        let mut out = Vec::new();
-        for link in links {
-            let (Some(relation), Some(url)) = (link.relation, link.url) else { continue };
-            let url = match relation.as_str() {
-                "self" => ctx.self_url.clone(),
-                "next" | "previous" | "prev" | "first" | "last" => {
-                    let (Some(resource_type), Some(path)) = (page_type, rewriter.strip_upstream_base(&url))
-                    else {
-                        continue;
-                    };
-                    let token = self.gw.pages.seal(&ctx.caller.binding, resource_type, path)?;
-                    format!("{}/_page/{token}", self.gw.public_base)
-                }
-                _ => continue,
-            };
-            out.push(serde_json::json!({ "relation": relation, "url": url }));
-        }
-        Ok(serde_json::to_string(&out).unwrap_or_else(|_| "[]".into()))
+        self.answer_write(ctx, upstream_request).await
     }
 }
 

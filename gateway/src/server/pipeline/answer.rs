@@ -580,6 +580,52 @@ impl FhirHandler {
         Ok(respond::fhir_json(StatusCode::OK, Bytes::from(envelope.write(&versions, &[]))))
     }
 
+    /// A write (only where `server.allow_writes` lets one through): the
+    /// upstream's answer is judged like any other — its status mapped by
+    /// fhirwall, a returned resource through the stages (withheld: the status
+    /// alone), `Location` only on fhirwall's base.
+    pub(super) async fn answer_write(
+        &self,
+        ctx: &RequestCtx,
+        request: UpstreamRequest,
+    ) -> Result<Response<Body>, GatewayError> {
+        let upstream = self.ask(ctx, request).await?;
+        let status = upstream.status;
+        if !status.is_success() {
+            return Err(match status.as_u16() {
+                404 | 410 => crate::access::decide::not_found(),
+                400..=499 => GatewayError::new(
+                    crate::error::Blame::Caller,
+                    status,
+                    crate::error::IssueCode::Processing,
+                    "the upstream FHIR server refused the request",
+                ),
+                _ => GatewayError::bad_gateway("the upstream FHIR server failed")
+                    .with_detail(format!("upstream answered {status}")),
+            });
+        }
+        let body = if upstream.body.is_empty() {
+            None
+        } else {
+            let text = strict_text(&upstream)?;
+            self.chain_resource(ctx, text, true)?
+        };
+        let mut response = match body {
+            Some(body) => respond::fhir_json(status, Bytes::from(body)),
+            None => respond::empty(status),
+        };
+        let rewriter = self.gw.upstream.rewriter();
+        for name in [http::header::LOCATION, CONTENT_LOCATION] {
+            let Some(value) = upstream.headers.get(&name).and_then(|v| v.to_str().ok()) else { continue };
+            let rewritten = rewriter.rewrite(value);
+            let safe = !rewritten.contains("://") || rewritten.starts_with(rewriter.public_base());
+            if safe && let Ok(v) = HeaderValue::from_str(&rewritten) {
+                response.headers_mut().insert(name, v);
+            }
+        }
+        Ok(response)
+    }
+
     /// `metadata`: fhirwall's own CapabilityStatement, written from the
     /// upstream's (public: no token needed, nothing of the upstream's copied
     /// but the types and search parameters fhirwall serves).
