@@ -1,6 +1,10 @@
 //! The FHIR request pipeline, read top to bottom in `FhirHandler::process`:
-//! route -> read body -> parse -> (auth, access: later stages) -> upstream ->
-//! relay (validate, rewrite URLs, seal paging links) -> respond.
+//! route -> auth -> read body -> parse -> scopes -> access decision (404 /
+//! 403 / narrowing) -> policy plugins' on-request -> dispatch -> settle
+//! (audit facts). `dispatch` hands every interaction that reaches the
+//! upstream to `answer` (the response chain, `crate::chain`): reads,
+//! vreads, history, searches and their pages, metadata and writes; the
+//! operations fhirwall answers itself (`plugin_stage`).
 //!
 //! Nothing the caller sent reaches the upstream verbatim: the upstream
 //! request is rebuilt from the parsed model.
@@ -80,6 +84,30 @@ pub struct FhirHandler {
 impl FhirHandler {
     pub fn new(gw: Arc<Gateway>) -> Self {
         FhirHandler { gw }
+    }
+}
+
+impl RequestCtx {
+    fn new(
+        request_id: &str,
+        caller: Caller,
+        self_url: String,
+        access: Option<crate::access::Decision>,
+        subset: Option<crate::redact::Subset>,
+        policy: Option<crate::plugins::PolicyRun>,
+    ) -> RequestCtx {
+        RequestCtx {
+            request_id: request_id.to_owned(),
+            caller,
+            self_url,
+            access_report: std::sync::Mutex::new(access.as_ref().map(|d| d.report()).unwrap_or_default()),
+            access,
+            subset,
+            redaction: std::sync::Mutex::default(),
+            policy: std::sync::Mutex::new(policy),
+            plugin_counts: std::sync::Mutex::default(),
+            part2_targets: std::sync::Mutex::default(),
+        }
     }
 }
 
@@ -215,23 +243,24 @@ impl FhirHandler {
             Ok(run) => run,
             Err(err) => return (name, Err(err)),
         };
-        let ctx = RequestCtx {
-            request_id: request_id.to_owned(),
-            caller: Caller::new(principal),
-            self_url,
-            access_report: std::sync::Mutex::new(access.as_ref().map(|d| d.report()).unwrap_or_default()),
-            access,
-            subset,
-            redaction: std::sync::Mutex::default(),
-            policy: std::sync::Mutex::new(policy),
-            plugin_counts: std::sync::Mutex::default(),
-            part2_targets: std::sync::Mutex::default(),
-        };
+        let ctx = RequestCtx::new(request_id, Caller::new(principal), self_url, access, subset, policy);
         let content_type = parts.headers.get(CONTENT_TYPE).cloned();
-        let head = fhir.head;
-        let chained = fhir.interaction.is_chained();
+        let (head, chained) = (fhir.head, fhir.interaction.is_chained());
         let result = self.dispatch(&ctx, fhir, body, content_type).await;
-        // Answers outside the chain (operations) get the policy verdicts here.
+        (name, self.settle(&ctx, result, chained, head, record).await)
+    }
+
+    /// After the answer: the policy verdicts on answers outside the chain
+    /// (operations), HEAD's empty body, and what every stage withheld, for
+    /// the audit record.
+    async fn settle(
+        &self,
+        ctx: &RequestCtx,
+        result: Result<Response<Body>, GatewayError>,
+        chained: bool,
+        head: bool,
+        record: &mut AuditRecord,
+    ) -> Result<Response<Body>, GatewayError> {
         let run = ctx.policy.lock().unwrap_or_else(|e| e.into_inner()).take();
         let result = match (result, run) {
             (Ok(response), Some(run)) if !chained => {
@@ -257,7 +286,7 @@ impl FhirHandler {
         if !redaction.is_empty() {
             record.set_redaction_report(&redaction);
         }
-        (name, result)
+        result
     }
 
     async fn dispatch(
