@@ -325,12 +325,20 @@ async fn class10_metadata_is_built_by_fhirwall() {
 
 /// A one-thread HTTP upstream answering every request with `body` (200, JSON).
 fn scripted_upstream(body: &'static str) -> String {
+    routed_upstream(move |_| ("200 OK", body))
+}
+
+/// A one-thread HTTP upstream answering by request target (`/fhir/...`).
+fn routed_upstream(route: impl Fn(&str) -> (&'static str, &'static str) + Send + 'static) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let target = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
             let mut line = String::new();
             while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
                 if line == "\r\n" {
@@ -338,9 +346,10 @@ fn scripted_upstream(body: &'static str) -> String {
                 }
                 line.clear();
             }
+            let (status, body) = route(&target);
             let _ = write!(
                 stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
         }
@@ -387,4 +396,40 @@ async fn class10_metadata_that_is_not_a_capability_statement_is_502() {
     let resp = get(&gw.url("metadata")).await;
     assert_eq!(resp.status, 502, "{}", resp.text());
     assert!(!resp.text().contains("SECRET-UPSTREAM"));
+}
+
+// 4. A referenced record the upstream cannot search by `_id` is read on its own:
+// a referrer of a Part 2 record is withheld all the same (never "unknown, so kept").
+#[tokio::test]
+async fn class4_targets_are_read_one_by_one_when_the_upstream_cannot_search_them() {
+    let base = routed_upstream(|target| match target {
+        "/fhir/Encounter/e1" => (
+            "200 OK",
+            r#"{"resourceType":"Encounter","id":"e1","status":"finished","class":{"code":"AMB"},"subject":{"reference":"Patient/p1"},"reasonReference":[{"reference":"Condition/c1"}]}"#,
+        ),
+        "/fhir/Condition/c1" => (
+            "200 OK",
+            r#"{"resourceType":"Condition","id":"c1","subject":{"reference":"Patient/p1"},"code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"F11.20"}]}}"#,
+        ),
+        t if t.starts_with("/fhir/Condition?") => (
+            "400 Bad Request",
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported"}]}"#,
+        ),
+        _ => (
+            "404 Not Found",
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found"}]}"#,
+        ),
+    });
+    let gw = Gateway::start(
+        GatewayConfig::new(base)
+            .client(CLIENT, "Organization/org-grace", "1417987256", &["system/*.read"])
+            .extra_toml("[attribution]\nsource = \"store\"\n"),
+    );
+    let roster = serde_json::json!({"resourceType": "Group", "id": "g1", "type": "person", "actual": true,
+        "managingEntity": {"reference": "Organization/org-grace"}, "member": [{"entity": {"reference": "Patient/p1"}}]});
+    gw.admin("POST", "/admin/attribution", Some(&roster)).await.assert_status(200);
+    let token = gw.token(CLIENT, "system/*.read");
+    let resp = get_bearer(&gw.url("Encounter/e1"), &token).await;
+    assert_eq!(resp.status, 404, "{}", resp.text());
+    assert!(!resp.text().contains("c1"));
 }

@@ -39,7 +39,10 @@ impl AdminHandler {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => Ok(respond::json(StatusCode::OK, r#"{"status":"ok"}"#)),
             (&Method::GET, "/readyz") => {
-                if self.gw.is_ready() && self.gw.audit.healthy() && self.gw.store.ping().await {
+                // Not ready until the Part 2 programs are resolved upstream:
+                // until then answers would be refused (503).
+                let programs = self.gw.redactor.programs_resolved();
+                if self.gw.is_ready() && programs && self.gw.audit.healthy() && self.gw.store.ping().await {
                     Ok(respond::json(StatusCode::OK, r#"{"status":"ready"}"#))
                 } else {
                     Ok(respond::json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#))

@@ -363,7 +363,26 @@ impl FhirHandler {
         let upstream = self.ask(ctx, search_request(&path)).await?;
         let mut out = std::collections::HashMap::new();
         if upstream.status == StatusCode::BAD_REQUEST || upstream.status == StatusCode::NOT_FOUND {
-            // A type the upstream does not search: nothing it could name is known.
+            // A type the upstream does not search by `_id`: read each one.
+            for id in ids {
+                let path = format!("{resource_type}/{}", super::enc(id));
+                let upstream = self.ask(ctx, super::get(path)).await?;
+                match judged(&upstream) {
+                    Ok(()) => {}
+                    // A record that does not exist withholds nothing.
+                    Err(e) if e.status == StatusCode::NOT_FOUND => continue,
+                    Err(e) => return Err(e),
+                }
+                let resource = strict_text(&upstream)?;
+                let mut scratch = crate::redact::RedactionReport::default();
+                let withheld = matches!(
+                    self.gw.redactor.apply(resource, &mut scratch),
+                    crate::redact::Verdict::Drop(
+                        crate::redact::Reason::Part2 | crate::redact::Reason::DrugPriorAuth
+                    )
+                );
+                out.insert(format!("{resource_type}/{id}"), withheld);
+            }
             return Ok(out);
         }
         judged(&upstream)?;
