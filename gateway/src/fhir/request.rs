@@ -25,7 +25,7 @@ use super::types::is_resource_type;
 use crate::error::{Blame, GatewayError, IssueCode};
 
 /// Longest `_page/{token}` token.
-pub const MAX_PAGE_TOKEN_BYTES: usize = 4096;
+pub const MAX_PAGE_TOKEN_BYTES: usize = 6144;
 /// Longest raw path below the base accepted (longer: 414). Room for the
 /// longest page token; every other route is bounded far below by the id
 /// grammar (64 bytes, at most three times that percent-encoded).
@@ -340,7 +340,8 @@ fn resource_id(segment: &str) -> Result<&str, GatewayError> {
     if is_fhir_id(segment) { Ok(segment) } else { Err(GatewayError::bad_request("invalid resource id")) }
 }
 
-/// `_page/{token}`: `[A-Za-z0-9_-]{1,4096}` (sealed upstream links can be long).
+/// `_page/{token}`: `[A-Za-z0-9_-]{1,6144}` (sealed upstream positions are
+/// all one length, ~4.1 KB: see `proxy::paging`).
 fn page_token(segment: &str) -> Result<&str, GatewayError> {
     let valid = (1..=MAX_PAGE_TOKEN_BYTES).contains(&segment.len())
         && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');

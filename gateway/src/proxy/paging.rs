@@ -38,8 +38,11 @@ pub struct PageRef {
     pub expires: u64,
 }
 
-/// The sealed plaintext of every token: 2-byte length, deflated state, padding.
-pub const TOKEN_PLAINTEXT: usize = 1024;
+/// The sealed plaintext of every token: 2-byte length, deflated state,
+/// padding. Sized for an upstream link that carries a narrowed search of
+/// `policy.max_narrowed_patients` (100) random UUID patient ids, which
+/// deflate cannot shrink much; every token is then ~4.1 KB of URL.
+pub const TOKEN_PLAINTEXT: usize = 3072;
 
 pub struct PageSealer {
     key: LessSafeKey,
@@ -160,14 +163,20 @@ mod tests {
         assert_eq!(page.resource_type, "Observation");
     }
 
+    fn uuid_like() -> String {
+        let bytes: [u8; 16] = rand::random();
+        let hex = hex::encode(bytes);
+        format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+    }
+
     #[test]
     fn tokens_have_one_length_and_carry_the_position() {
         let s = sealer();
         let short = s.seal_at("grace", "Observation", "Observation?a=1", 0, 1).unwrap();
-        let long_path = format!(
-            "Observation?patient={}",
-            (0..100).map(|n| format!("Patient/pat-{n:04}")).collect::<Vec<_>>().join(",")
-        );
+        // A narrowed search of 100 random UUID ids: the worst case the size is for.
+        let ids: Vec<String> = (0..100).map(|_| format!("Patient%2F{}", uuid_like())).collect();
+        let long_path =
+            format!("Observation?patient={}&_count=31&_include=Observation%3Apatient", ids.join("%2C"));
         let long = s.seal_at("grace", "Observation", &long_path, 7, 20).unwrap();
         assert_eq!(short.len(), long.len());
         let page = s.open("grace", &long).unwrap();
