@@ -5,10 +5,16 @@
 //! Order, for every upstream body:
 //! 1. [`strict`]: one validating pass; invalid JSON or a member name twice
 //!    in one object, at any depth, is the upstream's fault (502).
-//! 2. The stages, per resource: access (attribution, opt-outs), data scope
-//!    (Part 2 by label, code and program; drug PAs; service-date floor;
-//!    financial), then policy plugins. The server runs them and hands the
-//!    survivors here as [`Entry`] values.
+//! 2. The stages, per resource, in this order: access (attribution,
+//!    opt-outs), [`names`] (a record naming a hidden patient anywhere, or a
+//!    patient by identifier only), data scope (Part 2 by label, code and
+//!    program; drug PAs; service-date floor; financial, with
+//!    `redact::money` beyond `financial.toml`), Part 2 by reference (a
+//!    record pointing at a withheld Part 2 record, looked up upstream when it
+//!    is not in the answer), then policy plugins, and last the caller's
+//!    `_elements`/`_summary`. `server::pipeline::answer` runs them and hands
+//!    the survivors here as [`Entry`] values; [`capability`] writes
+//!    `metadata`.
 //! 3. Follow-up across entries ([`page::PageBuilder`]): pages are filled
 //!    from further upstream pages until `_count` visible matches exist,
 //!    `_include`/`_revinclude` results leave only when they are linked to a
