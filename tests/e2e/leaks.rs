@@ -37,6 +37,11 @@ async fn world_with(part2: &str) -> World {
 }
 
 async fn world_configured(part2: &str, programs: &str) -> World {
+    world_full(part2, programs, &[]).await
+}
+
+/// [`world_configured`] with `extra` NDJSON lines added upstream.
+async fn world_full(part2: &str, programs: &str, extra: &[&str]) -> World {
     let facts = facts();
     let root = repo_root();
     let mut text = String::new();
@@ -44,9 +49,13 @@ async fn world_configured(part2: &str, programs: &str) -> World {
         text.push_str(std::fs::read_to_string(root.join(part.as_str().unwrap())).unwrap().trim_end());
         text.push('\n');
     }
+    for line in extra {
+        text.push_str(line);
+        text.push('\n');
+    }
     let dir = std::env::temp_dir().join(format!("fhirwall-leaks-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let data: PathBuf = dir.join("b.ndjson");
+    let data: PathBuf = dir.join(format!("b-{}.ndjson", rand_suffix()));
     std::fs::write(&data, text).unwrap();
     let up = Upstream::sandbox_with_args(&data, &["--noise"]);
     let gw = Gateway::start(
@@ -79,6 +88,12 @@ impl World {
         }
         out
     }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
 }
 
 #[track_caller]
@@ -270,6 +285,19 @@ async fn class7_identifier_only_links_withhold() {
     for read in ["Observation/h-obs-perf-02"] {
         assert_eq!(w.get(read).await.status, 404, "{read}");
     }
+}
+
+// 7. An identifier-only link that is one of a visible patient's own
+// identifiers resolves to that patient: the record stays.
+#[tokio::test]
+async fn class7_identifier_of_a_visible_patient_resolves() {
+    let own = r#"{"resourceType":"Observation","id":"own-ident-01","meta":{"versionId":"1","lastUpdated":"2025-04-20T08:00:00Z"},"status":"final","code":{"text":"Self-reported glucose"},"subject":{"reference":"Patient/pat-0082"},"effectiveDateTime":"2025-04-18T08:05:00Z","performer":[{"type":"Patient","identifier":{"system":"http://example.org/fhirwall/member-id","value":"FW1000369-01"}}]}"#;
+    let w = world_full("exclude", r#"["Organization/org-recovery"]"#, &[own]).await;
+    let resp = w.get("Observation/own-ident-01").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let search = w.get("Observation?patient=Patient/pat-0082&_count=500").await;
+    assert!(search.text().contains("own-ident-01"));
+    assert_absent(&search, &["h-obs-perf", "HX7100303-01"]);
 }
 
 // 9. Non-resource Bundle members of the upstream are never copied.

@@ -2,9 +2,10 @@
 //! details"): a literal reference to a hidden Patient anywhere in a resource
 //! — an owner link, a participant, `Patient.link.other`, a Provenance or
 //! AuditEvent agent or entity — withholds it, and so does a Reference given
-//! only by an identifier that names a patient (fhirwall cannot resolve a
-//! member identifier to a patient, so it cannot show that the patient is
-//! visible). The payer-only links (`payee`, `subscriber`, `policyHolder`,
+//! only by an identifier that names a patient, unless that identifier is
+//! one of a visible patient's own (`resolve`: fhirwall knows the identifiers
+//! of the patients the caller may see, nobody else's, so an identifier it
+//! cannot resolve to a visible patient withholds the record). The payer-only links (`payee`, `subscriber`, `policyHolder`,
 //! `payor`) are the exception the access stage already judged: they never
 //! make a record visible, and a dependent's record stays visible behind a
 //! hidden subscriber.
@@ -18,12 +19,16 @@ const PATIENT_IDENTIFIER_TYPES: &[&str] = &["MB", "MR", "MA", "MC", "SN", "PI", 
 
 /// Does `resource` name a patient for whom `visible` is false, or a patient
 /// by identifier only?
-pub fn names_hidden_patient(resource: &str, visible: &dyn Fn(&str) -> bool) -> bool {
+pub fn names_hidden_patient(resource: &str, visible: &dyn Fn(&str) -> bool, resolve: Resolve<'_>) -> bool {
     match crate::fhir::bundle::RawObject::parse(resource) {
-        Ok(object) => object_names_hidden_patient(resource, &object, visible),
+        Ok(object) => object_names_hidden_patient(resource, &object, visible, resolve),
         Err(_) => true,
     }
 }
+
+/// The patient an identifier (system, value) belongs to, among those
+/// fhirwall knows; `None` when unknown or ambiguous.
+pub type Resolve<'a> = &'a dyn Fn(Option<&str>, &str) -> Option<String>;
 
 /// [`names_hidden_patient`] on a resource already read as its top-level
 /// members (`object` is `resource` parsed).
@@ -31,6 +36,7 @@ pub fn object_names_hidden_patient(
     resource: &str,
     object: &crate::fhir::bundle::RawObject<'_>,
     visible: &dyn Fn(&str) -> bool,
+    resolve: Resolve<'_>,
 ) -> bool {
     // Fast path: the top-level members raw, their references read without a
     // tree. Identifier-only references (an `identifier` object) and escapes
@@ -67,7 +73,7 @@ pub fn object_names_hidden_patient(
         }
     }
     let Ok(Value::Object(map)) = serde_json::from_str::<Value>(resource) else { return true };
-    map.iter().filter(|(key, _)| !PAYER_LINKS.contains(&key.as_str())).any(|(_, v)| walk(v, visible))
+    map.iter().filter(|(key, _)| !PAYER_LINKS.contains(&key.as_str())).any(|(_, v)| walk(v, visible, resolve))
 }
 
 /// Does the raw text hold an `"identifier"` member whose value is an object
@@ -85,7 +91,7 @@ fn has_identifier_object(text: &str) -> bool {
     false
 }
 
-fn walk(value: &Value, visible: &dyn Fn(&str) -> bool) -> bool {
+fn walk(value: &Value, visible: &dyn Fn(&str) -> bool, resolve: Resolve<'_>) -> bool {
     match value {
         Value::Object(map) => {
             if let Some(Value::String(reference)) = map.get("reference")
@@ -99,11 +105,16 @@ fn walk(value: &Value, visible: &dyn Fn(&str) -> bool) -> bool {
                 && let Some(Value::Object(identifier)) = map.get("identifier")
                 && names_a_patient(map.get("type"), identifier)
             {
-                return true;
+                let system = identifier.get("system").and_then(Value::as_str);
+                let patient =
+                    identifier.get("value").and_then(Value::as_str).and_then(|v| resolve(system, v));
+                if !patient.is_some_and(|id| visible(&id)) {
+                    return true;
+                }
             }
-            map.values().any(|v| walk(v, visible))
+            map.values().any(|v| walk(v, visible, resolve))
         }
-        Value::Array(items) => items.iter().any(|v| walk(v, visible)),
+        Value::Array(items) => items.iter().any(|v| walk(v, visible, resolve)),
         _ => false,
     }
 }
@@ -137,6 +148,11 @@ mod tests {
 
     fn visible(id: &str) -> bool {
         id == "p1"
+    }
+
+    /// p1's member id is M1 in the payer's system; X1 is nobody fhirwall knows.
+    fn resolve(system: Option<&str>, value: &str) -> Option<String> {
+        (system == Some("http://payer/member-id") && value == "M1").then(|| "p1".to_owned())
     }
 
     #[test]
@@ -180,9 +196,17 @@ mod tests {
                 r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"},"performer":[{"refer\u0065nce":"Patient/p2"}]}"#,
                 true,
             ),
+            (
+                r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"},"performer":[{"type":"Patient","identifier":{"system":"http://payer/member-id","value":"M1"}}]}"#,
+                false,
+            ),
+            (
+                r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"},"performer":[{"type":"Patient","identifier":{"value":"M1"}}]}"#,
+                true,
+            ),
             ("not json", true),
         ] {
-            assert_eq!(names_hidden_patient(text, &visible), named, "{text}");
+            assert_eq!(names_hidden_patient(text, &visible, &resolve), named, "{text}");
         }
     }
 }

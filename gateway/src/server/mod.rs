@@ -30,6 +30,8 @@ const PAGE_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Everything a request handler needs, built once at startup.
 /// How long a referenced resource's Part 2 classification is reused.
 pub const PART2_TARGET_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long an organization's visible patients' identifiers are reused.
+pub const MEMBER_IDS_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 pub struct Gateway {
     pub config: Config,
@@ -60,6 +62,9 @@ pub struct Gateway {
     /// withheld), shared by requests for [`PART2_TARGET_TTL`]: a record that
     /// becomes Part 2 upstream withholds its referrers within that time.
     pub part2_targets: moka::sync::Cache<String, bool>,
+    /// Per organization: its visible patients' identifiers, for references
+    /// given by identifier only (`pipeline::identifiers`).
+    pub member_ids: moka::future::Cache<String, Arc<std::collections::HashMap<String, String>>>,
     ready: AtomicBool,
     /// Keeps the built-in sandbox running when `upstream.url = "sandbox"`.
     _sandbox: Option<sandbox::SandboxHandle>,
@@ -140,6 +145,10 @@ impl Gateway {
             part2_targets: moka::sync::Cache::builder()
                 .max_capacity(200_000)
                 .time_to_live(PART2_TARGET_TTL)
+                .build(),
+            member_ids: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(MEMBER_IDS_TTL)
                 .build(),
             ready: AtomicBool::new(false),
             _sandbox: sandbox,

@@ -30,6 +30,7 @@ use crate::fhir::{SearchParam, SearchParams};
 use crate::proxy::UpstreamRequest;
 
 mod answer;
+mod identifiers;
 mod plugin_stage;
 
 /// Search query strings longer than this go upstream as POST `_search`.
@@ -75,6 +76,8 @@ struct RequestCtx {
     plugin_counts: std::sync::Mutex<crate::plugins::policy::PolicyReport>,
     /// Referenced resources classified for Part 2 in this request (`Type/id` -> withheld).
     part2_targets: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+    /// The caller's visible patients' identifiers (`identifiers`), once loaded.
+    member_ids: std::sync::OnceLock<std::sync::Arc<identifiers::MemberIds>>,
 }
 
 pub struct FhirHandler {
@@ -107,6 +110,7 @@ impl RequestCtx {
             policy: std::sync::Mutex::new(policy),
             plugin_counts: std::sync::Mutex::default(),
             part2_targets: std::sync::Mutex::default(),
+            member_ids: std::sync::OnceLock::new(),
         }
     }
 }

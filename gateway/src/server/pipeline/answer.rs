@@ -40,6 +40,15 @@ fn unusable(why: impl Into<String>) -> GatewayError {
 }
 
 /// The body of an upstream answer as text that passed the strict reader.
+pub(super) fn strict_upstream_text(upstream: &UpstreamResponse) -> Result<&str, GatewayError> {
+    strict_text(upstream)
+}
+
+/// [`judged`] for the pipeline's other modules.
+pub(super) fn judged_upstream(upstream: &UpstreamResponse) -> Result<(), GatewayError> {
+    judged(upstream)
+}
+
 fn strict_text(upstream: &UpstreamResponse) -> Result<&str, GatewayError> {
     let content_type = upstream.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.to_ascii_lowercase().contains("json") {
@@ -78,7 +87,7 @@ fn key_of(resource: &str) -> Option<String> {
 }
 
 impl FhirHandler {
-    async fn ask(
+    pub(super) async fn ask(
         &self,
         ctx: &RequestCtx,
         request: UpstreamRequest,
@@ -114,7 +123,8 @@ impl FhirHandler {
             }
             let scope = &decision.scope;
             let visible = |id: &str| scope.is_visible(id);
-            if chain::names::names_hidden_patient(current.as_deref().unwrap_or(text), &visible) {
+            let resolve = super::identifiers::resolver(ctx.member_ids.get());
+            if chain::names::names_hidden_patient(current.as_deref().unwrap_or(text), &visible, &resolve) {
                 report.suppressed_attribution += 1;
                 return Ok(None);
             }
@@ -220,7 +230,8 @@ impl FhirHandler {
             };
             if let Some(decision) = &ctx.access {
                 let visible = |id: &str| decision.scope.is_visible(id);
-                if chain::names::object_names_hidden_patient(resource, &object, &visible) {
+                let resolve = super::identifiers::resolver(ctx.member_ids.get());
+                if chain::names::object_names_hidden_patient(resource, &object, &visible, &resolve) {
                     ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()).suppressed_attribution += 1;
                     continue;
                 }
@@ -472,6 +483,7 @@ impl FhirHandler {
         id: &str,
         version: Option<&str>,
     ) -> Result<Response<Body>, GatewayError> {
+        self.load_member_ids(ctx).await?;
         let current_path = format!("{resource_type}/{}", super::enc(id));
         let path = match version {
             Some(v) => format!("{current_path}/_history/{}", super::enc(v)),
@@ -561,6 +573,7 @@ impl FhirHandler {
         id: &str,
         query: String,
     ) -> Result<Response<Body>, GatewayError> {
+        self.load_member_ids(ctx).await?;
         let current_path = format!("{resource_type}/{}", super::enc(id));
         self.require_current_visible(ctx, &current_path, resource_type, id).await?;
         let key = format!("{resource_type}/{id}");
@@ -608,6 +621,7 @@ impl FhirHandler {
         ctx: &RequestCtx,
         request: UpstreamRequest,
     ) -> Result<Response<Body>, GatewayError> {
+        self.load_member_ids(ctx).await?;
         let upstream = self.ask(ctx, request).await?;
         let status = upstream.status;
         if !status.is_success() {
@@ -677,6 +691,7 @@ impl FhirHandler {
         ctx: &RequestCtx,
         start: SearchStart,
     ) -> Result<Response<Body>, GatewayError> {
+        self.load_member_ids(ctx).await?;
         let mut builder = PageBuilder::new(start.want);
         let mut cursor = start.cursor;
         let mut visited = std::collections::HashSet::new();
@@ -735,7 +750,7 @@ fn may_be_part2(reference: &str) -> bool {
 /// The upstream request for a search cursor: GET, or POST `_search` when
 /// the query is long. `handling=strict` asks the upstream to refuse
 /// parameters it would otherwise ignore.
-fn search_request(path: &str) -> UpstreamRequest {
+pub(super) fn search_request(path: &str) -> UpstreamRequest {
     let strict = (HeaderName::from_static("prefer"), HeaderValue::from_static("handling=strict"));
     match path.split_once('?') {
         Some((resource_type, query)) if path.len() > MAX_GET_QUERY && !resource_type.contains('/') => {
