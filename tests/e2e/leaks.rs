@@ -96,6 +96,14 @@ fn rand_suffix() -> String {
     N.fetch_add(1, Ordering::Relaxed).to_string()
 }
 
+/// Each path answers 404, like a missing resource.
+async fn assert_not_found(w: &World, paths: &[&str]) {
+    for path in paths {
+        let resp = w.get(path).await;
+        assert_eq!(resp.status, 404, "{path}: {}", resp.text());
+    }
+}
+
 #[track_caller]
 fn assert_absent(resp: &Resp, needles: &[&str]) {
     let text = resp.text();
@@ -132,15 +140,16 @@ async fn class1_no_page_and_no_link_reveals_withheld_entries() {
 async fn class2_program_records_are_withheld() {
     let w = world().await;
     // Named by reference (also versioned) or by the program's NPI only.
-    for read in [
-        "Observation/h-obs-p2-02",
-        "Encounter/h-enc-p2-02",
-        "Procedure/h-proc-p2-02",
-        "ExplanationOfBenefit/h-eob-sud-02",
-    ] {
-        let resp = w.get(read).await;
-        assert_eq!(resp.status, 404, "{read}: {}", resp.text());
-    }
+    assert_not_found(
+        &w,
+        &[
+            "Observation/h-obs-p2-02",
+            "Encounter/h-enc-p2-02",
+            "Procedure/h-proc-p2-02",
+            "ExplanationOfBenefit/h-eob-sud-02",
+        ],
+    )
+    .await;
     for search in ["Observation", "Encounter", "Procedure", "ExplanationOfBenefit"] {
         let resp = w.get(&format!("{search}?patient=Patient/pat-0174&_count=500")).await;
         resp.assert_status(200);
@@ -171,15 +180,16 @@ async fn class2_a_program_named_once_is_matched_by_both_names() {
     for programs in [r#"["Organization/org-recovery"]"#, r#"["1234567893"]"#] {
         let w = world_configured("exclude", programs).await;
         // By NPI only, by reference only.
-        for read in [
-            "Observation/h-obs-p2-02",
-            "Procedure/h-proc-p2-02",
-            "Encounter/h-enc-p2-02",
-            "ExplanationOfBenefit/h-eob-sud-01",
-        ] {
-            let resp = w.get(read).await;
-            assert_eq!(resp.status, 404, "{programs}: {read}: {}", resp.text());
-        }
+        assert_not_found(
+            &w,
+            &[
+                "Observation/h-obs-p2-02",
+                "Procedure/h-proc-p2-02",
+                "Encounter/h-enc-p2-02",
+                "ExplanationOfBenefit/h-eob-sud-01",
+            ],
+        )
+        .await;
     }
 }
 
@@ -201,14 +211,16 @@ async fn class3_no_money_leaves_anywhere() {
 #[tokio::test]
 async fn class4_pointers_to_withheld_records_are_withheld() {
     let w = world().await;
-    for read in [
-        "MedicationDispense/h-md-bup-01",
-        "Encounter/h-enc-sud-01",
-        "Procedure/h-proc-sud-01",
-        "Medication/h-med-bup",
-    ] {
-        assert_eq!(w.get(read).await.status, 404, "{read}");
-    }
+    assert_not_found(
+        &w,
+        &[
+            "MedicationDispense/h-md-bup-01",
+            "Encounter/h-enc-sud-01",
+            "Procedure/h-proc-sud-01",
+            "Medication/h-med-bup",
+        ],
+    )
+    .await;
     for search in [
         "Encounter?patient=Patient/pat-0174&_count=500",
         "MedicationDispense?patient=Patient/pat-0174&_count=500&_include=MedicationDispense:medication",
@@ -250,14 +262,15 @@ async fn class5_history_shows_only_visible_versions() {
     assert_absent(&history, &["h-pat-01", "NOISE-SECRET"]);
     assert_eq!(w.get("Condition/cond-0182-2/_history/2").await.status, 404);
     // Moved to a hidden patient: nothing of its past shows.
-    for path in [
-        "Condition/h-move-cond-01",
-        "Condition/h-move-cond-01/_history",
-        "Condition/h-move-cond-01/_history/1",
-    ] {
-        let resp = w.get(path).await;
-        assert_eq!(resp.status, 404, "{path}: {}", resp.text());
-    }
+    assert_not_found(
+        &w,
+        &[
+            "Condition/h-move-cond-01",
+            "Condition/h-move-cond-01/_history",
+            "Condition/h-move-cond-01/_history/1",
+        ],
+    )
+    .await;
 }
 
 // 6. `_revinclude=Provenance:target` does not bring Provenance naming hidden patients.
@@ -282,9 +295,7 @@ async fn class7_identifier_only_links_withhold() {
     let resp = w.get("Observation?patient=Patient/pat-0082&_count=500").await;
     resp.assert_status(200);
     assert_absent(&resp, &["h-obs-perf", "HX7100303-01", "HX7100404-01"]);
-    for read in ["Observation/h-obs-perf-02"] {
-        assert_eq!(w.get(read).await.status, 404, "{read}");
-    }
+    assert_not_found(&w, &["Observation/h-obs-perf-02"]).await;
 }
 
 // 7. An identifier-only link that is one of a visible patient's own
@@ -385,6 +396,21 @@ fn routed_upstream(route: impl Fn(&str) -> (&'static str, &'static str) + Send +
     format!("http://{addr}/fhir")
 }
 
+/// A gateway for grace in front of `base` whose only attributed patient is
+/// p1 (a stored roster: the scripted upstreams hold no Groups), and a token.
+async fn gateway_attributing_p1(base: String) -> (Gateway, String) {
+    let gw = Gateway::start(
+        GatewayConfig::new(base)
+            .client(CLIENT, "Organization/org-grace", "1417987256", &["system/*.read"])
+            .extra_toml("[attribution]\nsource = \"store\"\n"),
+    );
+    let roster = serde_json::json!({"resourceType": "Group", "id": "g1", "type": "person", "actual": true,
+        "managingEntity": {"reference": "Organization/org-grace"}, "member": [{"entity": {"reference": "Patient/p1"}}]});
+    gw.admin("POST", "/admin/attribution", Some(&roster)).await.assert_status(200);
+    let token = gw.token(CLIENT, "system/*.read");
+    (gw, token)
+}
+
 // 8. Duplicate member names at any depth are the upstream's fault: 502, no byte of it.
 #[tokio::test]
 async fn class8_duplicate_keys_at_any_depth_are_502() {
@@ -394,15 +420,7 @@ async fn class8_duplicate_keys_at_any_depth_are_502() {
         r#"{"resourceType":"Patient","id":"p1","\u0069d":"SECRET-DUP"}"#,
     ] {
         let base = scripted_upstream(body);
-        let gw = Gateway::start(
-            GatewayConfig::new(base)
-                .client(CLIENT, "Organization/org-grace", "1417987256", &["system/*.read"])
-                .extra_toml("[attribution]\nsource = \"store\"\n"),
-        );
-        let roster = serde_json::json!({"resourceType": "Group", "id": "g1", "type": "person", "actual": true,
-            "managingEntity": {"reference": "Organization/org-grace"}, "member": [{"entity": {"reference": "Patient/p1"}}]});
-        gw.admin("POST", "/admin/attribution", Some(&roster)).await.assert_status(200);
-        let token = gw.token(CLIENT, "system/*.read");
+        let (gw, token) = gateway_attributing_p1(base).await;
         for path in ["Patient/p1", "Observation?patient=Patient/p1"] {
             let resp = get_bearer(&gw.url(path), &token).await;
             assert_eq!(resp.status, 502, "{path}: {}", resp.text());
@@ -448,15 +466,7 @@ async fn class4_targets_are_read_one_by_one_when_the_upstream_cannot_search_them
             r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found"}]}"#,
         ),
     });
-    let gw = Gateway::start(
-        GatewayConfig::new(base)
-            .client(CLIENT, "Organization/org-grace", "1417987256", &["system/*.read"])
-            .extra_toml("[attribution]\nsource = \"store\"\n"),
-    );
-    let roster = serde_json::json!({"resourceType": "Group", "id": "g1", "type": "person", "actual": true,
-        "managingEntity": {"reference": "Organization/org-grace"}, "member": [{"entity": {"reference": "Patient/p1"}}]});
-    gw.admin("POST", "/admin/attribution", Some(&roster)).await.assert_status(200);
-    let token = gw.token(CLIENT, "system/*.read");
+    let (gw, token) = gateway_attributing_p1(base).await;
     let resp = get_bearer(&gw.url("Encounter/e1"), &token).await;
     assert_eq!(resp.status, 404, "{}", resp.text());
     assert!(!resp.text().contains("c1"));

@@ -40,15 +40,6 @@ fn unusable(why: impl Into<String>) -> GatewayError {
 }
 
 /// The body of an upstream answer as text that passed the strict reader.
-pub(super) fn strict_upstream_text(upstream: &UpstreamResponse) -> Result<&str, GatewayError> {
-    strict_text(upstream)
-}
-
-/// [`judged`] for the pipeline's other modules.
-pub(super) fn judged_upstream(upstream: &UpstreamResponse) -> Result<(), GatewayError> {
-    judged(upstream)
-}
-
 fn strict_text(upstream: &UpstreamResponse) -> Result<&str, GatewayError> {
     let content_type = upstream.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.to_ascii_lowercase().contains("json") {
@@ -367,32 +358,50 @@ impl FhirHandler {
         resource_type: &str,
         ids: &[String],
     ) -> Result<std::collections::HashMap<String, bool>, GatewayError> {
+        let mut out = std::collections::HashMap::new();
+        for (id, resource) in self.read_by_ids(ctx, resource_type, ids).await? {
+            let mut scratch = crate::redact::RedactionReport::default();
+            let withheld = matches!(
+                self.gw.redactor.apply(&resource, &mut scratch),
+                crate::redact::Verdict::Drop(
+                    crate::redact::Reason::Part2 | crate::redact::Reason::DrugPriorAuth
+                )
+            );
+            out.insert(format!("{resource_type}/{id}"), withheld);
+        }
+        Ok(out)
+    }
+
+    /// The resources `resource_type/{id}` for `ids` that exist upstream, as
+    /// (id, JSON): one `_id` search, or one read each where the upstream
+    /// refuses that search. Only what was asked for is taken (the upstream is
+    /// not trusted to filter); any other failure fails the request closed.
+    pub(super) async fn read_by_ids(
+        &self,
+        ctx: &RequestCtx,
+        resource_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, String)>, GatewayError> {
         let mut params = crate::fhir::SearchParams::default();
         params.push(crate::fhir::SearchParam::new("_id", None, ids.to_vec()));
         params.push(crate::fhir::SearchParam::single("_count", ids.len().max(1).to_string()));
         let path = format!("{resource_type}?{}", params.to_query_string());
         let upstream = self.ask(ctx, search_request(&path)).await?;
-        let mut out = std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(ids.len());
         if upstream.status == StatusCode::BAD_REQUEST || upstream.status == StatusCode::NOT_FOUND {
-            // A type the upstream does not search by `_id`: read each one.
             for id in ids {
-                let path = format!("{resource_type}/{}", super::enc(id));
-                let upstream = self.ask(ctx, super::get(path)).await?;
+                let upstream =
+                    self.ask(ctx, super::get(format!("{resource_type}/{}", super::enc(id)))).await?;
                 match judged(&upstream) {
                     Ok(()) => {}
-                    // A record that does not exist withholds nothing.
+                    // A record that does not exist: nothing to take.
                     Err(e) if e.status == StatusCode::NOT_FOUND => continue,
                     Err(e) => return Err(e),
                 }
                 let resource = strict_text(&upstream)?;
-                let mut scratch = crate::redact::RedactionReport::default();
-                let withheld = matches!(
-                    self.gw.redactor.apply(resource, &mut scratch),
-                    crate::redact::Verdict::Drop(
-                        crate::redact::Reason::Part2 | crate::redact::Reason::DrugPriorAuth
-                    )
-                );
-                out.insert(format!("{resource_type}/{id}"), withheld);
+                if key_of(resource).as_deref() == Some(&format!("{resource_type}/{id}")) {
+                    out.push((id.clone(), resource.to_owned()));
+                }
             }
             return Ok(out);
         }
@@ -407,14 +416,12 @@ impl FhirHandler {
             let Some(read) = envelope::read_entry(entry, false)? else { continue };
             let resource = read.resource.get();
             let Some(key) = key_of(resource) else { continue };
-            let mut scratch = crate::redact::RedactionReport::default();
-            let withheld = matches!(
-                self.gw.redactor.apply(resource, &mut scratch),
-                crate::redact::Verdict::Drop(
-                    crate::redact::Reason::Part2 | crate::redact::Reason::DrugPriorAuth
-                )
-            );
-            out.insert(key, withheld);
+            let Some(id) = key.strip_prefix(resource_type).and_then(|r| r.strip_prefix('/')) else {
+                continue;
+            };
+            if ids.iter().any(|i| i == id) {
+                out.push((id.to_owned(), resource.to_owned()));
+            }
         }
         Ok(out)
     }
@@ -489,33 +496,19 @@ impl FhirHandler {
             Some(v) => format!("{current_path}/_history/{}", super::enc(v)),
             None => current_path.clone(),
         };
-        let upstream = self.ask(ctx, super::get(path)).await?;
-        judged(&upstream)?;
-        let text = strict_text(&upstream)?;
-        if key_of(text).as_deref() != Some(&format!("{resource_type}/{id}")) {
-            return Err(unusable("the upstream answered with another resource"));
-        }
+        let (upstream, entry) = self.read_through_chain(ctx, path, resource_type, id, true).await?;
         if version.is_some() {
             self.require_current_visible(ctx, &current_path, resource_type, id).await?;
         }
-        let Some(out) = self.chain_resource(ctx, text, true)? else {
-            return Err(crate::access::decide::not_found());
-        };
-        let entry = Entry {
-            key: format!("{resource_type}/{id}"),
-            mode: EntryMode::Match,
-            resource: out,
-            version: None,
-        };
-        let entries = self.withhold_part2_referrers(ctx, vec![entry]).await?;
-        let entries = self.plugin_entries(ctx, entries).await?;
+        let replaced_before = ctx.plugin_counts.lock().unwrap_or_else(|e| e.into_inner()).replaced;
+        let entries = self.plugin_entries(ctx, vec![entry]).await?;
+        let replaced = ctx.plugin_counts.lock().unwrap_or_else(|e| e.into_inner()).replaced > replaced_before;
         let Some(entry) = self.subset_matches(ctx, entries).pop() else {
             return Err(crate::access::decide::not_found());
         };
-        let replaced_by_plugin = ctx.plugin_counts.lock().unwrap_or_else(|e| e.into_inner()).replaced > 0;
         let mut response = respond::fhir_json(StatusCode::OK, Bytes::from(entry.resource));
         // Weak validators name the version; a plugin's replacement is another text.
-        if !replaced_by_plugin {
+        if !replaced {
             for name in [ETAG, LAST_MODIFIED] {
                 if let Some(value) = upstream.headers.get(&name) {
                     response.headers_mut().insert(name, value.clone());
@@ -534,6 +527,35 @@ impl FhirHandler {
         Ok(response)
     }
 
+    /// One resource read from `path` through the stages before the plugins
+    /// (access, hidden patients, data scope, Part 2 by reference); a 404
+    /// when it may not leave. `count`: its withholdings go to the audit
+    /// record (not for the current version a vread or history checks).
+    async fn read_through_chain(
+        &self,
+        ctx: &RequestCtx,
+        path: String,
+        resource_type: &str,
+        id: &str,
+        count: bool,
+    ) -> Result<(UpstreamResponse, Entry), GatewayError> {
+        let upstream = self.ask(ctx, super::get(path)).await?;
+        judged(&upstream)?;
+        let key = format!("{resource_type}/{id}");
+        let text = strict_text(&upstream)?;
+        if key_of(text).as_deref() != Some(&key) {
+            return Err(unusable("the upstream answered with another resource"));
+        }
+        let Some(out) = self.chain_resource(ctx, text, count)? else {
+            return Err(crate::access::decide::not_found());
+        };
+        let entry = Entry { key, mode: EntryMode::Match, resource: out, version: None };
+        match self.withhold_part2_referrers(ctx, vec![entry]).await?.pop() {
+            Some(entry) => Ok((upstream, entry)),
+            None => Err(crate::access::decide::not_found()),
+        }
+    }
+
     /// 404 unless the current version of the resource passes every stage.
     async fn require_current_visible(
         &self,
@@ -542,23 +564,9 @@ impl FhirHandler {
         resource_type: &str,
         id: &str,
     ) -> Result<(), GatewayError> {
-        let upstream = self.ask(ctx, super::get(current_path.to_owned())).await?;
-        judged(&upstream)?;
-        let text = strict_text(&upstream)?;
-        if key_of(text).as_deref() != Some(&format!("{resource_type}/{id}")) {
-            return Err(unusable("the upstream answered with another resource"));
-        }
-        let Some(out) = self.chain_resource(ctx, text, false)? else {
-            return Err(crate::access::decide::not_found());
-        };
-        let entry = Entry {
-            key: format!("{resource_type}/{id}"),
-            mode: EntryMode::Match,
-            resource: out,
-            version: None,
-        };
-        let entries = self.withhold_part2_referrers(ctx, vec![entry]).await?;
-        if self.plugin_entries(ctx, entries).await?.is_empty() {
+        let (_, entry) =
+            self.read_through_chain(ctx, current_path.to_owned(), resource_type, id, false).await?;
+        if self.plugin_entries(ctx, vec![entry]).await?.is_empty() {
             return Err(crate::access::decide::not_found());
         }
         Ok(())

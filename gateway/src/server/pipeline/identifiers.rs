@@ -4,7 +4,7 @@
 //! not a visible patient's own withholds the record that carries it.
 //!
 //! Read from the upstream's Patient resources of the organization's
-//! visible patients (one `_id` search per 100), kept per organization for
+//! visible patients (`read_by_ids`, 100 at a time), kept per organization for
 //! `server::MEMBER_IDS_TTL`; visibility itself is checked on every use, so an
 //! opt-out takes effect at once. A patient attributed after the map was
 //! read is unknown until it is read again: its identifier-only links are
@@ -14,12 +14,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
-use serde_json::value::RawValue;
 
-use super::answer::{judged_upstream, search_request, strict_upstream_text};
 use super::{FhirHandler, RequestCtx};
 use crate::error::GatewayError;
-use crate::fhir::bundle::RawObject;
 
 /// Most visible patients whose identifiers are read (beyond: none are, and
 /// every identifier-only patient link is withheld).
@@ -68,36 +65,21 @@ impl FhirHandler {
         let Ok(patients) = decision.scope.visible_patients(MAX_PATIENTS) else { return Ok(MemberIds::new()) };
         let mut map = MemberIds::new();
         for chunk in patients.chunks(100) {
-            let mut params = crate::fhir::SearchParams::default();
-            params.push(crate::fhir::SearchParam::new("_id", None, chunk.to_vec()));
-            params.push(crate::fhir::SearchParam::single("_count", chunk.len().to_string()));
-            let path = format!("Patient?{}", params.to_query_string());
-            let upstream = self.ask(ctx, search_request(&path)).await?;
-            judged_upstream(&upstream)?;
-            let text = strict_upstream_text(&upstream)?;
-            let bundle = RawObject::parse(text).map_err(|e| unusable(format!("Patient search: {e}")))?;
-            let entries: Vec<&RawValue> = match bundle.get("entry") {
-                Some(raw) => serde_json::from_str(raw.get()).map_err(|_| unusable("Bundle.entry"))?,
-                None => Vec::new(),
-            };
-            for entry in entries {
-                let entry: Value = serde_json::from_str(entry.get()).map_err(|_| unusable("Bundle.entry"))?;
-                let patient = &entry["resource"];
-                let Some(id) = patient["id"].as_str() else { continue };
-                // The upstream's search is not trusted: only the patients asked for.
-                if patient["resourceType"] != "Patient" || !chunk.iter().any(|p| p == id) {
-                    continue;
-                }
+            for (id, text) in self.read_by_ids(ctx, "Patient", chunk).await? {
+                let patient: Value = serde_json::from_str(&text).map_err(|e| {
+                    GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
+                        .with_detail(format!("Patient/{id}: {e}"))
+                })?;
                 for identifier in patient["identifier"].as_array().into_iter().flatten() {
                     let Some(value) = identifier["value"].as_str() else { continue };
                     let key = identifier_key(identifier["system"].as_str(), value);
                     match map.get(&key) {
-                        Some(other) if other != id => {
+                        Some(other) if *other != id => {
                             map.insert(key, String::new());
                         }
                         Some(_) => {}
                         None => {
-                            map.insert(key, id.to_owned());
+                            map.insert(key, id.clone());
                         }
                     }
                 }
@@ -113,8 +95,4 @@ pub fn resolver(map: Option<&Arc<MemberIds>>) -> impl Fn(Option<&str>, &str) -> 
         let id = map?.get(&identifier_key(system, value))?;
         (!id.is_empty()).then(|| id.clone())
     }
-}
-
-fn unusable(why: impl Into<String>) -> GatewayError {
-    GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer").with_detail(why.into())
 }
