@@ -25,6 +25,7 @@
 //! - A resource with a duplicated `resourceType` or `id` is dropped (parsers
 //!   disagree on which one wins).
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 
@@ -36,6 +37,7 @@ use super::Scope;
 use super::attribution::{managing_organization, member_active, member_patient, today_utc};
 use super::policy::{Links, Policy, TypeRule};
 use super::refs::{RefResolver, Target};
+use crate::chain::tape::{Kind, Node};
 use crate::fhir::bundle::RawObject;
 
 /// Deepest Bundle-in-Bundle nesting looked into; deeper entries are dropped.
@@ -148,7 +150,7 @@ pub struct Probe<'a> {
     pub resource_type: Option<String>,
     pub id: Option<String>,
     /// Top-level members that hold links (and `contained`), raw.
-    pub links: Vec<(String, &'a RawValue)>,
+    pub links: Vec<(String, &'a str)>,
     /// `resourceType` or `id` appeared twice.
     pub duplicated: bool,
 }
@@ -161,7 +163,27 @@ impl<'a> Probe<'a> {
         Ok(probe)
     }
 
-    fn member<'b>(&'b self, name: &'b str) -> impl Iterator<Item = &'a RawValue> + 'b {
+    /// The parts of a resource already on the strict reader's tape (no
+    /// duplicate members there).
+    pub fn from_node(node: Node<'a>, policy: &Policy) -> Probe<'a> {
+        let mut probe = Probe::default();
+        for member in node.children() {
+            let Some(key) = member.key() else { continue };
+            match key.as_ref() {
+                "resourceType" => probe.resource_type = member.str().map(Cow::into_owned),
+                "id" => probe.id = Some(member.str().map(Cow::into_owned).unwrap_or_default()),
+                name if policy.is_link_member(name) => probe.links.push((key.into_owned(), member.raw())),
+                _ => {}
+            }
+        }
+        // A resourceType that is not a string is unreadable, as in `parse`.
+        if node.get("resourceType").is_some_and(|t| t.kind() != Kind::String) {
+            probe.duplicated = true;
+        }
+        probe
+    }
+
+    fn member<'b>(&'b self, name: &'b str) -> impl Iterator<Item = &'a str> + 'b {
         self.links.iter().filter(move |(n, _)| n == name).map(|(_, v)| *v)
     }
 }
@@ -230,7 +252,7 @@ impl<'de> Visitor<'de> for ProbeSeed<'_> {
                 }
                 Key::Link(name) => {
                     let value: &'de RawValue = map.next_value()?;
-                    probe.links.push((name, value));
+                    probe.links.push((name, value.get()));
                 }
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
@@ -419,7 +441,7 @@ impl<'s> Checker<'s> {
         let (first, rest) = path.split_first()?;
         let mut out = Vec::new();
         for raw in probe.member(first) {
-            let value: Value = serde_json::from_str(raw.get()).ok()?;
+            let value: Value = serde_json::from_str(raw).ok()?;
             if !collect_references(&value, rest, &mut out) {
                 return None;
             }
@@ -430,7 +452,7 @@ impl<'s> Checker<'s> {
     /// Check `contained`: `Err` drops the container.
     fn contained(&self, probe: &Probe<'_>) -> Result<(), Reason> {
         for raw in probe.member("contained") {
-            let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| Reason::Unlinked)?;
+            let items: Vec<&RawValue> = serde_json::from_str(raw).map_err(|_| Reason::Unlinked)?;
             for item in items {
                 let inner = Probe::parse(item.get(), self.policy).map_err(|_| Reason::Unlinked)?;
                 if inner.duplicated || inner.member("contained").next().is_some() {
@@ -524,6 +546,43 @@ impl<'s> Checker<'s> {
         }
     }
 
+    /// The verdicts on one Bundle's resources, in order: first everything
+    /// that does not follow other resources, then Provenance and friends
+    /// against what was kept. `resources[i]`: the probe and (for Groups and
+    /// nested Bundles, which are judged on their text) the raw resource;
+    /// `None` for an entry without a readable resource (a history delete, a
+    /// batch response), which is withheld: nothing fhirwall cannot check
+    /// leaves.
+    pub fn verdicts(&self, resources: Vec<Option<(Probe<'_>, &str)>>, depth: usize) -> Vec<Verdict> {
+        let mut verdicts: Vec<Verdict> = vec![Verdict::Drop(Reason::Unlinked); resources.len()];
+        let mut kept = HashSet::new();
+        let mut deferred = Vec::new();
+        for (index, resource) in resources.iter().enumerate() {
+            let Some((probe, text)) = resource else { continue };
+            let follows = match probe.resource_type.as_deref().map(|t| self.policy.rule(t)) {
+                Some(TypeRule::Compartment(links)) => !links.follows.is_empty(),
+                _ => false,
+            };
+            if follows {
+                deferred.push(index);
+                continue;
+            }
+            let verdict = self.verdict(text, probe, None, depth);
+            if !matches!(verdict, Verdict::Drop(_))
+                && let (Some(t), Some(id)) = (&probe.resource_type, &probe.id)
+            {
+                kept.insert(format!("{t}/{id}"));
+            }
+            verdicts[index] = verdict;
+        }
+        for index in deferred {
+            if let Some((probe, _)) = &resources[index] {
+                verdicts[index] = self.verdict("", probe, Some(&kept), depth);
+            }
+        }
+        verdicts
+    }
+
     /// Filter a Bundle's entries. `Err` when the Bundle is malformed.
     pub fn bundle(
         &self,
@@ -567,47 +626,21 @@ impl<'s> Checker<'s> {
             })
             .collect::<Result<_, _>>()
             .map_err(|_| "a Bundle entry is malformed")?;
-        let mut verdicts: Vec<Option<Verdict>> = vec![None; entries.len()];
-        let mut resource_probes: Vec<Option<Probe<'_>>> = Vec::with_capacity(entries.len());
-        let mut kept = HashSet::new();
-        let mut deferred = Vec::new();
-        // First pass: everything that does not follow other resources.
-        for (index, probe) in probes.iter_mut().enumerate() {
-            let parsed = if probe.duplicated { None } else { probe.resource.take() };
-            let Some(parsed) = parsed else {
-                // No resource (a history delete, a batch response), or an
-                // unreadable one: nothing fhirwall can check leaves.
-                verdicts[index] = Some(Verdict::Drop(Reason::Unlinked));
-                resource_probes.push(None);
-                continue;
-            };
-            let follows = match parsed.resource_type.as_deref().map(|t| self.policy.rule(t)) {
-                Some(TypeRule::Compartment(links)) => !links.follows.is_empty(),
-                _ => false,
-            };
-            if follows {
-                deferred.push(index);
-            } else {
-                let raw = match parsed.resource_type.as_deref() {
-                    Some("Group" | "Bundle") => entry_resource_text(entries[index].get()).unwrap_or(""),
+        let resource_types: Vec<Option<String>> =
+            probes.iter().map(|p| p.resource.as_ref().and_then(|r| r.resource_type.clone())).collect();
+        let resources = probes
+            .iter_mut()
+            .zip(&entries)
+            .map(|(probe, entry)| {
+                let parsed = if probe.duplicated { None } else { probe.resource.take() }?;
+                let text = match parsed.resource_type.as_deref() {
+                    Some("Group" | "Bundle") => entry_resource_text(entry.get()).unwrap_or(""),
                     _ => "",
                 };
-                let verdict = self.verdict(raw, &parsed, None, depth);
-                if !matches!(verdict, Verdict::Drop(_))
-                    && let (Some(t), Some(id)) = (&parsed.resource_type, &parsed.id)
-                {
-                    kept.insert(format!("{t}/{id}"));
-                }
-                verdicts[index] = Some(verdict);
-            }
-            resource_probes.push(Some(parsed));
-        }
-        // Second pass: Provenance and friends, against what was kept.
-        for index in deferred {
-            if let Some(parsed) = &resource_probes[index] {
-                verdicts[index] = Some(self.verdict("", parsed, Some(&kept), depth));
-            }
-        }
+                Some((parsed, text))
+            })
+            .collect();
+        let mut verdicts = self.verdicts(resources, depth);
         let mut out = String::with_capacity(entries.iter().map(|e| e.get().len() + 1).sum::<usize>() + 2);
         out.push('[');
         let mut changed = false;
@@ -615,7 +648,7 @@ impl<'s> Checker<'s> {
         let mut matches = 0;
         let mut written = 0;
         for (index, entry) in entries.iter().enumerate() {
-            let verdict = verdicts[index].take().unwrap_or(Verdict::Drop(Reason::Unlinked));
+            let verdict = std::mem::replace(&mut verdicts[index], Verdict::Drop(Reason::Unlinked));
             let text = match verdict {
                 Verdict::Drop(reason) => {
                     report.suppress(reason);
@@ -640,10 +673,8 @@ impl<'s> Checker<'s> {
                     }
                 }
             };
-            if let Some(Some(t)) =
-                resource_probes.get(index).map(|p| p.as_ref().and_then(|p| p.resource_type.clone()))
-            {
-                report.resource_types.insert(t);
+            if let Some(t) = &resource_types[index] {
+                report.resource_types.insert(t.clone());
             }
             if matches!(probes[index].mode.as_deref(), None | Some("match")) {
                 matches += 1;

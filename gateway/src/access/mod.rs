@@ -464,6 +464,66 @@ impl Access {
         Ok(edit)
     }
 
+    /// The access verdicts on one upstream Bundle's resources (on the
+    /// strict reader's tape; `None` for an entry without one), with the
+    /// report filled as [`Access::filter_bundle`] fills it. Per entry:
+    /// `None` withheld, `Some(None)` kept as it is, `Some(Some(text))` kept
+    /// rebuilt (a Group's members filtered).
+    pub fn judge_entries(
+        &self,
+        decision: &Decision,
+        resources: &[Option<crate::chain::tape::Node<'_>>],
+        report: &mut FilterReport,
+    ) -> Vec<Option<Option<String>>> {
+        let checker = filter::Checker::new(&decision.scope, &self.policy, &self.refs);
+        let probes = resources
+            .iter()
+            .map(|node| node.map(|node| (filter::Probe::from_node(node, &self.policy), node.raw())))
+            .collect();
+        let verdicts = checker.verdicts(probes, 0);
+        verdicts
+            .into_iter()
+            .zip(resources)
+            .map(|(verdict, node)| match verdict {
+                filter::Verdict::Drop(reason) => {
+                    report.suppress(reason);
+                    None
+                }
+                filter::Verdict::Keep(patients) => {
+                    report.patients.extend(patients);
+                    report
+                        .resource_types
+                        .extend(node.and_then(|n| n.get_str("resourceType")).map(Into::into));
+                    Some(None)
+                }
+                filter::Verdict::Rewrite { text, members_removed } => {
+                    report.members_removed += members_removed;
+                    report
+                        .resource_types
+                        .extend(node.and_then(|n| n.get_str("resourceType")).map(Into::into));
+                    Some(Some(text))
+                }
+            })
+            .collect()
+    }
+
+    /// The stored roster Groups a Group search's first page lists besides
+    /// the upstream's, each filtered like any Group that leaves (visible
+    /// active members only; one the filter withholds is not listed).
+    pub fn roster_groups(&self, decision: &Decision, report: &mut FilterReport) -> Vec<String> {
+        if decision.mode != Mode::Search {
+            return Vec::new();
+        }
+        decision
+            .rosters
+            .iter()
+            .filter_map(|(_, body)| {
+                let filtered = self.filter_resource(decision, body, report).ok()?;
+                Some(filtered.unwrap_or_else(|| body.to_string()))
+            })
+            .collect()
+    }
+
     /// Append the matching stored roster Groups to a Group search's first
     /// page, each filtered like any Group that leaves (visible active members only).
     fn list_rosters(

@@ -4,6 +4,7 @@
 
 use serde_json::value::RawValue;
 
+use super::tape::{Kind, Node};
 use super::{Entry, EntryMode, VersionFacts};
 use crate::error::GatewayError;
 use crate::fhir::bundle::RawObject;
@@ -167,6 +168,56 @@ pub fn read_entry_object<'a>(
         None
     };
     Ok(Some(UpstreamEntry { resource, mode, version }))
+}
+
+/// [`read_entry_object`] on an entry on the strict reader's tape: how the
+/// entry came into the answer and (history) its version facts; `None` for
+/// an entry without a resource or with another `search.mode`.
+pub fn read_entry_node(
+    entry: Node<'_>,
+    history: bool,
+) -> Result<Option<(EntryMode, Option<VersionFacts>)>, GatewayError> {
+    let unusable = |what: &str| {
+        GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
+            .with_detail(format!("a Bundle entry's {what} is malformed"))
+    };
+    if entry.kind() != Kind::Object {
+        return Err(unusable("JSON"));
+    }
+    if entry.get("resource").is_none() {
+        return Ok(None);
+    }
+    // A string member of an object member; null counts as absent.
+    let string_at = |member: &str, name: &str| -> Result<Option<String>, ()> {
+        let Some(object) = entry.get(member) else { return Ok(None) };
+        if object.kind() != Kind::Object {
+            return Err(());
+        }
+        match object.get(name) {
+            None => Ok(None),
+            Some(value) if value.kind() == Kind::Null => Ok(None),
+            Some(value) => value.str().map(|v| Some(v.into_owned())).ok_or(()),
+        }
+    };
+    let mode = match string_at("search", "mode").map_err(|_| unusable("search"))?.as_deref() {
+        None | Some("match") => EntryMode::Match,
+        Some("include") => EntryMode::Include,
+        Some(_) => return Ok(None),
+    };
+    if !history {
+        return Ok(Some((mode, None)));
+    }
+    let plain = |v: Result<Option<String>, ()>| {
+        v.ok().flatten().filter(|s| s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+    };
+    let version = VersionFacts {
+        method: plain(string_at("request", "method"))
+            .filter(|m| matches!(m.as_str(), "POST" | "PUT" | "PATCH")),
+        status: plain(string_at("response", "status")).filter(|s| s.starts_with("20")),
+        etag: plain(string_at("response", "etag")),
+        last_modified: plain(string_at("response", "lastModified")),
+    };
+    Ok(Some((mode, Some(version))))
 }
 
 #[cfg(test)]

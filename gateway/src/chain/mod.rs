@@ -32,6 +32,7 @@ pub mod envelope;
 pub mod names;
 pub mod page;
 pub mod strict;
+pub mod tape;
 
 /// How an entry came into an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

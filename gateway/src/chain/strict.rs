@@ -11,8 +11,12 @@
 //! characters in strings), and nesting deeper than [`MAX_DEPTH`].
 //!
 //! The pass is a hand-written byte scanner (no allocation except for member
-//! names that contain escapes, and one small stack of names per open
-//! object), so it costs a fraction of the parse the stages do afterwards.
+//! names that contain escapes, one small stack of names per open object, and
+//! the [`Tape`] it leaves behind). The tape records where every value and
+//! member name lies, so the stages after it find members and entries
+//! without reading the bytes again (in the spirit of simdjson's tape).
+
+use super::tape::{Kind, Slot, Tape};
 
 /// Deepest nesting accepted (FHIR resources are far shallower).
 pub const MAX_DEPTH: usize = 128;
@@ -30,14 +34,29 @@ pub enum StrictError {
 
 /// Validate `text` as one strict JSON value without duplicate member names.
 pub fn check(text: &str) -> Result<(), StrictError> {
-    let mut reader = Reader { bytes: text.as_bytes(), pos: 0, names: Vec::new() };
+    read(text).map(drop)
+}
+
+/// Validate `text` as [`check`] does and keep the tape of its values.
+pub fn read(text: &str) -> Result<Tape<'_>, StrictError> {
+    if u32::try_from(text.len()).is_err() {
+        return Err(StrictError::Syntax(u32::MAX as usize));
+    }
+    let mut reader = Reader {
+        bytes: text.as_bytes(),
+        pos: 0,
+        names: Vec::new(),
+        // About one value per 12 bytes in FHIR JSON.
+        slots: Vec::with_capacity(text.len() / 12 + 4),
+        key: None,
+    };
     reader.skip_ws();
     reader.value(0)?;
     reader.skip_ws();
     if reader.pos != reader.bytes.len() {
         return Err(StrictError::Syntax(reader.pos));
     }
-    Ok(())
+    Ok(Tape::new(text, reader.slots))
 }
 
 struct Reader<'a> {
@@ -46,6 +65,10 @@ struct Reader<'a> {
     /// Member names of the open objects, innermost last; each object's
     /// names start at the index it pushed.
     names: Vec<Name<'a>>,
+    slots: Vec<Slot>,
+    /// The member name (span inside the quotes, escaped?) the next value
+    /// belongs to.
+    key: Option<(u32, u32, bool)>,
 }
 
 /// A member name: its raw bytes, or its decoded text when it had escapes.
@@ -92,16 +115,35 @@ impl<'a> Reader<'a> {
         if depth > MAX_DEPTH {
             return Err(StrictError::TooDeep);
         }
-        match self.peek() {
-            Some(b'{') => self.object(depth),
-            Some(b'[') => self.array(depth),
-            Some(b'"') => self.string().map(|_| ()),
-            Some(b't') => self.literal(b"true"),
-            Some(b'f') => self.literal(b"false"),
-            Some(b'n') => self.literal(b"null"),
-            Some(b'-' | b'0'..=b'9') => self.number(),
-            _ => Err(self.err()),
-        }
+        let index = self.slots.len();
+        let (key_start, key_end, key_escaped) = self.key.take().unwrap_or((0, 0, false));
+        self.slots.push(Slot {
+            start: self.pos as u32,
+            end: 0,
+            key_start,
+            key_end,
+            after: 0,
+            kind: Kind::Null,
+            key_escaped,
+            escaped: false,
+        });
+        let (kind, escaped) = match self.peek() {
+            Some(b'{') => (self.object(depth).map(|_| Kind::Object)?, false),
+            Some(b'[') => (self.array(depth).map(|_| Kind::Array)?, false),
+            Some(b'"') => (Kind::String, matches!(self.string()?, Name::Decoded(_))),
+            Some(b't') => (self.literal(b"true").map(|_| Kind::True)?, false),
+            Some(b'f') => (self.literal(b"false").map(|_| Kind::False)?, false),
+            Some(b'n') => (self.literal(b"null").map(|_| Kind::Null)?, false),
+            Some(b'-' | b'0'..=b'9') => (self.number().map(|_| Kind::Number)?, false),
+            _ => return Err(self.err()),
+        };
+        let after = self.slots.len() as u32;
+        let slot = &mut self.slots[index];
+        slot.end = self.pos as u32;
+        slot.after = after;
+        slot.kind = kind;
+        slot.escaped = escaped;
+        Ok(())
     }
 
     fn literal(&mut self, word: &[u8]) -> Result<(), StrictError> {
@@ -128,6 +170,7 @@ impl<'a> Reader<'a> {
             }
             let at = self.pos;
             let name = self.string()?;
+            self.key = Some((at as u32 + 1, self.pos as u32 - 1, matches!(name, Name::Decoded(_))));
             // Objects are small (tens of members): a linear scan beats hashing.
             if self.names[first_name..].iter().any(|seen| seen.bytes() == name.bytes()) {
                 let name = String::from_utf8_lossy(name.bytes()).into_owned();
@@ -181,6 +224,7 @@ impl<'a> Reader<'a> {
         // Raw bytes before this position are already in `decoded`.
         let mut copied_to = start;
         loop {
+            self.pos = plain_run(self.bytes, self.pos);
             let Some(b) = self.peek() else { return Err(self.err()) };
             match b {
                 b'"' => {
@@ -291,6 +335,34 @@ impl<'a> Reader<'a> {
             self.pos += 1;
         }
     }
+}
+
+/// The end of the run of plain string bytes from `pos`: the first `"`,
+/// `\\` or control character (or the end). Eight bytes at a time: most of an
+/// upstream body is string contents.
+fn plain_run(bytes: &[u8], mut pos: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    while let Some(chunk) = bytes.get(pos..pos + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let quote = has_zero(word ^ (ONES * u64::from(b'"')));
+        let backslash = has_zero(word ^ (ONES * u64::from(b'\\')));
+        // A byte below 0x20 (bytes >= 0x80 are masked out by `!word`).
+        let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+        let stops = quote | backslash | control;
+        if stops != 0 {
+            return pos + (stops.trailing_zeros() / 8) as usize;
+        }
+        pos += 8;
+    }
+    while let Some(&b) = bytes.get(pos) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            break;
+        }
+        pos += 1;
+    }
+    pos
 }
 
 #[cfg(test)]

@@ -557,167 +557,19 @@ impl Redactor {
     ) -> Result<EntriesEdit, &'static str> {
         let entries: Vec<&RawValue> =
             serde_json::from_str(entries).map_err(|_| "Bundle.entry is malformed")?;
-        struct Slot<'a> {
-            raw: &'a RawValue,
-            probe: Option<EntryProbe<'a>>,
-            outcome: Option<Outcome<'a>>,
-            /// The resource cut out of `raw`, once something needs it.
-            resource: std::cell::OnceCell<Option<&'a RawValue>>,
-        }
-        let programs = self.programs();
-        let rules = self.rules(&programs);
-        let mut slots: Vec<Slot<'_>> = Vec::with_capacity(entries.len());
-        // One pass per entry: its fullUrl, search mode and the resource's scan.
-        let mut scans = Vec::with_capacity(entries.len());
-        for raw in &entries {
-            match scan::scan_entry(raw.get(), &rules) {
-                Ok(entry) if !entry.duplicated => {
-                    slots.push(Slot {
-                        raw,
-                        probe: Some(EntryProbe { full_url: entry.full_url, mode: entry.mode }),
-                        outcome: None,
-                        resource: std::cell::OnceCell::new(),
-                    });
-                    scans.push(entry.resource);
-                }
-                _ => {
-                    slots.push(Slot {
-                        raw,
-                        probe: None,
-                        outcome: None,
-                        resource: std::cell::OnceCell::new(),
-                    });
-                    scans.push(None);
-                }
-            }
-        }
-        // What is withheld, by `Type/id` and by fullUrl, and why.
-        let mut gone: HashMap<String, Reason> = HashMap::new();
-        let mut first_reason = None;
-        for (slot, scan) in slots.iter_mut().zip(scans) {
-            let (raw, cell) = (slot.raw, &slot.resource);
-            let outcome = match scan {
-                Some(scan) => {
-                    let text = || cell.get_or_init(|| entry_resource(raw)).map(RawValue::get);
-                    self.decide(scan, &text, report, depth)
-                }
-                // No resource (a history delete) or an unreadable entry:
-                // nothing fhirwall cannot check leaves.
-                None => Outcome::unreadable(report),
-            };
-            if let Verdict::Drop(reason) = outcome.verdict {
-                first_reason.get_or_insert(reason);
-                remember(&mut gone, slot.probe.as_ref(), outcome.scan.as_ref(), reason);
-            }
-            slot.outcome = Some(outcome);
-        }
-        // Follow-up, until stable (chains of references):
-        // - nothing kept may point at a Part 2 / drug-PA resource that was
-        //   withheld, and a Provenance goes with its target whatever the reason;
-        // - an `_include`d resource is there for a match that names it (or, for
-        //   `_revinclude`, that it names): when those were all withheld, it goes
-        //   too (a Part 2 program's practitioner must not stay behind).
-        if !gone.is_empty() {
-            let keys: Vec<HashSet<String>> = slots
-                .iter()
-                .map(|slot| {
-                    let mut keys = HashSet::new();
-                    if let Some(url) = slot.probe.as_ref().and_then(|p| p.full_url.as_deref()) {
-                        keys.insert(url.to_owned());
-                        keys.extend(normalize_reference(url));
-                    }
-                    if let Some(scan) = slot.outcome.as_ref().and_then(|o| o.scan.as_ref())
-                        && let (Some(t), Some(id)) = (scan.resource_type.as_deref(), scan.id.as_deref())
-                    {
-                        keys.insert(format!("{t}/{id}"));
-                    }
-                    keys
-                })
-                .collect();
-            let refs: Vec<HashSet<String>> = slots
-                .iter()
-                .map(|slot| {
-                    let mut refs = HashSet::new();
-                    for r in slot
-                        .outcome
-                        .as_ref()
-                        .and_then(|o| o.scan.as_ref())
-                        .map(|s| &s.refs)
-                        .into_iter()
-                        .flatten()
-                    {
-                        refs.insert(r.to_string());
-                        refs.extend(normalize_reference(r));
-                    }
-                    refs
-                })
-                .collect();
-            let names =
-                |from: usize, to: usize| from != to && keys[to].iter().any(|k| refs[from].contains(k));
-            loop {
-                let dropped_reason = |slot: &Slot<'_>| match slot.outcome.as_ref().map(|o| &o.verdict) {
-                    Some(Verdict::Keep | Verdict::Replace(_)) => None,
-                    Some(Verdict::Drop(reason)) => Some(*reason),
-                    None => Some(Reason::Unreadable),
-                };
-                let mut more = Vec::new();
-                for (index, slot) in slots.iter().enumerate() {
-                    if dropped_reason(slot).is_some() {
-                        continue;
-                    }
-                    let Some(scan) = slot.outcome.as_ref().and_then(|o| o.scan.as_ref()) else { continue };
-                    let provenance = scan.resource_type.as_deref() == Some("Provenance");
-                    let hit = scan.refs.iter().find_map(|r| {
-                        let reason = gone.get(r.as_ref()).or_else(|| gone.get(&normalize_reference(r)?))?;
-                        (provenance || matches!(reason, Reason::Part2 | Reason::DrugPriorAuth))
-                            .then_some(*reason)
-                    });
-                    if let Some(reason) = hit {
-                        more.push((index, reason));
-                        continue;
-                    }
-                    if slot.probe.as_ref().is_some_and(|p| p.mode.as_deref() == Some("include")) {
-                        let still_wanted = slots.iter().enumerate().any(|(other, o)| {
-                            dropped_reason(o).is_none()
-                                && (names(other, index)
-                                    || (o.probe.as_ref().is_none_or(|p| p.is_match()) && names(index, other)))
-                        });
-                        if !still_wanted {
-                            let cause = slots.iter().enumerate().find_map(|(other, o)| {
-                                let reason = dropped_reason(o)?;
-                                (names(other, index) || names(index, other)).then_some(reason)
-                            });
-                            if let Some(reason) = cause {
-                                more.push((index, reason));
-                            }
-                        }
-                    }
-                }
-                if more.is_empty() {
-                    break;
-                }
-                for (index, reason) in more {
-                    let slot = &mut slots[index];
-                    if let Some(outcome) = slot.outcome.as_mut() {
-                        // It no longer leaves redacted or stripped.
-                        report.part2_redacted -= outcome.redacted as u32;
-                        report.financial_stripped -= outcome.stripped as u32;
-                        outcome.verdict = Verdict::Drop(reason);
-                        report.drop(reason);
-                        remember(&mut gone, slot.probe.as_ref(), outcome.scan.as_ref(), reason);
-                    }
-                }
-            }
-        }
+        let inputs: Vec<EntryInput<'_>> = entries.iter().map(|raw| EntryInput::read(raw.get())).collect();
+        let verdicts = self.judge_entries(&inputs, report, depth);
         let mut out = String::with_capacity(entries.iter().map(|e| e.get().len() + 1).sum::<usize>() + 2);
         out.push('[');
         let (mut changed, mut written, mut kept_matches, mut dropped_matches) = (false, 0, 0, 0);
-        for slot in &slots {
-            let is_match = slot.probe.as_ref().is_none_or(|p| p.is_match());
-            let resource = match slot.outcome.as_ref().map(|o| &o.verdict) {
-                Some(Verdict::Keep) => None,
-                Some(Verdict::Replace(resource)) => Some(std::borrow::Cow::Borrowed(resource.as_str())),
-                _ => {
+        let mut first_reason = None;
+        for ((raw, input), verdict) in entries.iter().zip(&inputs).zip(verdicts) {
+            let is_match = input.is_match();
+            let resource = match verdict {
+                Verdict::Keep => None,
+                Verdict::Replace(resource) => Some(std::borrow::Cow::Owned(resource)),
+                Verdict::Drop(reason) => {
+                    first_reason.get_or_insert(reason);
                     changed = true;
                     dropped_matches += is_match as usize;
                     continue;
@@ -725,30 +577,23 @@ impl Redactor {
             };
             // The caller's subset, on the matches only.
             let cut = match (subset, is_match) {
-                (Some(subset), true) => {
-                    let old = slot.resource.get_or_init(|| entry_resource(slot.raw));
-                    let current = resource.as_deref().or(old.map(RawValue::get));
-                    current.and_then(|r| subset.apply(r))
-                }
+                (Some(subset), true) => resource.as_deref().or(input.resource).and_then(|r| subset.apply(r)),
                 _ => None,
             };
             let resource = cut.map(std::borrow::Cow::Owned).or(resource);
             let text = match resource {
-                None => std::borrow::Cow::Borrowed(slot.raw.get()),
-                Some(resource) => {
-                    let old = *slot.resource.get_or_init(|| entry_resource(slot.raw));
-                    match replace_entry_resource(slot.raw.get(), old, &resource) {
-                        Some(entry) => {
-                            changed = true;
-                            std::borrow::Cow::Owned(entry)
-                        }
-                        None => {
-                            changed = true;
-                            dropped_matches += is_match as usize;
-                            continue;
-                        }
+                None => std::borrow::Cow::Borrowed(raw.get()),
+                Some(resource) => match replace_entry_resource(raw.get(), input.resource, &resource) {
+                    Some(entry) => {
+                        changed = true;
+                        std::borrow::Cow::Owned(entry)
                     }
-                }
+                    None => {
+                        changed = true;
+                        dropped_matches += is_match as usize;
+                        continue;
+                    }
+                },
             };
             kept_matches += is_match as usize;
             if written > 0 {
@@ -768,19 +613,147 @@ impl Redactor {
             kept_matches,
             dropped_matches,
             kept: written,
-            dropped: slots.len() - written,
+            dropped: entries.len() - written,
             first_reason,
         })
+    }
+
+    /// The verdict on each entry of one Bundle: each resource's own, then
+    /// the follow-up across entries. Until nothing changes (chains of
+    /// references):
+    /// - nothing kept may point at a Part 2 / drug-PA resource that was
+    ///   withheld, and a Provenance goes with its target whatever the reason;
+    /// - an `_include`d resource is there for a match that names it (or, for
+    ///   `_revinclude`, that it names): when those were all withheld, it goes
+    ///   too (a Part 2 program's practitioner must not stay behind).
+    pub fn judge_entries(
+        &self,
+        inputs: &[EntryInput<'_>],
+        report: &mut RedactionReport,
+        depth: usize,
+    ) -> Vec<Verdict> {
+        let programs = self.programs();
+        let rules = self.rules(&programs);
+        let mut outcomes: Vec<Outcome<'_>> = inputs
+            .iter()
+            .map(|input| match input.resource.map(|text| (text, scan::scan(text, &rules))) {
+                Some((text, Ok(scan))) if !scan.duplicated => {
+                    self.decide(scan, &|| Some(text), report, depth)
+                }
+                // No resource (a history delete) or an unreadable entry:
+                // nothing fhirwall cannot check leaves.
+                _ => Outcome::unreadable(report),
+            })
+            .collect();
+        // What is withheld, by `Type/id` and by fullUrl, and why.
+        let mut gone: HashMap<String, Reason> = HashMap::new();
+        for (input, outcome) in inputs.iter().zip(&outcomes) {
+            if let Verdict::Drop(reason) = outcome.verdict {
+                remember(&mut gone, input.full_url.as_deref(), outcome.scan.as_ref(), reason);
+            }
+        }
+        if !gone.is_empty() {
+            self.follow_up(inputs, &mut outcomes, gone, report);
+        }
+        outcomes.into_iter().map(|o| o.verdict).collect()
+    }
+
+    fn follow_up(
+        &self,
+        inputs: &[EntryInput<'_>],
+        outcomes: &mut [Outcome<'_>],
+        mut gone: HashMap<String, Reason>,
+        report: &mut RedactionReport,
+    ) {
+        let keys: Vec<HashSet<String>> = inputs
+            .iter()
+            .zip(outcomes.iter())
+            .map(|(input, outcome)| {
+                let mut keys = HashSet::new();
+                if let Some(url) = input.full_url.as_deref() {
+                    keys.insert(url.to_owned());
+                    keys.extend(normalize_reference(url));
+                }
+                if let Some(scan) = outcome.scan.as_ref()
+                    && let (Some(t), Some(id)) = (scan.resource_type.as_deref(), scan.id.as_deref())
+                {
+                    keys.insert(format!("{t}/{id}"));
+                }
+                keys
+            })
+            .collect();
+        let refs: Vec<HashSet<String>> = outcomes
+            .iter()
+            .map(|outcome| {
+                let mut refs = HashSet::new();
+                for r in outcome.scan.as_ref().map(|s| &s.refs).into_iter().flatten() {
+                    refs.insert(r.to_string());
+                    refs.extend(normalize_reference(r));
+                }
+                refs
+            })
+            .collect();
+        let names = |from: usize, to: usize| from != to && keys[to].iter().any(|k| refs[from].contains(k));
+        let dropped_reason = |outcome: &Outcome<'_>| match outcome.verdict {
+            Verdict::Keep | Verdict::Replace(_) => None,
+            Verdict::Drop(reason) => Some(reason),
+        };
+        loop {
+            let mut more = Vec::new();
+            for (index, (input, outcome)) in inputs.iter().zip(outcomes.iter()).enumerate() {
+                if dropped_reason(outcome).is_some() {
+                    continue;
+                }
+                let Some(scan) = outcome.scan.as_ref() else { continue };
+                let provenance = scan.resource_type.as_deref() == Some("Provenance");
+                let hit = scan.refs.iter().find_map(|r| {
+                    let reason = gone.get(r.as_ref()).or_else(|| gone.get(&normalize_reference(r)?))?;
+                    (provenance || matches!(reason, Reason::Part2 | Reason::DrugPriorAuth)).then_some(*reason)
+                });
+                if let Some(reason) = hit {
+                    more.push((index, reason));
+                    continue;
+                }
+                if input.mode.as_deref() == Some("include") {
+                    let still_wanted =
+                        inputs.iter().zip(outcomes.iter()).enumerate().any(|(other, (i, o))| {
+                            dropped_reason(o).is_none()
+                                && (names(other, index) || (i.is_match() && names(index, other)))
+                        });
+                    if !still_wanted {
+                        let cause = outcomes.iter().enumerate().find_map(|(other, o)| {
+                            let reason = dropped_reason(o)?;
+                            (names(other, index) || names(index, other)).then_some(reason)
+                        });
+                        if let Some(reason) = cause {
+                            more.push((index, reason));
+                        }
+                    }
+                }
+            }
+            if more.is_empty() {
+                return;
+            }
+            for (index, reason) in more {
+                let outcome = &mut outcomes[index];
+                // It no longer leaves redacted or stripped.
+                report.part2_redacted -= outcome.redacted as u32;
+                report.financial_stripped -= outcome.stripped as u32;
+                outcome.verdict = Verdict::Drop(reason);
+                report.drop(reason);
+                remember(&mut gone, inputs[index].full_url.as_deref(), outcome.scan.as_ref(), reason);
+            }
+        }
     }
 }
 
 fn remember(
     gone: &mut HashMap<String, Reason>,
-    probe: Option<&EntryProbe<'_>>,
+    full_url: Option<&str>,
     scan: Option<&Scan<'_>>,
     reason: Reason,
 ) {
-    if let Some(full_url) = probe.and_then(|p| p.full_url.as_deref()) {
+    if let Some(full_url) = full_url {
         gone.entry(full_url.to_owned()).or_insert(reason);
         if let Some(key) = normalize_reference(full_url) {
             gone.entry(key).or_insert(reason);
@@ -807,20 +780,44 @@ pub fn normalize_reference(reference: &str) -> Option<String> {
     Some(format!("{resource_type}/{id}"))
 }
 
-/// What a Bundle pass keeps of an entry besides its resource's scan.
-struct EntryProbe<'a> {
-    full_url: Option<std::borrow::Cow<'a, str>>,
-    mode: Option<std::borrow::Cow<'a, str>>,
+/// One Bundle entry as a Bundle pass sees it.
+#[derive(Debug, Default)]
+pub struct EntryInput<'a> {
+    pub full_url: Option<std::borrow::Cow<'a, str>>,
+    pub mode: Option<std::borrow::Cow<'a, str>>,
+    /// The resource's JSON; `None`: none, or an unreadable entry.
+    pub resource: Option<&'a str>,
 }
 
-/// The `resource` of an entry, cut out of its raw text (only for entries
-/// that are rewritten or subsetted).
-fn entry_resource(entry: &RawValue) -> Option<&RawValue> {
-    RawObject::parse(entry.get()).ok()?.get("resource")
-}
+impl<'a> EntryInput<'a> {
+    /// Read an entry's raw JSON (`resource: None` when it is unreadable).
+    fn read(entry: &'a str) -> EntryInput<'a> {
+        let Ok(object) = RawObject::parse(entry) else { return EntryInput::default() };
+        // Parsers disagree on which of two equal members wins.
+        let twice = |name: &str| object.members.iter().filter(|(k, _)| k == name).count() > 1;
+        if ["resource", "fullUrl", "search"].into_iter().any(twice) {
+            return EntryInput::default();
+        }
+        #[derive(serde::Deserialize)]
+        struct Search<'a> {
+            #[serde(borrow, default)]
+            mode: Option<std::borrow::Cow<'a, str>>,
+        }
+        // A member of the wrong shape makes the entry unreadable.
+        let full_url = match object.get("fullUrl").map(|v| serde_json::from_str(v.get())) {
+            None => None,
+            Some(Ok(url)) => Some(url),
+            Some(Err(_)) => return EntryInput::default(),
+        };
+        let mode = match object.get("search").map(|v| serde_json::from_str::<Search<'a>>(v.get())) {
+            None => None,
+            Some(Ok(search)) => search.mode,
+            Some(Err(_)) => return EntryInput::default(),
+        };
+        EntryInput { full_url, mode, resource: object.get("resource").map(RawValue::get) }
+    }
 
-impl EntryProbe<'_> {
-    fn is_match(&self) -> bool {
+    pub fn is_match(&self) -> bool {
         matches!(self.mode.as_deref(), None | Some("match"))
     }
 }
@@ -828,8 +825,8 @@ impl EntryProbe<'_> {
 /// The entry JSON with its `resource` replaced: the old resource's bytes
 /// (`old`, a slice of `entry` from the entry probe) are spliced out, so the
 /// entry is not parsed again.
-fn replace_entry_resource(entry: &str, old: Option<&RawValue>, resource: &str) -> Option<String> {
-    let old = old?.get();
+fn replace_entry_resource(entry: &str, old: Option<&str>, resource: &str) -> Option<String> {
+    let old = old?;
     let start = (old.as_ptr() as usize).checked_sub(entry.as_ptr() as usize)?;
     let end = start.checked_add(old.len())?;
     if end > entry.len() || entry.get(start..end) != Some(old) {

@@ -12,10 +12,12 @@ use serde_json::value::RawValue;
 use super::{FhirHandler, MAX_GET_QUERY, RequestCtx};
 use crate::chain::envelope::{self, Envelope};
 use crate::chain::page::{Cursor, PageBuilder, Step};
+use crate::chain::tape::{Kind, Node, Tape};
 use crate::chain::{self, Entry, EntryMode, strict};
 use crate::error::GatewayError;
 use crate::fhir::bundle::RawObject;
 use crate::proxy::{UpstreamRequest, UpstreamResponse};
+use crate::redact::{self, EntryInput};
 use crate::server::respond::{self, Body};
 
 /// Page size when the caller names none.
@@ -39,15 +41,65 @@ fn unusable(why: impl Into<String>) -> GatewayError {
     GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer").with_detail(why.into())
 }
 
+/// One resource on its way through a page's stages.
+struct Candidate<'t> {
+    /// Its upstream entry (`None`: a roster Group fhirwall adds itself).
+    entry: Option<Node<'t>>,
+    /// The resource as the upstream sent it.
+    resource: Option<&'t str>,
+    /// The resource as the access stage rebuilt it (a Group's members).
+    rewritten: Option<String>,
+}
+
+impl Candidate<'_> {
+    /// What the data-scope stage reads of the entry. An entry whose
+    /// `fullUrl` or `search` has the wrong shape is unreadable (no resource).
+    fn input(&self) -> EntryInput<'_> {
+        let resource = self.rewritten.as_deref().or(self.resource);
+        let Some(entry) = self.entry else { return EntryInput { full_url: None, mode: None, resource } };
+        let full_url = match entry.get("fullUrl") {
+            None => None,
+            Some(url) => match url.str() {
+                Some(url) => Some(url),
+                None => return EntryInput::default(),
+            },
+        };
+        let mode = match entry.get("search") {
+            None => None,
+            Some(search) if search.kind() == Kind::Object => match search.get("mode") {
+                None => None,
+                Some(mode) if mode.kind() == Kind::Null => None,
+                Some(mode) => match mode.str() {
+                    Some(mode) => Some(mode),
+                    None => return EntryInput::default(),
+                },
+            },
+            Some(_) => return EntryInput::default(),
+        };
+        EntryInput { full_url, mode, resource }
+    }
+}
+
+/// The body of an upstream answer, read by the strict reader into its tape.
+fn strict_tape(upstream: &UpstreamResponse) -> Result<Tape<'_>, GatewayError> {
+    let text = json_text(upstream)?;
+    strict::read(text).map_err(|e| unusable(e.to_string()))
+}
+
 /// The body of an upstream answer as text that passed the strict reader.
 fn strict_text(upstream: &UpstreamResponse) -> Result<&str, GatewayError> {
+    let text = json_text(upstream)?;
+    strict::check(text).map_err(|e| unusable(e.to_string()))?;
+    Ok(text)
+}
+
+/// The body of an upstream answer that says it is JSON, as text.
+fn json_text(upstream: &UpstreamResponse) -> Result<&str, GatewayError> {
     let content_type = upstream.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.to_ascii_lowercase().contains("json") {
         return Err(unusable(format!("content type {content_type:?} is not JSON")));
     }
-    let text = std::str::from_utf8(&upstream.body).map_err(|_| unusable("body is not UTF-8"))?;
-    strict::check(text).map_err(|e| unusable(e.to_string()))?;
-    Ok(text)
+    std::str::from_utf8(&upstream.body).map_err(|_| unusable("body is not UTF-8"))
 }
 
 /// The upstream's status, judged: success goes on; a missing resource is
@@ -170,50 +222,68 @@ impl FhirHandler {
     fn chain_page(
         &self,
         ctx: &RequestCtx,
-        text: &str,
+        tape: &Tape<'_>,
         history: bool,
     ) -> Result<(Vec<Entry>, Option<String>), GatewayError> {
         self.programs_resolved()?;
-        let object = RawObject::parse(text).map_err(|e| unusable(format!("body: {e}")))?;
-        if object.get_str("resourceType").as_deref() != Some("Bundle") {
+        let root = tape.root();
+        if root.get_str("resourceType").as_deref() != Some("Bundle") {
             return Err(unusable("a search answer that is not a Bundle"));
         }
-        let upstream_next = self.upstream_next(&object)?;
-        let mut entries_json: Option<String> = None;
+        let upstream_next = self.upstream_next(root)?;
+        let entries: Vec<Node<'_>> = match root.get("entry") {
+            None => Vec::new(),
+            Some(entry) if entry.kind() == Kind::Array => entry.children().collect(),
+            Some(_) => return Err(unusable("Bundle.entry is not an array")),
+        };
+        // One list of resources for every stage: the entries' own, from the
+        // tape, then (on a Group search's first page) the caller's roster Groups.
+        let mut candidates: Vec<Candidate<'_>> = entries
+            .iter()
+            .map(|entry| Candidate {
+                entry: Some(*entry),
+                resource: entry.get("resource").filter(|r| r.kind() == Kind::Object).map(|r| r.raw()),
+                rewritten: None,
+            })
+            .collect();
         if let Some(decision) = &ctx.access {
             let mut report = ctx.access_report.lock().unwrap_or_else(|e| e.into_inner());
-            match self.gw.access.filter_bundle(decision, &object, &mut report) {
-                Ok(edit) => entries_json = edit.entry,
-                // An empty history is answered by the caller of this function.
-                Err(e) if history && e.status == StatusCode::NOT_FOUND => entries_json = Some(String::new()),
-                Err(e) => return Err(e),
+            let resources: Vec<Option<Node<'_>>> =
+                entries.iter().map(|e| e.get("resource").filter(|r| r.kind() == Kind::Object)).collect();
+            let verdicts = self.gw.access.judge_entries(decision, &resources, &mut report);
+            candidates = candidates
+                .into_iter()
+                .zip(verdicts)
+                .filter_map(|(mut candidate, verdict)| {
+                    candidate.rewritten = verdict?;
+                    Some(candidate)
+                })
+                .collect();
+            for roster in self.gw.access.roster_groups(decision, &mut report) {
+                candidates.push(Candidate { entry: None, resource: None, rewritten: Some(roster) });
             }
         }
-        let original = object.get("entry").map_or("[]", RawValue::get);
-        let current = match entries_json.as_deref() {
-            Some("") => "[]",
-            Some(entries) => entries,
-            None => original,
-        };
-        let redacted = {
+        let inputs: Vec<EntryInput<'_>> = candidates.iter().map(Candidate::input).collect();
+        let verdicts = {
             let mut report = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
-            // `_elements`/`_summary` are cut after the follow-up checks
-            // (`subset_matches`), which must see whole resources.
-            self.gw.redactor.entries_subset(current, None, &mut report).map_err(unusable)?
+            self.gw.redactor.judge_entries(&inputs, &mut report, 0)
         };
-        let current = match redacted.entry.as_deref() {
-            Some("") => "[]",
-            Some(entries) => entries,
-            None => current,
-        };
-        // One pass over the entries, one over each resource's members: the
-        // key, the hidden-patient check and the money strip share them.
-        let raw: Vec<RawObject<'_>> = serde_json::from_str(current).map_err(|_| unusable("Bundle.entry"))?;
         let rewriter = self.gw.upstream.rewriter();
-        let mut out = Vec::with_capacity(raw.len());
-        for entry in &raw {
-            let Some(read) = envelope::read_entry_object(entry, history)? else { continue };
-            let resource = read.resource.get();
+        let mut out = Vec::with_capacity(candidates.len());
+        for ((candidate, input), verdict) in candidates.iter().zip(&inputs).zip(verdicts) {
+            let redacted = match verdict {
+                redact::Verdict::Keep => None,
+                redact::Verdict::Replace(text) => Some(text),
+                redact::Verdict::Drop(_) => continue,
+            };
+            let (mode, version) = match candidate.entry {
+                Some(entry) => match envelope::read_entry_node(entry, history)? {
+                    Some(read) => read,
+                    None => continue,
+                },
+                None => (EntryMode::Match, None),
+            };
+            let Some(resource) = redacted.as_deref().or(input.resource) else { continue };
             let Ok(object) = RawObject::parse(resource) else { continue };
             let (Some(resource_type), Some(id)) = (object.get_str("resourceType"), object.get_str("id"))
             else {
@@ -238,9 +308,9 @@ impl FhirHandler {
             let resource = stripped.as_deref().unwrap_or(resource);
             out.push(Entry {
                 key: format!("{resource_type}/{id}"),
-                mode: read.mode,
+                mode,
                 resource: rewriter.rewrite(resource).into_owned(),
-                version: read.version,
+                version,
             });
         }
         Ok((out, upstream_next))
@@ -248,19 +318,27 @@ impl FhirHandler {
 
     /// The upstream's `next` link, below its base. A link elsewhere, or one
     /// that is not a string, is the upstream's fault.
-    fn upstream_next(&self, object: &RawObject<'_>) -> Result<Option<String>, GatewayError> {
-        #[derive(serde::Deserialize)]
-        struct Link {
-            relation: Option<String>,
-            url: Option<String>,
+    fn upstream_next(&self, bundle: Node<'_>) -> Result<Option<String>, GatewayError> {
+        let Some(links) = bundle.get("link") else { return Ok(None) };
+        if links.kind() != Kind::Array {
+            return Err(unusable("Bundle.link is not an array"));
         }
-        let Some(links) = object.get("link") else { return Ok(None) };
-        let links: Vec<Link> =
-            serde_json::from_str(links.get()).map_err(|e| unusable(format!("Bundle.link: {e}")))?;
-        let Some(url) = links.into_iter().find(|l| l.relation.as_deref() == Some("next")).and_then(|l| l.url)
-        else {
-            return Ok(None);
-        };
+        let mut next = None;
+        for link in links.children() {
+            if link.kind() != Kind::Object {
+                return Err(unusable("Bundle.link holds a non-object"));
+            }
+            let text = |name: &str| match link.get(name) {
+                None => Ok(None),
+                Some(value) if value.kind() == Kind::Null => Ok(None),
+                Some(value) => value.str().map(Some).ok_or_else(|| unusable(format!("Bundle.link.{name}"))),
+            };
+            let (relation, url) = (text("relation")?, text("url")?);
+            if relation.as_deref() == Some("next") && next.is_none() {
+                next = Some(url);
+            }
+        }
+        let Some(Some(url)) = next else { return Ok(None) };
         match self.gw.upstream.rewriter().strip_upstream_base(&url) {
             Some(path) => Ok(Some(path.to_owned())),
             None => Err(unusable("a paging link outside the upstream's base")),
@@ -597,8 +675,8 @@ impl FhirHandler {
             }
             let upstream = self.ask(ctx, super::get(path.clone())).await?;
             judged(&upstream)?;
-            let text = strict_text(&upstream)?;
-            let (entries, next) = self.chain_page(ctx, text, true)?;
+            let tape = strict_tape(&upstream)?;
+            let (entries, next) = self.chain_page(ctx, &tape, true)?;
             let entries: Vec<Entry> = entries.into_iter().filter(|e| e.key == key).collect();
             let entries = self.withhold_part2_referrers(ctx, entries).await?;
             versions.extend(self.plugin_entries(ctx, entries).await?);
@@ -709,8 +787,8 @@ impl FhirHandler {
             }
             let upstream = self.ask(ctx, search_request(&cursor.path)).await?;
             judged(&upstream)?;
-            let text = strict_text(&upstream)?;
-            let (entries, next) = self.chain_page(ctx, text, false)?;
+            let tape = strict_tape(&upstream)?;
+            let (entries, next) = self.chain_page(ctx, &tape, false)?;
             let entries = self.withhold_part2_referrers(ctx, entries).await?;
             let entries = self.plugin_entries(ctx, entries).await?;
             let entries = self.subset_matches(ctx, entries);
