@@ -165,7 +165,7 @@ impl<'a> Probe<'a> {
 
     /// The parts of a resource already on the strict reader's tape (no
     /// duplicate members there).
-    pub fn from_node(node: Node<'a>, policy: &Policy) -> Probe<'a> {
+    pub fn from_node(node: Node<'_, 'a>, policy: &Policy) -> Probe<'a> {
         let mut probe = Probe::default();
         for member in node.children() {
             let Some(key) = member.key() else { continue };

@@ -472,7 +472,7 @@ impl Access {
     pub fn judge_entries(
         &self,
         decision: &Decision,
-        resources: &[Option<crate::chain::tape::Node<'_>>],
+        resources: &[Option<crate::chain::tape::Node<'_, '_>>],
         report: &mut FilterReport,
     ) -> Vec<Option<Option<String>>> {
         let checker = filter::Checker::new(&decision.scope, &self.policy, &self.refs);

@@ -174,7 +174,7 @@ pub fn read_entry_object<'a>(
 /// entry came into the answer and (history) its version facts; `None` for
 /// an entry without a resource or with another `search.mode`.
 pub fn read_entry_node(
-    entry: Node<'_>,
+    entry: Node<'_, '_>,
     history: bool,
 ) -> Result<Option<(EntryMode, Option<VersionFacts>)>, GatewayError> {
     let unusable = |what: &str| {

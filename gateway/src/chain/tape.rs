@@ -53,26 +53,27 @@ impl<'a> Tape<'a> {
     }
 
     /// The top-level value.
-    pub fn root(&self) -> Node<'_> {
+    pub fn root(&self) -> Node<'_, 'a> {
         Node { text: self.text, slots: &self.slots, index: 0 }
     }
 }
 
-/// One value of a [`Tape`]; cheap to copy.
+/// One value of a [`Tape`]; cheap to copy. `'t` is the tape's borrow, `'a`
+/// the text's: what a node hands out borrows the text, not the tape.
 #[derive(Clone, Copy)]
-pub struct Node<'t> {
-    text: &'t str,
+pub struct Node<'t, 'a> {
+    text: &'a str,
     slots: &'t [Slot],
     index: usize,
 }
 
-impl std::fmt::Debug for Node<'_> {
+impl std::fmt::Debug for Node<'_, '_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Node({:?})", self.raw())
     }
 }
 
-impl<'t> Node<'t> {
+impl<'t, 'a> Node<'t, 'a> {
     fn slot(&self) -> &'t Slot {
         &self.slots[self.index]
     }
@@ -82,13 +83,13 @@ impl<'t> Node<'t> {
     }
 
     /// The value's JSON text, exactly as the upstream wrote it.
-    pub fn raw(&self) -> &'t str {
+    pub fn raw(&self) -> &'a str {
         let slot = self.slot();
         &self.text[slot.start as usize..slot.end as usize]
     }
 
     /// The value, when it is a string, decoded.
-    pub fn str(&self) -> Option<Cow<'t, str>> {
+    pub fn str(&self) -> Option<Cow<'a, str>> {
         let slot = self.slot();
         if slot.kind != Kind::String {
             return None;
@@ -103,7 +104,7 @@ impl<'t> Node<'t> {
 
     /// The member name this value is held under (`None` in arrays and at
     /// the top), decoded.
-    pub fn key(&self) -> Option<Cow<'t, str>> {
+    pub fn key(&self) -> Option<Cow<'a, str>> {
         let slot = self.slot();
         if slot.key_start == 0 {
             return None;
@@ -129,7 +130,7 @@ impl<'t> Node<'t> {
     }
 
     /// The values an object or array holds, in order (none for scalars).
-    pub fn children(&self) -> Children<'t> {
+    pub fn children(&self) -> Children<'t, 'a> {
         let slot = self.slot();
         let next = match slot.kind {
             Kind::Object | Kind::Array => self.index + 1,
@@ -139,7 +140,7 @@ impl<'t> Node<'t> {
     }
 
     /// An object's member named `name`.
-    pub fn get(&self, name: &str) -> Option<Node<'t>> {
+    pub fn get(&self, name: &str) -> Option<Node<'t, 'a>> {
         if self.kind() != Kind::Object {
             return None;
         }
@@ -147,23 +148,23 @@ impl<'t> Node<'t> {
     }
 
     /// An object's member that is a string, decoded.
-    pub fn get_str(&self, name: &str) -> Option<Cow<'t, str>> {
+    pub fn get_str(&self, name: &str) -> Option<Cow<'a, str>> {
         self.get(name)?.str()
     }
 }
 
 /// The values inside an object or array.
-pub struct Children<'t> {
-    text: &'t str,
+pub struct Children<'t, 'a> {
+    text: &'a str,
     slots: &'t [Slot],
     next: usize,
     end: usize,
 }
 
-impl<'t> Iterator for Children<'t> {
-    type Item = Node<'t>;
+impl<'t, 'a> Iterator for Children<'t, 'a> {
+    type Item = Node<'t, 'a>;
 
-    fn next(&mut self) -> Option<Node<'t>> {
+    fn next(&mut self) -> Option<Node<'t, 'a>> {
         if self.next >= self.end {
             return None;
         }
@@ -186,7 +187,7 @@ mod tests {
         assert_eq!(root.kind(), Kind::Object);
         assert_eq!(root.get_str("resourceType").as_deref(), Some("Bundle"));
         assert_eq!(root.get("total").map(|n| n.raw()), Some("2"));
-        let entries: Vec<Node<'_>> = root.get("entry").unwrap().children().collect();
+        let entries: Vec<Node<'_, '_>> = root.get("entry").unwrap().children().collect();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].get_str("fullUrl").as_deref(), Some("u1"));
         assert_eq!(entries[0].get("resource").unwrap().raw(), r#"{"id":"a","n":[1,2]}"#);

@@ -15,3 +15,20 @@ pub use search::{SearchParam, SearchParams};
 
 /// The media type of every FHIR JSON body fhirwall sends.
 pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// Where `/_history/` starts in a reference, if it holds one. A search for
+/// `/` first: `str::find` with a string pattern builds a searcher per call,
+/// and this runs for every reference of every resource that leaves.
+pub fn history_at(reference: &str) -> Option<usize> {
+    reference.match_indices('/').map(|(at, _)| at).find(|&at| reference[at..].starts_with("/_history/"))
+}
+
+#[cfg(test)]
+mod history_tests {
+    #[test]
+    fn finds_the_version_suffix() {
+        assert_eq!(super::history_at("Patient/1/_history/2"), Some(9));
+        assert_eq!(super::history_at("https://x/fhir/Patient/1"), None);
+        assert_eq!(super::history_at("Patient/_history"), None);
+    }
+}

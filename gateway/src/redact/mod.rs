@@ -636,13 +636,19 @@ impl Redactor {
         let rules = self.rules(&programs);
         let mut outcomes: Vec<Outcome<'_>> = inputs
             .iter()
-            .map(|input| match input.resource.map(|text| (text, scan::scan(text, &rules))) {
-                Some((text, Ok(scan))) if !scan.duplicated => {
-                    self.decide(scan, &|| Some(text), report, depth)
+            .map(|input| {
+                let scan = input.resource.map(|text| match input.node {
+                    Some(node) => (text, scan::scan_node(node, &rules)),
+                    None => (text, scan::scan(text, &rules)),
+                });
+                match scan {
+                    Some((text, Ok(scan))) if !scan.duplicated => {
+                        self.decide(scan, &|| Some(text), report, depth)
+                    }
+                    // No resource (a history delete) or an unreadable entry:
+                    // nothing fhirwall cannot check leaves.
+                    _ => Outcome::unreadable(report),
                 }
-                // No resource (a history delete) or an unreadable entry:
-                // nothing fhirwall cannot check leaves.
-                _ => Outcome::unreadable(report),
             })
             .collect();
         // What is withheld, by `Type/id` and by fullUrl, and why.
@@ -769,7 +775,7 @@ fn remember(
 /// `Type/id` of a literal reference (relative, absolute or versioned).
 pub fn normalize_reference(reference: &str) -> Option<String> {
     let reference = reference.split(['?', '#']).next().unwrap_or("");
-    let reference = match reference.find("/_history/") {
+    let reference = match crate::fhir::history_at(reference) {
         Some(at) => &reference[..at],
         None => reference,
     };
@@ -777,7 +783,8 @@ pub fn normalize_reference(reference: &str) -> Option<String> {
     let id = segments.next().filter(|s| !s.is_empty())?;
     let resource_type =
         segments.next().filter(|s| s.bytes().next().is_some_and(|b| b.is_ascii_uppercase()))?;
-    Some(format!("{resource_type}/{id}"))
+    // `Type/id` are the last two segments: a suffix of the reference.
+    Some(reference[reference.len() - (resource_type.len() + 1 + id.len())..].to_owned())
 }
 
 /// One Bundle entry as a Bundle pass sees it.
@@ -787,6 +794,9 @@ pub struct EntryInput<'a> {
     pub mode: Option<std::borrow::Cow<'a, str>>,
     /// The resource's JSON; `None`: none, or an unreadable entry.
     pub resource: Option<&'a str>,
+    /// The same resource on the strict reader's tape, when it is there (it
+    /// is then scanned without being read again).
+    pub node: Option<crate::chain::tape::Node<'a, 'a>>,
 }
 
 impl<'a> EntryInput<'a> {
@@ -814,7 +824,7 @@ impl<'a> EntryInput<'a> {
             Some(Ok(search)) => search.mode,
             Some(Err(_)) => return EntryInput::default(),
         };
-        EntryInput { full_url, mode, resource: object.get("resource").map(RawValue::get) }
+        EntryInput { full_url, mode, resource: object.get("resource").map(RawValue::get), node: None }
     }
 
     pub fn is_match(&self) -> bool {

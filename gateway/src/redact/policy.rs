@@ -162,7 +162,7 @@ impl Programs {
             return false;
         }
         let reference = reference.split(['?', '#']).next().unwrap_or("");
-        let reference = match reference.find("/_history/") {
+        let reference = match crate::fhir::history_at(reference) {
             Some(at) => &reference[..at],
             None => reference,
         };

@@ -11,9 +11,8 @@
 //! redaction removes.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use crate::chain::tape::{Kind, Node};
 
 use super::codes::CodeSets;
 use super::policy::{Labels, Marker, Programs};
@@ -127,91 +126,28 @@ pub struct Rules<'r> {
     pub trie: &'r Trie,
 }
 
-/// Scan one resource. `Err` when the text is not one JSON object.
-pub fn scan<'a>(text: &'a str, rules: &Rules<'_>) -> Result<Scan<'a>, serde_json::Error> {
-    let mut walker = Walker { rules, scan: Scan::default(), top: None };
-    let mut de = serde_json::Deserializer::from_str(text);
-    let root = Ctx { depth: 0, node: Some(0), meta: false, security: false };
-    let out = NodeSeed { w: &mut walker, ctx: root }.deserialize(&mut de)?;
-    de.end()?;
-    if !matches!(out, Out::Object) {
-        return Err(serde::de::Error::custom("a resource is a JSON object"));
+/// Scan one resource. `Err` when the text is not one strict JSON object
+/// (the strict reader's rules: no duplicated member names at any depth).
+pub fn scan<'a>(text: &'a str, rules: &Rules<'_>) -> Result<Scan<'a>, ScanError> {
+    let tape = crate::chain::strict::read(text).map_err(|_| ScanError)?;
+    scan_node(tape.root(), rules)
+}
+
+/// [`scan`] on a resource already on the strict reader's tape.
+pub fn scan_node<'a>(node: Node<'_, 'a>, rules: &Rules<'_>) -> Result<Scan<'a>, ScanError> {
+    if node.kind() != Kind::Object {
+        return Err(ScanError);
     }
+    let mut walker = Walker { rules, scan: Scan::default(), top: None };
+    let root = Ctx { depth: 0, node: Some(0), meta: false, security: false };
+    walker.walk(node, root);
     Ok(walker.scan)
 }
 
-/// One Bundle entry read in one pass: its `fullUrl`, `search.mode` and the
-/// scan of its `resource` (without first cutting the resource out as raw
-/// text: that happens only for entries that are rewritten).
-#[derive(Debug, Default)]
-pub struct EntryScan<'a> {
-    pub full_url: Option<Cow<'a, str>>,
-    pub mode: Option<Cow<'a, str>>,
-    pub resource: Option<Scan<'a>>,
-    /// `resource`, `fullUrl` or `search` appears twice.
-    pub duplicated: bool,
-}
-
-/// Scan one Bundle entry. `Err` when it is not a JSON object or its
-/// resource is not one.
-pub fn scan_entry<'a>(text: &'a str, rules: &Rules<'_>) -> Result<EntryScan<'a>, serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let entry = EntrySeed { rules }.deserialize(&mut de)?;
-    de.end()?;
-    Ok(entry)
-}
-
-struct EntrySeed<'r> {
-    rules: &'r Rules<'r>,
-}
-
-impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
-    type Value = EntryScan<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<EntryScan<'de>, D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for EntrySeed<'_> {
-    type Value = EntryScan<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a Bundle entry")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EntryScan<'de>, A::Error> {
-        #[derive(serde::Deserialize)]
-        struct Search<'a> {
-            #[serde(borrow, default)]
-            mode: Option<Cow<'a, str>>,
-        }
-        let mut entry = EntryScan::default();
-        let mut seen_search = false;
-        while let Some(key) = map.next_key_seed(KeySeed)? {
-            match key.as_ref() {
-                "resource" => {
-                    let mut walker = Walker { rules: self.rules, scan: Scan::default(), top: None };
-                    let root = Ctx { depth: 0, node: Some(0), meta: false, security: false };
-                    let out = map.next_value_seed(NodeSeed { w: &mut walker, ctx: root })?;
-                    if !matches!(out, Out::Object) {
-                        return Err(serde::de::Error::custom("a resource is a JSON object"));
-                    }
-                    entry.duplicated |= entry.resource.replace(walker.scan).is_some();
-                }
-                "fullUrl" => {
-                    let url = map.next_value_seed(KeySeed)?;
-                    entry.duplicated |= entry.full_url.replace(url).is_some();
-                }
-                "search" => {
-                    entry.duplicated |= std::mem::replace(&mut seen_search, true);
-                    entry.mode = map.next_value::<Search<'de>>()?.mode;
-                }
-                _ => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(entry)
-    }
-}
+/// A resource that is not one strict JSON object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a resource is one strict JSON object")]
+pub struct ScanError;
 
 struct Walker<'r, 'a> {
     rules: &'r Rules<'r>,
@@ -259,111 +195,65 @@ enum Out<'a> {
     Other,
 }
 
-struct NodeSeed<'w, 'r, 'a> {
-    w: &'w mut Walker<'r, 'a>,
-    ctx: Ctx,
-}
-
-impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
-    type Value = Out<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Out<'de>, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> NodeSeed<'_, '_, 'de> {
-    fn string(self, s: Cow<'de, str>) -> Out<'de> {
-        if let Some(node) = self.ctx.node {
-            for watch in &self.w.rules.trie.nodes[node as usize].dates {
-                self.w.scan.dates.push((*watch, s.clone()));
-            }
-        }
-        Out::Str(s)
-    }
-}
-
 /// Money keys: their presence means a financial rewrite may be needed.
 const MONEY_KEYS: [&str; 5] = ["amount", "net", "unitPrice", "factor", "adjudication"];
 
-impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
-    type Value = Out<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("JSON")
-    }
-
-    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Out<'de>, E> {
-        Ok(self.string(Cow::Borrowed(v)))
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Out<'de>, E> {
-        Ok(self.string(Cow::Owned(v.to_owned())))
-    }
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Out<'de>, E> {
-        Ok(self.string(Cow::Owned(v)))
-    }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Out<'de>, E> {
-        Ok(Out::Other)
-    }
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Out<'de>, E> {
-        Ok(Out::Other)
-    }
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Out<'de>, E> {
-        Ok(Out::Other)
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Out<'de>, E> {
-        Ok(Out::Other)
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Out<'de>, E> {
-        Ok(Out::Other)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Out<'de>, A::Error> {
-        let NodeSeed { w, ctx } = self;
-        let mut index = 0usize;
-        loop {
-            if ctx.depth == 1
-                && let Some(top) = w.top.as_mut()
-            {
-                top.1 = Some(index);
-            }
-            match seq.next_element_seed(NodeSeed { w: &mut *w, ctx })? {
-                Some(_) => index += 1,
-                None => break,
-            }
-        }
-        Ok(Out::Other)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Out<'de>, A::Error> {
-        let NodeSeed { w, ctx } = self;
-        let mut system: Option<Cow<'de, str>> = None;
-        let mut code: Option<Cow<'de, str>> = None;
-        let mut value: Option<Cow<'de, str>> = None;
-        let mut reference: Option<Cow<'de, str>> = None;
-        let mut url: Option<Cow<'de, str>> = None;
-        let mut label_value = false;
-        while let Some(key) = map.next_key_seed(KeySeed)? {
-            if ctx.depth == 0 {
-                if w.scan.members.contains(&key) {
-                    w.scan.duplicated = true;
+impl<'a> Walker<'_, 'a> {
+    fn walk(&mut self, node: Node<'_, 'a>, ctx: Ctx) -> Out<'a> {
+        match node.kind() {
+            Kind::String => {
+                let s = node.str().unwrap_or_default();
+                if let Some(trie_node) = ctx.node {
+                    for watch in &self.rules.trie.nodes[trie_node as usize].dates {
+                        self.scan.dates.push((*watch, s.clone()));
+                    }
                 }
-                w.scan.members.push(key.clone());
-                w.top = Some((key.clone(), None));
+                Out::Str(s)
+            }
+            Kind::Array => {
+                for (index, item) in node.children().enumerate() {
+                    if ctx.depth == 1
+                        && let Some(top) = self.top.as_mut()
+                    {
+                        top.1 = Some(index);
+                    }
+                    self.walk(item, ctx);
+                }
+                Out::Other
+            }
+            Kind::Object => self.object(node, ctx),
+            Kind::Number | Kind::True | Kind::False | Kind::Null => Out::Other,
+        }
+    }
+
+    /// An object: its members walked, then what they make it (a coding, an
+    /// identifier, an inline label, a reference).
+    fn object(&mut self, node: Node<'_, 'a>, ctx: Ctx) -> Out<'a> {
+        let mut system: Option<Cow<'a, str>> = None;
+        let mut code: Option<Cow<'a, str>> = None;
+        let mut value: Option<Cow<'a, str>> = None;
+        let mut reference: Option<Cow<'a, str>> = None;
+        let mut url: Option<Cow<'a, str>> = None;
+        let mut label_value = false;
+        for member in node.children() {
+            let key = member.key().unwrap_or_default();
+            if ctx.depth == 0 {
+                self.scan.members.push(key.clone());
+                self.top = Some((key.clone(), None));
             } else if MONEY_KEYS.contains(&key.as_ref()) {
-                w.scan.money = true;
+                self.scan.money = true;
             }
             let child = Ctx {
                 depth: ctx.depth + 1,
-                node: ctx.node.and_then(|n| w.rules.trie.child(n, &key)),
+                node: ctx.node.and_then(|n| self.rules.trie.child(n, &key)),
                 meta: key == "meta",
                 security: ctx.security || (ctx.meta && key == "security"),
             };
-            let out = map.next_value_seed(NodeSeed { w: &mut *w, ctx: child })?;
-            match out {
+            match self.walk(member, child) {
                 Out::Str(s) => match (ctx.depth, key.as_ref()) {
-                    (0, "resourceType") => w.scan.resource_type = Some(s),
-                    (0, "id") => w.scan.id = Some(s),
-                    (0, "use") => w.scan.use_ = Some(s),
+                    (0, "resourceType") => self.scan.resource_type = Some(s),
+                    (0, "id") => self.scan.id = Some(s),
+                    (0, "use") => self.scan.use_ = Some(s),
                     (_, "system") => system = Some(s),
                     (_, "code") => code = Some(s),
                     (_, "value") => value = Some(s),
@@ -378,19 +268,19 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
         let mut out = Out::Object;
         if let Some(code) = code.as_deref() {
             let system = system.as_deref();
-            let is_label = w.rules.labels.matches(system, code);
+            let is_label = self.rules.labels.matches(system, code);
             if ctx.security {
                 if is_label {
-                    w.label();
+                    self.label();
                 }
             } else {
-                if w.rules.codes.matches(system, code) {
-                    w.hit(HitKind::Code);
+                if self.rules.codes.matches(system, code) {
+                    self.hit(HitKind::Code);
                 }
-                if let Some(node) = ctx.node {
-                    let markers = &w.rules.trie.nodes[node as usize].markers;
-                    if markers.iter().any(|m| w.rules.markers[*m as usize].matches(system, code)) {
-                        w.scan.drug_marker = true;
+                if let Some(trie_node) = ctx.node {
+                    let markers = &self.rules.trie.nodes[trie_node as usize].markers;
+                    if markers.iter().any(|m| self.rules.markers[*m as usize].matches(system, code)) {
+                        self.scan.drug_marker = true;
                     }
                 }
             }
@@ -398,49 +288,23 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
                 out = Out::Label;
             }
         } else if let Some(value) = value.as_deref()
-            && w.rules.programs.matches_identifier(system.as_deref(), value)
+            && self.rules.programs.matches_identifier(system.as_deref(), value)
         {
-            w.hit(HitKind::Program);
+            self.hit(HitKind::Program);
         }
-        if label_value && url.as_deref() == Some(w.rules.labels.inline_extension.as_str()) {
+        if label_value && url.as_deref() == Some(self.rules.labels.inline_extension.as_str()) {
             if ctx.security {
-                w.label();
+                self.label();
             } else {
-                w.hit(HitKind::Label);
+                self.hit(HitKind::Label);
             }
         }
         if let Some(reference) = reference {
-            if w.rules.programs.matches_reference(&reference) {
-                w.hit(HitKind::Program);
+            if self.rules.programs.matches_reference(&reference) {
+                self.hit(HitKind::Program);
             }
-            w.scan.refs.push(reference);
+            self.scan.refs.push(reference);
         }
-        Ok(out)
-    }
-}
-
-/// Object keys, borrowed when they have no escapes.
-struct KeySeed;
-
-impl<'de> DeserializeSeed<'de> for KeySeed {
-    type Value = Cow<'de, str>;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Cow<'de, str>, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeySeed {
-    type Value = Cow<'de, str>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a member name")
-    }
-    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Borrowed(v))
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(v))
+        out
     }
 }

@@ -44,7 +44,7 @@ fn unusable(why: impl Into<String>) -> GatewayError {
 /// One resource on its way through a page's stages.
 struct Candidate<'t> {
     /// Its upstream entry (`None`: a roster Group fhirwall adds itself).
-    entry: Option<Node<'t>>,
+    entry: Option<Node<'t, 't>>,
     /// The resource as the upstream sent it.
     resource: Option<&'t str>,
     /// The resource as the access stage rebuilt it (a Group's members).
@@ -56,7 +56,12 @@ impl Candidate<'_> {
     /// `fullUrl` or `search` has the wrong shape is unreadable (no resource).
     fn input(&self) -> EntryInput<'_> {
         let resource = self.rewritten.as_deref().or(self.resource);
-        let Some(entry) = self.entry else { return EntryInput { full_url: None, mode: None, resource } };
+        let Some(entry) = self.entry else { return EntryInput { resource, ..EntryInput::default() } };
+        // The upstream's resource is scanned on the page's tape.
+        let node = match self.rewritten {
+            None => entry.get("resource"),
+            Some(_) => None,
+        };
         let full_url = match entry.get("fullUrl") {
             None => None,
             Some(url) => match url.str() {
@@ -76,7 +81,7 @@ impl Candidate<'_> {
             },
             Some(_) => return EntryInput::default(),
         };
-        EntryInput { full_url, mode, resource }
+        EntryInput { full_url, mode, resource, node }
     }
 }
 
@@ -231,7 +236,7 @@ impl FhirHandler {
             return Err(unusable("a search answer that is not a Bundle"));
         }
         let upstream_next = self.upstream_next(root)?;
-        let entries: Vec<Node<'_>> = match root.get("entry") {
+        let entries: Vec<Node<'_, '_>> = match root.get("entry") {
             None => Vec::new(),
             Some(entry) if entry.kind() == Kind::Array => entry.children().collect(),
             Some(_) => return Err(unusable("Bundle.entry is not an array")),
@@ -248,7 +253,7 @@ impl FhirHandler {
             .collect();
         if let Some(decision) = &ctx.access {
             let mut report = ctx.access_report.lock().unwrap_or_else(|e| e.into_inner());
-            let resources: Vec<Option<Node<'_>>> =
+            let resources: Vec<Option<Node<'_, '_>>> =
                 entries.iter().map(|e| e.get("resource").filter(|r| r.kind() == Kind::Object)).collect();
             let verdicts = self.gw.access.judge_entries(decision, &resources, &mut report);
             candidates = candidates
@@ -318,7 +323,7 @@ impl FhirHandler {
 
     /// The upstream's `next` link, below its base. A link elsewhere, or one
     /// that is not a string, is the upstream's fault.
-    fn upstream_next(&self, bundle: Node<'_>) -> Result<Option<String>, GatewayError> {
+    fn upstream_next(&self, bundle: Node<'_, '_>) -> Result<Option<String>, GatewayError> {
         let Some(links) = bundle.get("link") else { return Ok(None) };
         if links.kind() != Kind::Array {
             return Err(unusable("Bundle.link is not an array"));
