@@ -4,10 +4,11 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::policy::{Financial, FinancialType, RedactedLabel, RedactionRule};
+use crate::chain::strict;
+use crate::chain::tape::{Kind, Node};
 use crate::fhir::bundle::RawObject;
 
 /// What Part 2 redaction removes, from the scan's hits.
@@ -541,36 +542,36 @@ fn clean_adjudications(adjudications: &mut Vec<Value>, fin: &Financial) -> bool 
 const UNREADABLE: Unredactable = Unredactable("unreadable claims data");
 
 /// Items (a list or one item, with their detail/subDetail levels) without
-/// prices and money; `None` when nothing changes. Works on the raw text:
-/// kept parts are copied, never parsed into a tree.
+/// prices and money; `None` when nothing changes. Works on the raw text,
+/// read once onto a tape: kept parts are copied, never parsed into a tree.
 fn strip_lines_raw(raw: &str, fin: &Financial) -> Result<Option<String>, Unredactable> {
+    let tape = strict::read(raw).map_err(|_| UNREADABLE)?;
     let mut out = String::with_capacity(raw.len());
-    Ok(write_lines_raw(raw, fin, &mut out)?.then_some(out))
+    Ok(write_lines(tape.root(), fin, &mut out)?.then_some(out))
 }
 
-/// Write `raw` stripped into `out`; whether anything changed.
-fn write_lines_raw(raw: &str, fin: &Financial, out: &mut String) -> Result<bool, Unredactable> {
-    match raw.trim_start().as_bytes().first() {
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(raw).map_err(|_| UNREADABLE)?;
+/// Write an item list or item stripped into `out`; whether anything changed.
+fn write_lines(node: Node<'_, '_>, fin: &Financial, out: &mut String) -> Result<bool, Unredactable> {
+    match node.kind() {
+        Kind::Array => {
             out.push('[');
             let mut changed = false;
-            for (i, item) in items.iter().enumerate() {
+            for (i, item) in node.children().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                changed |= write_lines_raw(item.get(), fin, out)?;
+                changed |= write_lines(item, fin, out)?;
             }
             out.push(']');
             Ok(changed)
         }
-        Some(b'{') => {
-            let object = RawObject::parse(raw).map_err(|_| UNREADABLE)?;
+        Kind::Object => {
             let mut changed = false;
             out.push('{');
             let mut first = true;
-            for (key, value) in &object.members {
-                if fin.line_elements.iter().any(|e| e == key) {
+            for member in node.children() {
+                let key = member.key().unwrap_or_default();
+                if fin.line_elements.iter().any(|e| *e == key) {
                     changed = true;
                     continue;
                 }
@@ -578,13 +579,13 @@ fn write_lines_raw(raw: &str, fin: &Financial, out: &mut String) -> Result<bool,
                 if !first {
                     out.push(',');
                 }
-                crate::fhir::bundle::write_key(out, key);
+                crate::fhir::bundle::write_key(out, &key);
                 out.push(':');
                 let member_changed = match key.as_ref() {
-                    "adjudication" => write_adjudications_raw(value.get(), fin, out)?,
-                    "detail" | "subDetail" => write_lines_raw(value.get(), fin, out)?,
+                    "adjudication" => write_adjudications(member, fin, out)?,
+                    "detail" | "subDetail" => write_lines(member, fin, out)?,
                     _ => {
-                        out.push_str(value.get());
+                        out.push_str(member.raw());
                         false
                     }
                 };
@@ -601,7 +602,7 @@ fn write_lines_raw(raw: &str, fin: &Financial, out: &mut String) -> Result<bool,
             Ok(changed)
         }
         _ => {
-            out.push_str(raw);
+            out.push_str(node.raw());
             Ok(false)
         }
     }
@@ -611,8 +612,9 @@ fn write_lines_raw(raw: &str, fin: &Financial, out: &mut String) -> Result<bool,
 /// categories); entries left with only their category go. `Some("")` when
 /// nothing is left, `None` when nothing changes.
 fn clean_adjudications_raw(raw: &str, fin: &Financial) -> Result<Option<String>, Unredactable> {
+    let tape = strict::read(raw).map_err(|_| UNREADABLE)?;
     let mut out = String::with_capacity(raw.len());
-    let changed = write_adjudications_raw(raw, fin, &mut out)?;
+    let changed = write_adjudications(tape.root(), fin, &mut out)?;
     Ok(match (changed, out.as_str()) {
         (false, _) => None,
         (true, "[]") => Some(String::new()),
@@ -621,25 +623,26 @@ fn clean_adjudications_raw(raw: &str, fin: &Financial) -> Result<Option<String>,
 }
 
 /// Write the cleaned adjudication list into `out`; whether anything changed.
-fn write_adjudications_raw(raw: &str, fin: &Financial, out: &mut String) -> Result<bool, Unredactable> {
-    let entries: Vec<&RawValue> = serde_json::from_str(raw).map_err(|_| UNREADABLE)?;
+fn write_adjudications(list: Node<'_, '_>, fin: &Financial, out: &mut String) -> Result<bool, Unredactable> {
+    if list.kind() != Kind::Array {
+        return Err(UNREADABLE);
+    }
     out.push('[');
     let (mut changed, mut written) = (false, 0);
-    for entry in entries {
-        let object = match RawObject::parse(entry.get()) {
-            Ok(object) => object,
-            Err(_) => {
-                if written > 0 {
-                    out.push(',');
-                }
-                out.push_str(entry.get());
-                written += 1;
-                continue;
+    for entry in list.children() {
+        if entry.kind() != Kind::Object {
+            if written > 0 {
+                out.push(',');
             }
-        };
-        let monetary = object.get("value").is_some() && category_is_monetary(object.get("category"), fin);
+            out.push_str(entry.raw());
+            written += 1;
+            continue;
+        }
+        let monetary =
+            entry.get("value").is_some() && entry.get("category").is_some_and(|c| is_monetary(c, fin));
         let drop_key = |k: &str| k == "amount" || (monetary && k == "value");
-        let keeps = object.members.iter().any(|(k, _)| k != "category" && k != "id" && !drop_key(k));
+        let keys: Vec<_> = entry.children().map(|m| m.key().unwrap_or_default()).collect();
+        let keeps = keys.iter().any(|k| k != "category" && k != "id" && !drop_key(k));
         if !keeps {
             changed = true;
             continue;
@@ -648,35 +651,59 @@ fn write_adjudications_raw(raw: &str, fin: &Financial, out: &mut String) -> Resu
             out.push(',');
         }
         written += 1;
-        if object.members.iter().any(|(k, _)| drop_key(k)) {
+        if keys.iter().any(|k| drop_key(k)) {
             changed = true;
-            object.write_with(out, |k, _| drop_key(k).then(String::new));
+            out.push('{');
+            let mut first = true;
+            for (key, member) in keys.iter().zip(entry.children()) {
+                if drop_key(key) {
+                    continue;
+                }
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                crate::fhir::bundle::write_key(out, key);
+                out.push(':');
+                out.push_str(member.raw());
+            }
+            out.push('}');
         } else {
-            out.push_str(entry.get());
+            out.push_str(entry.raw());
         }
     }
     out.push(']');
     Ok(changed)
 }
 
-fn category_is_monetary(category: Option<&RawValue>, fin: &Financial) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Category<'a> {
-        #[serde(borrow, default)]
-        coding: Vec<Coding<'a>>,
+/// Whether an adjudication category (a CodeableConcept) names a monetary
+/// category. A category of another shape is not one.
+fn is_monetary(category: Node<'_, '_>, fin: &Financial) -> bool {
+    /// A string member (`Some(None)`: absent or null; `None`: not a string).
+    fn string<'a>(node: Option<Node<'_, 'a>>) -> Option<Option<std::borrow::Cow<'a, str>>> {
+        match node {
+            None => Some(None),
+            Some(n) if n.kind() == Kind::Null => Some(None),
+            Some(n) => n.str().map(Some),
+        }
     }
-    #[derive(serde::Deserialize)]
-    struct Coding<'a> {
-        #[serde(borrow, default)]
-        system: Option<std::borrow::Cow<'a, str>>,
-        #[serde(borrow, default)]
-        code: Option<std::borrow::Cow<'a, str>>,
+    let codings = match category.get("coding") {
+        _ if category.kind() != Kind::Object => return false,
+        None => return false,
+        Some(c) if c.kind() == Kind::Array => c,
+        Some(_) => return false,
+    };
+    let mut found = false;
+    for coding in codings.children() {
+        if coding.kind() != Kind::Object {
+            return false;
+        }
+        let (Some(system), Some(code)) = (string(coding.get("system")), string(coding.get("code"))) else {
+            return false;
+        };
+        found |= code.as_deref().is_some_and(|code| fin.is_monetary(system.as_deref(), code));
     }
-    category.and_then(|c| serde_json::from_str::<Category<'_>>(c.get()).ok()).is_some_and(|c| {
-        c.coding.iter().any(|coding| {
-            coding.code.as_deref().is_some_and(|code| fin.is_monetary(coding.system.as_deref(), code))
-        })
-    })
+    found
 }
 
 #[cfg(test)]
