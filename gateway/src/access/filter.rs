@@ -315,7 +315,7 @@ impl<'de> Visitor<'de> for EntrySeed<'_> {
 
 /// The raw `resource` of an entry (only Groups and nested Bundles need it).
 fn entry_resource_text(entry: &str) -> Option<&str> {
-    RawObject::parse(entry).ok()?.get("resource").map(RawValue::get)
+    RawObject::parse(entry).ok()?.get("resource").map(|v| v.get())
 }
 
 /// Checks resources against one caller's scope.

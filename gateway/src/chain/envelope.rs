@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use super::tape::{Kind, Node};
 use super::{Entry, EntryMode, VersionFacts};
 use crate::error::GatewayError;
-use crate::fhir::bundle::RawObject;
+use crate::fhir::bundle::{RawObject, RawText};
 
 /// A Bundle to write.
 pub struct Envelope<'a> {
@@ -99,7 +99,7 @@ fn push_str(out: &mut String, text: &str) {
 /// how it came into the answer. `None` for entries that carry no resource
 /// or only say something about the search (`search.mode = outcome`).
 pub struct UpstreamEntry<'a> {
-    pub resource: &'a RawValue,
+    pub resource: RawText<'a>,
     pub mode: EntryMode,
     pub version: Option<VersionFacts>,
 }
@@ -140,7 +140,7 @@ pub fn read_entry_object<'a>(
         etag: Option<String>,
         last_modified: Option<String>,
     }
-    let member = |name: &str| object.get(name).map(RawValue::get);
+    let member = |name: &str| object.get(name).map(|v| v.get());
     let mode = match member("search").map(serde_json::from_str::<Search>) {
         None => EntryMode::Match,
         Some(Ok(search)) => match search.mode.as_deref() {

@@ -112,10 +112,8 @@ pub fn raw_reference_values(text: &str) -> Option<Vec<&str>> {
     }
     const KEY: &str = "\"reference\"";
     let mut out = Vec::new();
-    let mut from = 0;
-    while let Some(at) = text[from..].find(KEY) {
-        let start = from + at;
-        from = start + KEY.len();
+    for start in memchr::memmem::find_iter(text.as_bytes(), KEY) {
+        let from = start + KEY.len();
         // A member name follows `{` or `,`; the same word as a value follows `:`.
         if !text[..start].trim_end().ends_with(['{', ',']) {
             continue;

@@ -79,9 +79,9 @@ pub fn object_names_hidden_patient(
 /// Does the raw text hold an `"identifier"` member whose value is an object
 /// (a Reference's identifier, not a resource's identifier list)?
 fn has_identifier_object(text: &str) -> bool {
-    let mut from = 0;
-    while let Some(at) = text[from..].find("\"identifier\"") {
-        from += at + "\"identifier\"".len();
+    const KEY: &str = "\"identifier\"";
+    for at in memchr::memmem::find_iter(text.as_bytes(), KEY) {
+        let from = at + KEY.len();
         if let Some(rest) = text[from..].trim_start().strip_prefix(':')
             && rest.trim_start().starts_with('{')
         {

@@ -8,7 +8,18 @@ use serde_json::value::RawValue;
 /// A JSON object read as its members in document order, values left raw.
 #[derive(Debug, Default)]
 pub struct RawObject<'a> {
-    pub members: Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>,
+    pub members: Vec<(std::borrow::Cow<'a, str>, RawText<'a>)>,
+}
+
+/// A member's value as its JSON text (valid JSON: it was read by serde or
+/// the strict reader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawText<'a>(&'a str);
+
+impl<'a> RawText<'a> {
+    pub fn get(&self) -> &'a str {
+        self.0
+    }
 }
 
 impl<'a> RawObject<'a> {
@@ -17,7 +28,17 @@ impl<'a> RawObject<'a> {
         serde_json::from_str(text)
     }
 
-    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+    /// An object already on the strict reader's tape, without reading it
+    /// again. `None` when the node is not an object.
+    pub fn from_node(node: crate::chain::tape::Node<'_, 'a>) -> Option<Self> {
+        if node.kind() != crate::chain::tape::Kind::Object {
+            return None;
+        }
+        let members = node.children().map(|m| (m.key().unwrap_or_default(), RawText(m.raw()))).collect();
+        Some(RawObject { members })
+    }
+
+    pub fn get(&self, key: &str) -> Option<RawText<'a>> {
         self.members.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 
@@ -28,7 +49,11 @@ impl<'a> RawObject<'a> {
 
     /// Write the object back, replacing members by `replace` (which returns
     /// `Some(new raw JSON)` to substitute, `Some("")` to drop, `None` to keep).
-    pub fn write_with(&self, out: &mut String, mut replace: impl FnMut(&str, &RawValue) -> Option<String>) {
+    pub fn write_with(
+        &self,
+        out: &mut String,
+        mut replace: impl FnMut(&str, &RawText<'a>) -> Option<String>,
+    ) {
         out.push('{');
         let mut first = true;
         for (key, value) in &self.members {
@@ -77,7 +102,7 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for RawObject<'a> {
                 // Keys are borrowed from the text unless they hold escapes.
                 while let Some(key) = map.next_key_seed(BorrowedKey)? {
                     let value: &'de RawValue = map.next_value()?;
-                    members.push((key, value));
+                    members.push((key, RawText(value.get())));
                 }
                 Ok(RawObject { members })
             }

@@ -824,7 +824,7 @@ impl<'a> EntryInput<'a> {
             Some(Ok(search)) => search.mode,
             Some(Err(_)) => return EntryInput::default(),
         };
-        EntryInput { full_url, mode, resource: object.get("resource").map(RawValue::get), node: None }
+        EntryInput { full_url, mode, resource: object.get("resource").map(|v| v.get()), node: None }
     }
 
     pub fn is_match(&self) -> bool {

@@ -15,9 +15,9 @@
 //! would be had the money never been there. Everything untouched keeps its
 //! bytes and member order (the walk re-emits raw JSON).
 
-use serde_json::value::RawValue;
-
-use crate::fhir::bundle::{RawObject, write_key};
+use crate::chain::strict;
+use crate::chain::tape::{Kind, Node};
+use crate::fhir::bundle::{RawObject, RawText, write_key};
 
 /// Types whose every Money value and free text go.
 pub const CLAIMS_TYPES: &[&str] = &[
@@ -98,43 +98,49 @@ enum Walked {
     New(String),
 }
 
-fn walk(value: &RawValue) -> Result<Walked, &'static str> {
+fn walk(value: &RawText<'_>) -> Result<Walked, &'static str> {
     let text = value.get();
-    // Most values hold no money at all: skip them without parsing.
-    if !text.contains("currency") && !text.contains(ISO_4217) {
+    // Most values hold no money at all: skip them without reading them.
+    let mentions = |word: &str| memchr::memmem::find(text.as_bytes(), word.as_bytes()).is_some();
+    if !mentions("currency") && !mentions(ISO_4217) {
         return Ok(Walked::Same);
     }
-    match text.as_bytes().first() {
-        Some(b'{') => walk_object(text),
-        Some(b'[') => walk_array(text),
-        _ => Ok(Walked::Same),
+    let tape = strict::read(text).map_err(|_| "malformed value")?;
+    Ok(walk_node(tape.root()))
+}
+
+fn walk_node(node: Node<'_, '_>) -> Walked {
+    match node.kind() {
+        Kind::Object => walk_object(node),
+        Kind::Array => walk_array(node),
+        _ => Walked::Same,
     }
 }
 
-fn walk_object(text: &str) -> Result<Walked, &'static str> {
-    let object = RawObject::parse(text).map_err(|_| "malformed object")?;
-    if is_money(&object) {
-        return Ok(Walked::Gone);
+fn walk_object(node: Node<'_, '_>) -> Walked {
+    if is_money(node) {
+        return Walked::Gone;
     }
     let mut changed = false;
-    let mut members: Vec<(&str, std::borrow::Cow<'_, str>)> = Vec::with_capacity(object.members.len());
-    for (key, value) in &object.members {
-        match walk(value)? {
-            Walked::Same => members.push((key.as_ref(), value.get().into())),
+    let mut members: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> = Vec::new();
+    for member in node.children() {
+        let key = member.key().unwrap_or_default();
+        match walk_node(member) {
+            Walked::Same => members.push((key, member.raw().into())),
             Walked::Gone => changed = true,
             Walked::New(new) => {
                 changed = true;
-                members.push((key.as_ref(), new.into()));
+                members.push((key, new.into()));
             }
         }
     }
     if !changed {
-        return Ok(Walked::Same);
+        return Walked::Same;
     }
     if members.is_empty() {
-        return Ok(Walked::Gone);
+        return Walked::Gone;
     }
-    let mut out = String::with_capacity(text.len());
+    let mut out = String::with_capacity(node.raw().len());
     out.push('{');
     for (n, (key, value)) in members.iter().enumerate() {
         if n > 0 {
@@ -145,21 +151,20 @@ fn walk_object(text: &str) -> Result<Walked, &'static str> {
         out.push_str(value);
     }
     out.push('}');
-    Ok(Walked::New(out))
+    Walked::New(out)
 }
 
-fn walk_array(text: &str) -> Result<Walked, &'static str> {
-    let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|_| "malformed array")?;
+fn walk_array(node: Node<'_, '_>) -> Walked {
     let mut changed = false;
-    let mut kept: Vec<std::borrow::Cow<'_, str>> = Vec::with_capacity(items.len());
-    for item in items {
+    let mut kept: Vec<std::borrow::Cow<'_, str>> = Vec::new();
+    for item in node.children() {
         // An element that carries money itself goes whole.
-        if carries_money(item)? {
+        if carries_money(item) {
             changed = true;
             continue;
         }
-        match walk(item)? {
-            Walked::Same => kept.push(item.get().into()),
+        match walk_node(item) {
+            Walked::Same => kept.push(item.raw().into()),
             Walked::Gone => changed = true,
             Walked::New(new) => {
                 changed = true;
@@ -168,42 +173,26 @@ fn walk_array(text: &str) -> Result<Walked, &'static str> {
         }
     }
     if !changed {
-        return Ok(Walked::Same);
+        return Walked::Same;
     }
     if kept.is_empty() {
-        return Ok(Walked::Gone);
+        return Walked::Gone;
     }
-    Ok(Walked::New(format!("[{}]", kept.join(","))))
+    Walked::New(format!("[{}]", kept.join(",")))
 }
 
 /// Is this array element Money, or an object with a Money member of its own?
-fn carries_money(item: &RawValue) -> Result<bool, &'static str> {
-    let text = item.get();
-    if !text.starts_with('{') || (!text.contains("currency") && !text.contains(ISO_4217)) {
-        return Ok(false);
-    }
-    let object = RawObject::parse(text).map_err(|_| "malformed object")?;
-    if is_money(&object) {
-        return Ok(true);
-    }
-    for (_, value) in &object.members {
-        if value.get().starts_with('{')
-            && let Ok(inner) = RawObject::parse(value.get())
-            && is_money(&inner)
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+fn carries_money(item: Node<'_, '_>) -> bool {
+    item.kind() == Kind::Object
+        && (is_money(item) || item.children().any(|value| value.kind() == Kind::Object && is_money(value)))
 }
 
 /// Money (`value` + `currency`) or a Quantity whose system is ISO 4217.
-fn is_money(object: &RawObject<'_>) -> bool {
+fn is_money(object: Node<'_, '_>) -> bool {
     let has_currency = object.get("currency").is_some()
         && object
-            .members
-            .iter()
-            .all(|(k, _)| matches!(k.as_ref(), "value" | "currency" | "id" | "extension"));
+            .children()
+            .all(|m| matches!(m.key().as_deref(), Some("value" | "currency" | "id" | "extension")));
     has_currency || object.get_str("system").as_deref() == Some(ISO_4217)
 }
 

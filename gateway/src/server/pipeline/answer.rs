@@ -289,7 +289,12 @@ impl FhirHandler {
                 None => (EntryMode::Match, None),
             };
             let Some(resource) = redacted.as_deref().or(input.resource) else { continue };
-            let Ok(object) = RawObject::parse(resource) else { continue };
+            // An untouched resource's members come from the page's tape.
+            let object = match (&redacted, input.node) {
+                (None, Some(node)) => RawObject::from_node(node),
+                _ => RawObject::parse(resource).ok(),
+            };
+            let Some(object) = object else { continue };
             let (Some(resource_type), Some(id)) = (object.get_str("resourceType"), object.get_str("id"))
             else {
                 continue;
