@@ -403,6 +403,22 @@ mod tests {
     }
 
     #[test]
+    fn string_runs_stop_at_every_offset() {
+        // The eight-byte scan must see a control character, a quote or a
+        // backslash wherever it falls in a word, past multi-byte text too.
+        for n in 0..24 {
+            let pad = "é".repeat(n % 3) + &"a".repeat(n);
+            assert!(check(&format!("{{\"a\":\"{pad}\u{1}x\"}}")).is_err(), "control at {n}");
+            assert!(check(&format!("{{\"a\":\"{pad}\u{1f}\"}}")).is_err(), "0x1f at {n}");
+            assert_eq!(check(&format!("{{\"a\":\"{pad}\\\"x\u{7f}\u{80}\"}}")), Ok(()), "escape at {n}");
+            assert!(check(&format!("{{\"{pad}\":1,\"{pad}\":2}}")).is_err(), "duplicate at {n}");
+            let text = format!("{{\"k\":\"{pad}\"}}");
+            let tape = read(&text).unwrap();
+            assert_eq!(tape.root().get_str("k").as_deref(), Some(pad.as_str()));
+        }
+    }
+
+    #[test]
     fn refuses_what_is_not_strict_json() {
         for bad in [
             "",

@@ -377,17 +377,19 @@ impl Redactor {
     fn outcome<'a>(&self, text: &'a str, report: &mut RedactionReport, depth: usize) -> Outcome<'a> {
         let programs = self.programs();
         match scan::scan(text, &self.rules(&programs)) {
-            Ok(scan) => self.decide(scan, &|| Some(text), report, depth),
+            Ok(scan) => self.decide(scan, text, None, report, depth),
             Err(_) => Outcome::unreadable(report),
         }
     }
 
-    /// The decision on a scanned resource; `text` yields its JSON when a
-    /// rewrite (or a nested Bundle) needs it.
+    /// The decision on a scanned resource: `text` is its JSON, `node` the
+    /// same on the strict reader's tape when it is there (a rewrite then
+    /// reads its members from the tape).
     fn decide<'a>(
         &self,
         scan: Scan<'a>,
-        text: &dyn Fn() -> Option<&'a str>,
+        text: &'a str,
+        node: Option<crate::chain::tape::Node<'_, 'a>>,
         report: &mut RedactionReport,
         depth: usize,
     ) -> Outcome<'a> {
@@ -402,7 +404,6 @@ impl Redactor {
             return dropped(Reason::Unreadable, report, Some(scan));
         };
         if resource_type == "Bundle" {
-            let Some(text) = text() else { return dropped(Reason::Unreadable, report, Some(scan)) };
             let verdict = self.nested_bundle(text, report, depth);
             return Outcome { verdict, scan: Some(scan), redacted: false, stripped: false };
         }
@@ -460,8 +461,7 @@ impl Redactor {
             financial: financial.map(|ft| (ft, &self.policies.financial)),
             redacted_label: &self.policies.labels.redacted,
         };
-        let Some(text) = text() else { return dropped(Reason::Unreadable, report, Some(scan)) };
-        match rewrite::rewrite(text, &rw) {
+        match rewrite::rewrite(text, node, &rw) {
             Ok(out) if out.redacted || out.stripped => {
                 report.part2_redacted += out.redacted as u32;
                 report.financial_stripped += out.stripped as u32;
@@ -643,7 +643,7 @@ impl Redactor {
                 });
                 match scan {
                     Some((text, Ok(scan))) if !scan.duplicated => {
-                        self.decide(scan, &|| Some(text), report, depth)
+                        self.decide(scan, text, input.node, report, depth)
                     }
                     // No resource (a history delete) or an unreadable entry:
                     // nothing fhirwall cannot check leaves.

@@ -117,8 +117,13 @@ impl<'a> Members<'a> {
 }
 
 /// Apply a rewrite to a resource's text.
-pub fn rewrite(text: &str, rw: &Rewrite<'_>) -> Result<Rewritten, Unredactable> {
-    let object = RawObject::parse(text).map_err(|_| Unredactable("not a JSON object"))?;
+/// `node`: the same resource on the strict reader's tape, when it is there.
+pub fn rewrite(text: &str, node: Option<Node<'_, '_>>, rw: &Rewrite<'_>) -> Result<Rewritten, Unredactable> {
+    let object = match node {
+        Some(node) => RawObject::from_node(node),
+        None => RawObject::parse(text).ok(),
+    };
+    let object = object.ok_or(Unredactable("not a JSON object"))?;
     let mut m = Members { object, edited: HashMap::new(), raw_edits: HashMap::new() };
     let mut redacted = false;
     if let Some((plan, rule)) = rw.part2 {
@@ -748,7 +753,11 @@ mod tests {
                 financial: Some((&ft, fin)),
                 redacted_label: &policies.labels.redacted,
             };
-            let raw: Value = serde_json::from_str(&rewrite(line, &rw).unwrap().text).unwrap();
+            let from_text = rewrite(line, None, &rw).unwrap();
+            // Read from the strict reader's tape, the rewrite is the same.
+            let tape = crate::chain::strict::read(line).unwrap();
+            assert_eq!(rewrite(line, Some(tape.root()), &rw).unwrap(), from_text);
+            let raw: Value = serde_json::from_str(&from_text.text).unwrap();
             strip_value(&mut tree, fin);
             // The profile rewrite is the rewrite's, not strip_value's.
             let mut raw = raw;
