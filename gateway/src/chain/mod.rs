@@ -4,7 +4,9 @@
 //!
 //! Order, for every upstream body:
 //! 1. [`strict`]: one validating pass; invalid JSON or a member name twice
-//!    in one object, at any depth, is the upstream's fault (502).
+//!    in one object, at any depth, is the upstream's fault (502). It leaves
+//!    a [`tape`]: the stages find a page's entries, each resource and its
+//!    members there instead of parsing the body again.
 //! 2. The stages, per resource, in this order: access (attribution,
 //!    opt-outs), [`names`] (a record naming a hidden patient anywhere, or a
 //!    patient by identifier only), data scope (Part 2 by label, code and
