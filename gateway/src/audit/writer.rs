@@ -1,6 +1,6 @@
 //! The append side of the audit log: one writer thread, group commit.
 //!
-//! Requests hand their serialised AuditEvent to [`AuditLog::append`] and wait
+//! Requests hand their serialised AuditEvent to [`AuditLog::append_json`] and wait
 //! on a oneshot. The writer thread takes everything queued (up to a batch
 //! limit), chains it (seq, prev, hash), writes the batch with one `write`,
 //! makes it durable with one `fdatasync`, and only then answers each waiting

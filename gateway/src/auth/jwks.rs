@@ -31,7 +31,7 @@ const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Parse a JWKS value given to fhirwall: public keys only, at least one
-/// key fhirwall can use, at most [`MAX_KEYS`].
+/// key fhirwall can use, at most `MAX_KEYS` (50).
 pub fn parse_jwks(value: &serde_json::Value) -> Result<JwkSet, String> {
     let keys =
         value.get("keys").and_then(|k| k.as_array()).ok_or("a JWKS is an object with a \"keys\" array")?;
