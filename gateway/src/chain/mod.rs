@@ -71,7 +71,9 @@ pub struct Entry {
 /// `#contained` and logical-only references do not.
 pub fn references(resource: &str) -> Vec<String> {
     let mut out: Vec<String> = match raw_reference_values(resource) {
-        Some(values) => values.into_iter().filter_map(crate::redact::normalize_reference).collect(),
+        Some(values) => {
+            values.into_iter().filter_map(crate::redact::normalize_reference).map(str::to_owned).collect()
+        }
         None => {
             let mut out = Vec::new();
             if let Ok(value) = serde_json::from_str::<serde_json::Value>(resource) {
@@ -93,7 +95,7 @@ fn walk_references(value: &serde_json::Value, out: &mut Vec<String>) {
                     && let Some(text) = member.as_str()
                     && let Some(normal) = crate::redact::normalize_reference(text)
                 {
-                    out.push(normal);
+                    out.push(normal.to_owned());
                 } else {
                     walk_references(member, out);
                 }
@@ -112,10 +114,12 @@ pub fn raw_reference_values(text: &str) -> Option<Vec<&str>> {
     if text.contains("\\u") {
         return None;
     }
-    const KEY: &str = "\"reference\"";
+    static KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(REFERENCE_KEY));
+    const REFERENCE_KEY: &str = "\"reference\"";
     let mut out = Vec::new();
-    for start in memchr::memmem::find_iter(text.as_bytes(), KEY) {
-        let from = start + KEY.len();
+    for start in KEY.find_iter(text.as_bytes()) {
+        let from = start + REFERENCE_KEY.len();
         // A member name follows `{` or `,`; the same word as a value follows `:`.
         if !text[..start].trim_end().ends_with(['{', ',']) {
             continue;

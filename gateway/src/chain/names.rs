@@ -80,7 +80,9 @@ pub fn object_names_hidden_patient(
 /// (a Reference's identifier, not a resource's identifier list)?
 fn has_identifier_object(text: &str) -> bool {
     const KEY: &str = "\"identifier\"";
-    for at in memchr::memmem::find_iter(text.as_bytes(), KEY) {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(KEY));
+    for at in FINDER.find_iter(text.as_bytes()) {
         let from = at + KEY.len();
         if let Some(rest) = text[from..].trim_start().strip_prefix(':')
             && rest.trim_start().starts_with('{')

@@ -671,14 +671,18 @@ impl Redactor {
         mut gone: HashMap<String, Reason>,
         report: &mut RedactionReport,
     ) {
-        let keys: Vec<HashSet<String>> = inputs
+        // Which entry names which: only included entries need it (an include
+        // whose includer was dropped goes too).
+        let includes = inputs.iter().any(|input| input.mode.as_deref() == Some("include"));
+        let linked = if includes { inputs.len() } else { 0 };
+        let keys: Vec<HashSet<String>> = inputs[..linked]
             .iter()
             .zip(outcomes.iter())
             .map(|(input, outcome)| {
                 let mut keys = HashSet::new();
                 if let Some(url) = input.full_url.as_deref() {
                     keys.insert(url.to_owned());
-                    keys.extend(normalize_reference(url));
+                    keys.extend(normalize_reference(url).map(str::to_owned));
                 }
                 if let Some(scan) = outcome.scan.as_ref()
                     && let (Some(t), Some(id)) = (scan.resource_type.as_deref(), scan.id.as_deref())
@@ -688,13 +692,13 @@ impl Redactor {
                 keys
             })
             .collect();
-        let refs: Vec<HashSet<String>> = outcomes
+        let refs: Vec<HashSet<String>> = outcomes[..linked]
             .iter()
             .map(|outcome| {
                 let mut refs = HashSet::new();
                 for r in outcome.scan.as_ref().map(|s| &s.refs).into_iter().flatten() {
                     refs.insert(r.to_string());
-                    refs.extend(normalize_reference(r));
+                    refs.extend(normalize_reference(r).map(str::to_owned));
                 }
                 refs
             })
@@ -713,7 +717,7 @@ impl Redactor {
                 let Some(scan) = outcome.scan.as_ref() else { continue };
                 let provenance = scan.resource_type.as_deref() == Some("Provenance");
                 let hit = scan.refs.iter().find_map(|r| {
-                    let reason = gone.get(r.as_ref()).or_else(|| gone.get(&normalize_reference(r)?))?;
+                    let reason = gone.get(r.as_ref()).or_else(|| gone.get(normalize_reference(r)?))?;
                     (provenance || matches!(reason, Reason::Part2 | Reason::DrugPriorAuth)).then_some(*reason)
                 });
                 if let Some(reason) = hit {
@@ -762,7 +766,7 @@ fn remember(
     if let Some(full_url) = full_url {
         gone.entry(full_url.to_owned()).or_insert(reason);
         if let Some(key) = normalize_reference(full_url) {
-            gone.entry(key).or_insert(reason);
+            gone.entry(key.to_owned()).or_insert(reason);
         }
     }
     if let Some(scan) = scan
@@ -772,19 +776,26 @@ fn remember(
     }
 }
 
-/// `Type/id` of a literal reference (relative, absolute or versioned).
-pub fn normalize_reference(reference: &str) -> Option<String> {
-    let reference = reference.split(['?', '#']).next().unwrap_or("");
+/// `Type/id` of a literal reference (relative, absolute or versioned): a
+/// suffix of the reference's path, so no copy is made.
+pub fn normalize_reference(reference: &str) -> Option<&str> {
+    let end = reference.bytes().position(|b| b == b'?' || b == b'#').unwrap_or(reference.len());
+    let reference = &reference[..end];
     let reference = match crate::fhir::history_at(reference) {
         Some(at) => &reference[..at],
         None => reference,
     };
-    let mut segments = reference.rsplit('/');
-    let id = segments.next().filter(|s| !s.is_empty())?;
-    let resource_type =
-        segments.next().filter(|s| s.bytes().next().is_some_and(|b| b.is_ascii_uppercase()))?;
-    // `Type/id` are the last two segments: a suffix of the reference.
-    Some(reference[reference.len() - (resource_type.len() + 1 + id.len())..].to_owned())
+    let slash = reference.rfind('/')?;
+    let id = &reference[slash + 1..];
+    if id.is_empty() {
+        return None;
+    }
+    let type_start = reference[..slash].rfind('/').map_or(0, |at| at + 1);
+    let resource_type = &reference[type_start..slash];
+    if !resource_type.bytes().next().is_some_and(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    Some(&reference[type_start..])
 }
 
 /// One Bundle entry as a Bundle pass sees it.

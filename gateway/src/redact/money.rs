@@ -15,6 +15,10 @@
 //! would be had the money never been there. Everything untouched keeps its
 //! bytes and member order (the walk re-emits raw JSON).
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
 use crate::chain::strict;
 use crate::chain::tape::{Kind, Node};
 use crate::fhir::bundle::{RawObject, RawText, write_key};
@@ -101,8 +105,10 @@ enum Walked {
 fn walk(value: &RawText<'_>) -> Result<Walked, &'static str> {
     let text = value.get();
     // Most values hold no money at all: skip them without reading them.
-    let mentions = |word: &str| memchr::memmem::find(text.as_bytes(), word.as_bytes()).is_some();
-    if !mentions("currency") && !mentions(ISO_4217) {
+    static CURRENCY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("currency"));
+    static CODE_SYSTEM: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(ISO_4217));
+    let mentions = |finder: &Finder<'_>| finder.find(text.as_bytes()).is_some();
+    if !mentions(&CURRENCY) && !mentions(&CODE_SYSTEM) {
         return Ok(Walked::Same);
     }
     let tape = strict::read(text).map_err(|_| "malformed value")?;

@@ -188,7 +188,7 @@ pub fn remove_references(
             .get("reference")
             .and_then(Value::as_str)
             .and_then(super::normalize_reference)
-            .is_some_and(|key| targets.contains(&key))
+            .is_some_and(|key| targets.contains(key))
     }
     /// Remove what names a target below `value`; `true` when `value` itself goes.
     fn prune(value: &mut Value, targets: &std::collections::HashSet<String>) -> bool {
