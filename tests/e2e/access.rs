@@ -11,8 +11,7 @@
 //! patients the caller may not see must not occur in a response body or header.
 //! The adversarial corpus lives in `tests/e2e/corpus/access.toml`.
 
-#[path = "support/mod.rs"]
-mod support;
+use fhirwall_testkit as support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -13,8 +13,7 @@
 //! - an audit write that fails makes the request fail closed (500), never 200;
 //! - `GET /admin/audit` and `fhirwall audit query` answer by patient, client, since.
 
-#[path = "support/mod.rs"]
-mod support;
+use fhirwall_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -3,8 +3,7 @@
 //! (tests/clients/jwt_client.py, installed by `scripts/setup-test-deps.sh
 //! jwt_clients`) — making the key pairs and signing RS384/ES384 assertions.
 
-#[path = "support/mod.rs"]
-mod support;
+use fhirwall_testkit as support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -2,8 +2,7 @@
 //! starts, loads the fixtures, serves what the gateway relies on, and keeps its
 //! real quirks (they document what fhirwall must survive).
 
-#[path = "support/mod.rs"]
-mod support;
+use fhirwall_testkit as support;
 
 use std::time::Instant;
 

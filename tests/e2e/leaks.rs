@@ -5,8 +5,7 @@
 //! org-grace. `tests/e2e/noninterference.rs` proves the general rule
 //! differentially; these pin each class down by name.
 
-#[path = "support/mod.rs"]
-mod support;
+use fhirwall_testkit as support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;

@@ -3,8 +3,7 @@
 //! (examples/dataset: `pat-0150`/`pat-0301` share name and birth date), and
 //! the default matcher built by `plugins/build.sh` (plugins/dist/).
 
-#[path = "support/mod.rs"]
-mod support;
+use fhirwall_testkit as support;
 
 use serde_json::{Value, json};
 use support::*;

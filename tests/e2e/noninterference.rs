@@ -15,8 +15,7 @@
 //! tokens). A difference fails with the request and both bodies. B's answers
 //! are also scanned for every hidden token (`facts.json`).
 
-#[path = "support/mod.rs"]
-mod support;
+use fhirwall_testkit as support;
 
 use std::path::{Path, PathBuf};
 

@@ -4,8 +4,7 @@
 //! Every attack is contained: the request fails closed with an
 //! OperationOutcome (audited) and the gateway keeps serving other clients.
 
-#[path = "support/mod.rs"]
-mod support;
+use fhirwall_testkit as support;
 
 use std::time::Duration;
 

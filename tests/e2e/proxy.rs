@@ -3,8 +3,7 @@
 //! (third-party), and a deliberately misbehaving raw-TCP upstream written here
 //! that records what reaches it.
 
-#[path = "support/mod.rs"]
-mod support;
+use fhirwall_testkit as support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -7,8 +7,7 @@
 //! Organization, monetary amounts, pre-2016 record ids, drug PA ids. The
 //! expectations come from examples/dataset/facts.json, not from fhirwall.
 
-#[path = "support/mod.rs"]
-mod support;
+use fhirwall_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 

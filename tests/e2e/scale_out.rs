@@ -5,8 +5,7 @@
 //! within seconds. Both nodes share one public base URL, as behind a load
 //! balancer.
 
-#[path = "support/mod.rs"]
-mod support;
+use fhirwall_testkit as support;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::free_port;
+use crate::ports::free_port;
 
 pub struct Postgres {
     dir: tempfile::TempDir,
