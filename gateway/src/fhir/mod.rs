@@ -20,7 +20,7 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 /// `/` first: `str::find` with a string pattern builds a searcher per call,
 /// and this runs for every reference of every resource that leaves.
 pub fn history_at(reference: &str) -> Option<usize> {
-    reference.find("/_history/")
+    reference.match_indices('/').map(|(at, _)| at).find(|&at| reference[at..].starts_with("/_history/"))
 }
 
 #[cfg(test)]
