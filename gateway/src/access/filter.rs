@@ -26,7 +26,7 @@
 //!   disagree on which one wins).
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -43,59 +43,7 @@ use crate::fhir::bundle::RawObject;
 /// Deepest Bundle-in-Bundle nesting looked into; deeper entries are dropped.
 const MAX_NESTING: usize = 3;
 
-/// What the filter did to one request's answer (for the audit record).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct FilterReport {
-    /// The patients (bare ids) whose records left in the answer.
-    pub patients: BTreeSet<String>,
-    /// The resource types that left.
-    pub resource_types: BTreeSet<String>,
-    /// Resources removed because their patient is not attributed to the caller.
-    pub suppressed_attribution: u32,
-    /// Resources removed because their patient opted out.
-    pub suppressed_opt_out: u32,
-    /// Resources removed because they have no patient link fhirwall can check
-    /// (or are of a type Provider Access does not serve).
-    pub suppressed_unlinked: u32,
-    /// Group member entries removed (hidden, opted-out, inactive or expired).
-    pub members_removed: u32,
-    /// A patient-less search was narrowed to this many patients.
-    pub narrowed_to: Option<u32>,
-}
-
-impl FilterReport {
-    pub(crate) fn suppress(&mut self, reason: Reason) {
-        match reason {
-            Reason::Attribution => self.suppressed_attribution += 1,
-            Reason::OptOut => self.suppressed_opt_out += 1,
-            Reason::Unlinked => self.suppressed_unlinked += 1,
-        }
-    }
-
-    /// Resources removed for any reason.
-    pub fn suppressed(&self) -> u32 {
-        self.suppressed_attribution + self.suppressed_opt_out + self.suppressed_unlinked
-    }
-
-    /// Fold another report into this one.
-    pub fn merge(&mut self, other: FilterReport) {
-        self.patients.extend(other.patients);
-        self.resource_types.extend(other.resource_types);
-        self.suppressed_attribution += other.suppressed_attribution;
-        self.suppressed_opt_out += other.suppressed_opt_out;
-        self.suppressed_unlinked += other.suppressed_unlinked;
-        self.members_removed += other.members_removed;
-        self.narrowed_to = self.narrowed_to.or(other.narrowed_to);
-    }
-}
-
-/// Why a resource was removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Attribution,
-    OptOut,
-    Unlinked,
-}
+pub use crate::chain::disclosure::Reason;
 
 /// The decision on one resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,40 +56,6 @@ pub enum Verdict {
         text: String,
         members_removed: u32,
     },
-}
-
-/// How to change a Bundle's members.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BundleEdit {
-    /// New JSON for `entry`: `None` keep, `Some("")` remove the member.
-    pub entry: Option<String>,
-    pub total: TotalEdit,
-    /// Entries removed.
-    pub dropped: usize,
-    /// Entries kept.
-    pub kept: usize,
-}
-
-impl BundleEdit {
-    /// The replacement for the `total` member, in `RawObject::write_with` terms.
-    pub fn total_member(&self) -> Option<String> {
-        match self.total {
-            TotalEdit::Absent => None,
-            TotalEdit::Drop => Some(String::new()),
-            TotalEdit::Set(n) => Some(n.to_string()),
-        }
-    }
-}
-
-/// What happens to `Bundle.total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TotalEdit {
-    /// No `total` in the Bundle.
-    Absent,
-    /// Several pages: the number is unknowable after filtering; removed.
-    Drop,
-    /// One page: the number of kept matches.
-    Set(usize),
 }
 
 /// The parts of a resource a decision reads.
@@ -536,14 +450,19 @@ impl<'s> Checker<'s> {
         if depth >= MAX_NESTING {
             return Verdict::Drop(Reason::Unlinked);
         }
-        let Ok(object) = RawObject::parse(text) else { return Verdict::Drop(Reason::Unlinked) };
-        let mut report = FilterReport::default();
-        match self.bundle(&object, &mut report, depth + 1) {
-            Ok(edit) if edit.entry.is_none() && edit.total != TotalEdit::Drop => {
-                Verdict::Keep(report.patients.into_iter().collect())
+        let entries = RawObject::parse(text).ok().and_then(|object| match object.get("entry") {
+            None => Some(Vec::new()),
+            Some(entries) => self.entry_verdicts(entries.get(), depth + 1).ok(),
+        });
+        let Some(verdicts) = entries else { return Verdict::Drop(Reason::Unlinked) };
+        let mut patients = Vec::new();
+        for verdict in verdicts {
+            match verdict {
+                Verdict::Keep(some) => patients.extend(some),
+                _ => return Verdict::Drop(Reason::Unlinked),
             }
-            _ => Verdict::Drop(Reason::Unlinked),
         }
+        Verdict::Keep(patients)
     }
 
     /// The verdicts on one Bundle's resources, in order: first everything
@@ -583,40 +502,12 @@ impl<'s> Checker<'s> {
         verdicts
     }
 
-    /// Filter a Bundle's entries. `Err` when the Bundle is malformed.
-    pub fn bundle(
-        &self,
-        object: &RawObject<'_>,
-        report: &mut FilterReport,
-        depth: usize,
-    ) -> Result<BundleEdit, &'static str> {
-        for key in ["resourceType", "entry", "total", "link"] {
-            if object.members.iter().filter(|(k, _)| k == key).count() > 1 {
-                return Err("a Bundle member appears twice");
-            }
-        }
-        let has_more = match object.get("link") {
-            None => false,
-            Some(raw) => {
-                #[derive(serde::Deserialize)]
-                struct Link {
-                    relation: Option<String>,
-                }
-                let links: Vec<Link> =
-                    serde_json::from_str(raw.get()).map_err(|_| "Bundle.link is malformed")?;
-                links.iter().any(|l| matches!(l.relation.as_deref(), Some("next" | "previous" | "prev")))
-            }
-        };
-        let total_edit = |matches: usize| match (object.get("total").is_some(), has_more) {
-            (false, _) => TotalEdit::Absent,
-            (true, true) => TotalEdit::Drop,
-            (true, false) => TotalEdit::Set(matches),
-        };
-        let Some(entries) = object.get("entry") else {
-            return Ok(BundleEdit { entry: None, total: total_edit(0), dropped: 0, kept: 0 });
-        };
+    /// The verdicts on a Bundle's entries (its raw `entry` array), in
+    /// order. `Err` when the array or an entry is malformed; an entry with a
+    /// resource member twice is withheld.
+    pub fn entry_verdicts(&self, entries: &str, depth: usize) -> Result<Vec<Verdict>, &'static str> {
         let entries: Vec<&RawValue> =
-            serde_json::from_str(entries.get()).map_err(|_| "Bundle.entry is malformed")?;
+            serde_json::from_str(entries).map_err(|_| "Bundle.entry is malformed")?;
         let mut probes: Vec<EntryProbe<'_>> = entries
             .iter()
             .map(|e| {
@@ -626,8 +517,6 @@ impl<'s> Checker<'s> {
             })
             .collect::<Result<_, _>>()
             .map_err(|_| "a Bundle entry is malformed")?;
-        let resource_types: Vec<Option<String>> =
-            probes.iter().map(|p| p.resource.as_ref().and_then(|r| r.resource_type.clone())).collect();
         let resources = probes
             .iter_mut()
             .zip(&entries)
@@ -640,58 +529,7 @@ impl<'s> Checker<'s> {
                 Some((parsed, text))
             })
             .collect();
-        let mut verdicts = self.verdicts(resources, depth);
-        let mut out = String::with_capacity(entries.iter().map(|e| e.get().len() + 1).sum::<usize>() + 2);
-        out.push('[');
-        let mut changed = false;
-        let mut dropped = 0;
-        let mut matches = 0;
-        let mut written = 0;
-        for (index, entry) in entries.iter().enumerate() {
-            let verdict = std::mem::replace(&mut verdicts[index], Verdict::Drop(Reason::Unlinked));
-            let text = match verdict {
-                Verdict::Drop(reason) => {
-                    report.suppress(reason);
-                    changed = true;
-                    dropped += 1;
-                    continue;
-                }
-                Verdict::Keep(patients) => {
-                    report.patients.extend(patients);
-                    std::borrow::Cow::Borrowed(entry.get())
-                }
-                Verdict::Rewrite { text, members_removed } => {
-                    report.members_removed += members_removed;
-                    changed = true;
-                    match replace_entry_resource(entry.get(), &text) {
-                        Some(rebuilt) => std::borrow::Cow::Owned(rebuilt),
-                        None => {
-                            report.suppress(Reason::Unlinked);
-                            dropped += 1;
-                            continue;
-                        }
-                    }
-                }
-            };
-            if let Some(t) = &resource_types[index] {
-                report.resource_types.insert(t.clone());
-            }
-            if matches!(probes[index].mode.as_deref(), None | Some("match")) {
-                matches += 1;
-            }
-            if written > 0 {
-                out.push(',');
-            }
-            out.push_str(&text);
-            written += 1;
-        }
-        out.push(']');
-        let entry = match (changed, written) {
-            (false, _) => None,
-            (true, 0) => Some(String::new()),
-            (true, _) => Some(out),
-        };
-        Ok(BundleEdit { entry, total: total_edit(matches), dropped, kept: written })
+        Ok(self.verdicts(resources, depth))
     }
 }
 
@@ -714,14 +552,6 @@ fn collect_references(value: &Value, rest: &[String], out: &mut Vec<String>) -> 
         Value::Null => true,
         _ => false,
     }
-}
-
-/// The entry JSON with its `resource` replaced.
-fn replace_entry_resource(entry: &str, resource: &str) -> Option<String> {
-    let object = RawObject::parse(entry).ok()?;
-    let mut out = String::with_capacity(entry.len());
-    object.write_with(&mut out, |key, _| (key == "resource").then(|| resource.to_owned()));
-    Some(out)
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //!   links a resource to a patient, which links are payer-unsafe).
 //! - `refs`: exact reference comparison after normalisation.
 //! - `decide`: the request decision (404 / 403 / narrowing / 400).
-//! - `filter`: the response filter over every resource that leaves.
+//! - `filter`: the response filter over every resource that leaves, and
+//!   `stage`, the chain stage that runs it.
 //! - `admin`: `PUT|DELETE|GET /admin/opt-outs`, `POST|GET|DELETE
 //!   /admin/attribution`, `POST /admin/attribution/refresh`.
 //!
@@ -28,6 +29,7 @@ pub mod decide;
 pub mod filter;
 pub mod policy;
 pub mod refs;
+pub mod stage;
 pub mod state;
 
 use std::collections::HashSet;
@@ -38,15 +40,15 @@ use bytes::Bytes;
 use http::StatusCode;
 
 use crate::auth::Principal;
+pub use crate::chain::disclosure::Disclosure;
 use crate::config::{AttributionSource, Config};
 use crate::error::{Blame, GatewayError, IssueCode};
-use crate::fhir::bundle::RawObject;
 use crate::fhir::{FhirRequest, Interaction};
 use crate::proxy::Upstream;
 use crate::store::{Store, StoreError};
 use attribution::{OrgMembers, OrgRosters, StoredRoster};
 pub use decide::{Local, Mode, NOT_FOUND};
-pub use filter::{BundleEdit, FilterReport, Reason, TotalEdit, Verdict};
+pub use filter::{Reason, Verdict};
 use policy::Policy;
 use refs::RefResolver;
 use state::Snapshot;
@@ -63,8 +65,6 @@ pub struct Access {
     source: AttributionSource,
     refresh: Duration,
     max_narrowed: usize,
-    /// fhirwall's public FHIR base (fullUrl of listed roster Groups).
-    public_base: String,
     /// Upstream attribution per organization (`Organization/{id}`).
     upstream_sets: moka::future::Cache<String, Arc<OrgMembers>>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -199,8 +199,8 @@ pub struct Decision {
 
 impl Decision {
     /// A fresh report for this request's answer (carries the narrowing).
-    pub fn report(&self) -> FilterReport {
-        FilterReport { narrowed_to: self.narrowed_to, ..FilterReport::default() }
+    pub fn report(&self) -> Disclosure {
+        Disclosure { narrowed_to: self.narrowed_to, ..Disclosure::default() }
     }
 }
 
@@ -231,7 +231,6 @@ impl Access {
             source: config.attribution.source,
             refresh,
             max_narrowed: config.policy.max_narrowed_patients,
-            public_base: public_base.trim_end_matches('/').to_owned(),
             upstream_sets,
             snapshot: RwLock::new(Arc::new(Snapshot::empty())),
             reload: tokio::sync::Mutex::new(()),
@@ -416,7 +415,7 @@ impl Access {
         &self,
         decision: &Decision,
         text: &str,
-        report: &mut FilterReport,
+        report: &mut Disclosure,
     ) -> Result<Option<String>, GatewayError> {
         let checker = filter::Checker::new(&decision.scope, &self.policy, &self.refs);
         let resource_type = crate::fhir::bundle::resource_type(text);
@@ -427,90 +426,21 @@ impl Access {
                 Ok(None)
             }
             Verdict::Rewrite { text, members_removed } => {
-                report.members_removed += members_removed;
+                report.redact_n(Reason::GroupMember, members_removed);
                 report.resource_types.extend(resource_type);
                 Ok(Some(text))
             }
             Verdict::Drop(reason) => {
-                report.suppress(reason);
+                report.withhold(reason);
                 Err(decide::not_found())
             }
         }
     }
 
-    /// Filter a Bundle's entries and decide about `total`.
-    pub fn filter_bundle(
-        &self,
-        decision: &Decision,
-        object: &RawObject<'_>,
-        report: &mut FilterReport,
-    ) -> Result<BundleEdit, GatewayError> {
-        let checker = filter::Checker::new(&decision.scope, &self.policy, &self.refs);
-        let mut edit = checker.bundle(object, report, 0).map_err(|why| {
-            GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
-                .with_detail(why.to_owned())
-        })?;
-        // An empty history would tell that the (hidden) resource exists.
-        if decision.mode == Mode::History && edit.kept == 0 {
-            return Err(decide::not_found());
-        }
-        // A follow-up page alone cannot know the number of matches.
-        if decision.mode == Mode::Page && matches!(edit.total, TotalEdit::Set(_)) {
-            edit.total = TotalEdit::Drop;
-        }
-        if decision.mode == Mode::Search && !decision.rosters.is_empty() {
-            self.list_rosters(decision, object, &mut edit, report)?;
-        }
-        Ok(edit)
-    }
-
-    /// The access verdicts on one upstream Bundle's resources (on the
-    /// strict reader's tape; `None` for an entry without one), with the
-    /// report filled as [`Access::filter_bundle`] fills it. Per entry:
-    /// `None` withheld, `Some(None)` kept as it is, `Some(Some(text))` kept
-    /// rebuilt (a Group's members filtered).
-    pub fn judge_entries(
-        &self,
-        decision: &Decision,
-        resources: &[Option<crate::chain::tape::Node<'_, '_>>],
-        report: &mut FilterReport,
-    ) -> Vec<Option<Option<String>>> {
-        let checker = filter::Checker::new(&decision.scope, &self.policy, &self.refs);
-        let probes = resources
-            .iter()
-            .map(|node| node.map(|node| (filter::Probe::from_node(node, &self.policy), node.raw())))
-            .collect();
-        let verdicts = checker.verdicts(probes, 0);
-        verdicts
-            .into_iter()
-            .zip(resources)
-            .map(|(verdict, node)| match verdict {
-                filter::Verdict::Drop(reason) => {
-                    report.suppress(reason);
-                    None
-                }
-                filter::Verdict::Keep(patients) => {
-                    report.patients.extend(patients);
-                    report
-                        .resource_types
-                        .extend(node.and_then(|n| n.get_str("resourceType")).map(Into::into));
-                    Some(None)
-                }
-                filter::Verdict::Rewrite { text, members_removed } => {
-                    report.members_removed += members_removed;
-                    report
-                        .resource_types
-                        .extend(node.and_then(|n| n.get_str("resourceType")).map(Into::into));
-                    Some(Some(text))
-                }
-            })
-            .collect()
-    }
-
     /// The stored roster Groups a Group search's first page lists besides
     /// the upstream's, each filtered like any Group that leaves (visible
     /// active members only; one the filter withholds is not listed).
-    pub fn roster_groups(&self, decision: &Decision, report: &mut FilterReport) -> Vec<String> {
+    pub fn roster_groups(&self, decision: &Decision, report: &mut Disclosure) -> Vec<String> {
         if decision.mode != Mode::Search {
             return Vec::new();
         }
@@ -524,60 +454,13 @@ impl Access {
             .collect()
     }
 
-    /// Append the matching stored roster Groups to a Group search's first
-    /// page, each filtered like any Group that leaves (visible active members only).
-    fn list_rosters(
-        &self,
-        decision: &Decision,
-        object: &RawObject<'_>,
-        edit: &mut BundleEdit,
-        report: &mut FilterReport,
-    ) -> Result<(), GatewayError> {
-        let unusable = |why: &str| {
-            GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer")
-                .with_detail(why.to_owned())
-        };
-        let current = match edit.entry.as_deref() {
-            Some("") => "[]",
-            Some(entries) => entries,
-            None => object.get("entry").map_or("[]", |e| e.get()),
-        };
-        let mut entries: Vec<&serde_json::value::RawValue> =
-            serde_json::from_str(current).map_err(|_| unusable("Bundle.entry is malformed"))?;
-        let mut listed = Vec::with_capacity(decision.rosters.len());
-        for (id, body) in &decision.rosters {
-            // A roster the filter withholds is simply not listed.
-            let Ok(filtered) = self.filter_resource(decision, body, report) else { continue };
-            let resource = filtered.as_deref().unwrap_or(body);
-            let entry = format!(
-                r#"{{"fullUrl":{},"resource":{resource},"search":{{"mode":"match"}}}}"#,
-                serde_json::Value::String(format!("{}/Group/{id}", self.public_base))
-            );
-            listed.push(
-                serde_json::value::RawValue::from_string(entry)
-                    .map_err(|e| GatewayError::internal(format!("roster Group {id} is not JSON: {e}")))?,
-            );
-        }
-        if listed.is_empty() {
-            return Ok(());
-        }
-        entries.extend(listed.iter().map(|b| b.as_ref()));
-        edit.kept += listed.len();
-        if let TotalEdit::Set(n) = edit.total {
-            edit.total = TotalEdit::Set(n + listed.len());
-        }
-        edit.entry =
-            Some(serde_json::to_string(&entries).map_err(|e| GatewayError::internal(e.to_string()))?);
-        Ok(())
-    }
-
     /// The body of an answer fhirwall gives itself (see [`Local`]); `Err`
     /// when a roster Group may not leave.
     pub fn local_body(
         &self,
         decision: &Decision,
         self_url: &str,
-        report: &mut FilterReport,
+        report: &mut Disclosure,
     ) -> Result<Option<Bytes>, GatewayError> {
         match &decision.local {
             None => Ok(None),

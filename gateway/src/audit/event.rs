@@ -21,7 +21,7 @@
 //!   left), resources addressed by id, and the resource types involved.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::time::SystemTime;
@@ -48,59 +48,7 @@ const BALP_ENTITY_TYPE: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/Bas
 const ROLE_CLASS: &str = "http://terminology.hl7.org/CodeSystem/v3-RoleClass";
 const SOURCE_TYPE: &str = "http://terminology.hl7.org/CodeSystem/security-source-type";
 
-/// Why entries were withheld from (suppressed) or changed in (redacted) a response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Reason {
-    /// The patient is not attributed to the caller's organization.
-    Attribution,
-    /// The member opted out of Provider Access.
-    OptOut,
-    /// 42 CFR Part 2.
-    Part2,
-    /// ExplanationOfBenefit financial elements (CARIN BB Non-Financial).
-    Financial,
-    /// Service date before `policy.service_date_floor`.
-    DateFloor,
-    /// A policy plugin's verdict.
-    Plugin,
-    /// No patient link fhirwall can check, or a type Provider Access does not serve.
-    Unlinked,
-    /// Group members hidden from the caller (not visible, opted out, inactive, expired).
-    GroupMember,
-    /// A drug (pharmacy) prior authorization (outside CMS-0057-F).
-    DrugPriorAuth,
-    /// A resource redaction could not read (never sent).
-    Unreadable,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Attribution => "attribution",
-            Reason::OptOut => "opt-out",
-            Reason::Part2 => "part2",
-            Reason::Financial => "financial",
-            Reason::DateFloor => "date-floor",
-            Reason::Plugin => "plugin",
-            Reason::Unlinked => "unlinked",
-            Reason::GroupMember => "group-member",
-            Reason::DrugPriorAuth => "drug-pa",
-            Reason::Unreadable => "unreadable",
-        }
-    }
-}
-
-/// What left in a response, as the response filter reports it: the
-/// patients whose data was sent, the resource types sent, and counts of
-/// entries withheld or redacted per reason.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Disclosure {
-    /// Bare patient ids (`pat-0001`).
-    pub patients: BTreeSet<String>,
-    pub resource_types: BTreeSet<String>,
-    pub suppressed: BTreeMap<Reason, u32>,
-    pub redacted: BTreeMap<Reason, u32>,
-}
+pub use crate::chain::disclosure::{Disclosure, Reason};
 
 /// AuditEvent.action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use http::Method;
 
-use super::event::{Action, AuditRecord, Kind, Reason};
+use super::event::{Action, AuditRecord, Kind};
 use crate::auth::Principal;
 use crate::error::GatewayError;
 use crate::fhir::search::{Modifier, is_fhir_id};
@@ -131,61 +131,18 @@ impl AuditRecord {
         }
     }
 
-    /// What the access filter reported for the answer: the patients whose
-    /// records left and what it removed. Several reports (pages, includes)
-    /// are merged by the caller first.
-    pub fn set_filter_report(&mut self, report: &crate::access::FilterReport) {
-        let mut d = self.disclosure.take().unwrap_or_default();
-        d.patients.extend(report.patients.iter().cloned());
-        for (reason, n) in [
-            (Reason::Attribution, report.suppressed_attribution),
-            (Reason::OptOut, report.suppressed_opt_out),
-            (Reason::Unlinked, report.suppressed_unlinked),
-        ] {
-            if n > 0 {
-                *d.suppressed.entry(reason).or_default() += n;
-            }
-        }
-        if report.members_removed > 0 {
-            *d.redacted.entry(Reason::GroupMember).or_default() += report.members_removed;
-        }
-        if let Some(n) = report.narrowed_to {
+    /// What the chain disclosed and withheld in the answer (every stage's
+    /// decisions, pages and includes together).
+    pub fn set_disclosure(&mut self, disclosure: &crate::chain::disclosure::Disclosure) {
+        if let Some(n) = disclosure.narrowed_to {
             self.detail("narrowed-to-patients", n.to_string());
         }
-        self.disclosure = Some(d);
-    }
-
-    /// What redaction withheld (`suppressed.part2`, `.date-floor`,
-    /// `.drug-pa`, `.unreadable`) and changed (`redacted.part2`,
-    /// `.financial`), added to the disclosure.
-    /// What the policy plugins withheld and narrowed, counted like the
-    /// built-in filters' withholdings (`suppressed.plugin`, `redacted.plugin`).
-    pub fn count_plugin(&mut self, dropped: u32, replaced: u32) {
-        if dropped == 0 && replaced == 0 {
-            return;
-        }
-        let disclosure = self.disclosure.get_or_insert_with(Default::default);
-        if dropped > 0 {
-            *disclosure.suppressed.entry(crate::audit::Reason::Plugin).or_default() += dropped;
-        }
-        if replaced > 0 {
-            *disclosure.redacted.entry(crate::audit::Reason::Plugin).or_default() += replaced;
-        }
-    }
-
-    pub fn set_redaction_report(&mut self, report: &crate::redact::RedactionReport) {
         let mut d = self.disclosure.take().unwrap_or_default();
-        let add = |map: &mut std::collections::BTreeMap<Reason, u32>, reason, n: u32| {
-            if n > 0 {
-                *map.entry(reason).or_default() += n;
-            }
-        };
-        add(&mut d.suppressed, Reason::Part2, report.part2_excluded);
-        add(&mut d.suppressed, Reason::DateFloor, report.before_floor);
-        add(&mut d.suppressed, Reason::DrugPriorAuth, report.drug_pa);
-        add(&mut d.suppressed, Reason::Unreadable, report.unreadable);
-        add(&mut d.redacted, Reason::Part2, report.part2_redacted);
-        add(&mut d.redacted, Reason::Financial, report.financial_stripped);
+        d.merge(crate::chain::disclosure::Disclosure {
+            trace: None,
+            narrowed_to: None,
+            ..disclosure.clone()
+        });
         self.disclosure = Some(d);
     }
 
@@ -304,6 +261,7 @@ pub enum AdminTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::disclosure::{Disclosure, Reason};
     use crate::fhir::{ParseOptions, RequestParts};
 
     fn parse(path: &str, query: Option<&str>) -> FhirRequest {
@@ -363,16 +321,21 @@ mod tests {
     }
 
     #[test]
-    fn filter_reports_become_the_disclosure() {
-        let mut report = crate::access::FilterReport::default();
+    fn the_chains_disclosure_becomes_the_records() {
+        let mut report = Disclosure::tracing();
         report.patients.insert("pat-1".into());
-        report.suppressed_attribution = 2;
-        report.suppressed_opt_out = 1;
-        report.members_removed = 4;
+        report.withhold_n(Reason::Attribution, 2);
+        report.withhold(Reason::OptOut);
+        report.redact_n(Reason::GroupMember, 4);
         report.narrowed_to = Some(7);
+        report.trace(
+            "access",
+            || "Observation/o1".into(),
+            &crate::chain::disclosure::Verdict::Drop(Reason::OptOut),
+        );
         let mut r = AuditRecord::rest("r");
         r.requested_patients.insert("pat-2".into());
-        r.set_filter_report(&report);
+        r.set_disclosure(&report);
         r.status = 200;
         let d = r.disclosure.clone().unwrap();
         assert_eq!(d.suppressed.get(&Reason::Attribution), Some(&2));
@@ -387,24 +350,24 @@ mod tests {
         {
             assert!(json.contains(s), "{s} in {json}");
         }
+        // The trace is for explain, never for the log.
+        assert!(d.trace.is_none() && !json.contains("Observation/o1"), "{json}");
     }
 
     #[test]
-    fn redaction_reports_add_to_the_disclosure() {
-        let mut access = crate::access::FilterReport::default();
+    fn every_stages_counts_add_to_the_disclosure() {
+        let mut access = Disclosure::default();
         access.patients.insert("pat-1".into());
-        access.suppressed_attribution = 1;
-        let report = crate::redact::RedactionReport {
-            part2_excluded: 2,
-            part2_redacted: 1,
-            financial_stripped: 5,
-            before_floor: 3,
-            drug_pa: 1,
-            unreadable: 0,
-        };
+        access.withhold(Reason::Attribution);
+        let mut report = Disclosure::default();
+        report.withhold_n(Reason::Part2, 2);
+        report.redact(Reason::Part2);
+        report.redact_n(Reason::Financial, 5);
+        report.withhold_n(Reason::DateFloor, 3);
+        report.withhold(Reason::DrugPriorAuth);
         let mut r = AuditRecord::rest("r");
-        r.set_filter_report(&access);
-        r.set_redaction_report(&report);
+        r.set_disclosure(&access);
+        r.set_disclosure(&report);
         r.status = 200;
         let d = r.disclosure.clone().unwrap();
         assert_eq!(d.suppressed.get(&Reason::Attribution), Some(&1));

@@ -30,9 +30,11 @@
 //!    `entry.response.outcome`, scores, other links) is copied.
 
 pub mod capability;
+pub mod disclosure;
 pub mod envelope;
 pub mod names;
 pub mod page;
+pub mod stage;
 pub mod strict;
 pub mod tape;
 
@@ -72,7 +74,7 @@ pub struct Entry {
 pub fn references(resource: &str) -> Vec<String> {
     let mut out: Vec<String> = match raw_reference_values(resource) {
         Some(values) => {
-            values.into_iter().filter_map(crate::redact::normalize_reference).map(str::to_owned).collect()
+            values.into_iter().filter_map(crate::fhir::normalize_reference).map(str::to_owned).collect()
         }
         None => {
             let mut out = Vec::new();
@@ -93,7 +95,7 @@ fn walk_references(value: &serde_json::Value, out: &mut Vec<String>) {
             for (key, member) in map {
                 if key == "reference"
                     && let Some(text) = member.as_str()
-                    && let Some(normal) = crate::redact::normalize_reference(text)
+                    && let Some(normal) = crate::fhir::normalize_reference(text)
                 {
                     out.push(normal.to_owned());
                 } else {

@@ -12,6 +12,8 @@
 
 use serde_json::Value;
 
+use super::disclosure::{Disclosure, Reason, Verdict};
+
 /// Top-level members whose patient links are judged by the access stage.
 const PAYER_LINKS: &[&str] = &["payee", "subscriber", "policyHolder", "payor"];
 /// v2-0203 identifier types that identify a person as a member or patient.
@@ -56,7 +58,7 @@ pub fn object_names_hidden_patient(
                 Some(values) => {
                     let hidden = values
                         .iter()
-                        .filter_map(|r| crate::redact::normalize_reference(r))
+                        .filter_map(|r| crate::fhir::normalize_reference(r))
                         .any(|key| key.strip_prefix("Patient/").is_some_and(|id| !visible(id)));
                     if hidden {
                         return true;
@@ -74,6 +76,44 @@ pub fn object_names_hidden_patient(
     }
     let Ok(Value::Object(map)) = serde_json::from_str::<Value>(resource) else { return true };
     map.iter().filter(|(key, _)| !PAYER_LINKS.contains(&key.as_str())).any(|(_, v)| walk(v, visible, resolve))
+}
+
+/// The stage: withholds a record that names a hidden patient, or a
+/// patient by an identifier that is not a visible patient's own.
+pub struct NamesStage<'a> {
+    pub visible: &'a dyn Fn(&str) -> bool,
+    pub resolve: Resolve<'a>,
+}
+
+impl super::stage::Stage for NamesStage<'_> {
+    fn name(&self) -> &'static str {
+        "names"
+    }
+
+    fn judge(&self, items: &[&super::stage::Item<'_>], disclosure: &mut Disclosure) -> Vec<Verdict> {
+        items
+            .iter()
+            .map(|item| {
+                let object = match (item.untouched(), item.text()) {
+                    (Some(node), _) => node.object(),
+                    (None, Some(text)) => crate::fhir::bundle::RawObject::parse(text).ok(),
+                    (None, None) => None,
+                };
+                let named = match (object, item.text()) {
+                    (Some(object), Some(text)) => {
+                        object_names_hidden_patient(text, &object, self.visible, self.resolve)
+                    }
+                    _ => true,
+                };
+                if named {
+                    disclosure.withhold(Reason::Attribution);
+                    Verdict::Drop(Reason::Attribution)
+                } else {
+                    Verdict::Keep
+                }
+            })
+            .collect()
+    }
 }
 
 /// Does the raw text hold an `"identifier"` member whose value is an object
@@ -97,7 +137,7 @@ fn walk(value: &Value, visible: &dyn Fn(&str) -> bool, resolve: Resolve<'_>) -> 
     match value {
         Value::Object(map) => {
             if let Some(Value::String(reference)) = map.get("reference")
-                && let Some(key) = crate::redact::normalize_reference(reference)
+                && let Some(key) = crate::fhir::normalize_reference(reference)
                 && let Some(id) = key.strip_prefix("Patient/")
                 && !visible(id)
             {

@@ -10,6 +10,8 @@
 
 use std::borrow::Cow;
 
+use crate::fhir::bundle::{RawObject, RawText};
+
 /// What a value is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -150,6 +152,19 @@ impl<'t, 'a> Node<'t, 'a> {
     /// An object's member that is a string, decoded.
     pub fn get_str(&self, name: &str) -> Option<Cow<'a, str>> {
         self.get(name)?.str()
+    }
+
+    /// An object as its members with their raw values, without reading it
+    /// again. `None` when the node is not an object.
+    pub fn object(&self) -> Option<RawObject<'a>> {
+        if self.kind() != Kind::Object {
+            return None;
+        }
+        let members = self
+            .children()
+            .map(|m| (m.key().unwrap_or_default(), RawText::read_by_reader(m.raw())))
+            .collect();
+        Some(RawObject { members })
     }
 }
 

@@ -20,22 +20,18 @@ impl<'a> RawText<'a> {
     pub fn get(&self) -> &'a str {
         self.0
     }
+
+    /// Text a validating reader already read as one JSON value (the strict
+    /// reader's tape).
+    pub(crate) fn read_by_reader(text: &'a str) -> RawText<'a> {
+        RawText(text)
+    }
 }
 
 impl<'a> RawObject<'a> {
     /// Parse `text` as one JSON object; anything else is an error.
     pub fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(text)
-    }
-
-    /// An object already on the strict reader's tape, without reading it
-    /// again. `None` when the node is not an object.
-    pub fn from_node(node: crate::chain::tape::Node<'_, 'a>) -> Option<Self> {
-        if node.kind() != crate::chain::tape::Kind::Object {
-            return None;
-        }
-        let members = node.children().map(|m| (m.key().unwrap_or_default(), RawText(m.raw()))).collect();
-        Some(RawObject { members })
     }
 
     pub fn get(&self, key: &str) -> Option<RawText<'a>> {

@@ -27,6 +27,7 @@ use super::bindings::policy::fhirwall::plugin::policy_types as wit;
 use super::bindings::policy::{Policy, PolicyPre};
 use super::sandbox::{self, HostState};
 use super::{Host, PluginError, PluginSpec};
+use crate::chain::disclosure::{Disclosure, Reason};
 use crate::fhir::bundle::RawObject;
 
 /// Largest reason kept from a plugin (bytes).
@@ -217,13 +218,6 @@ pub struct PolicyRun {
     _permits: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
-/// What the response step did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PolicyReport {
-    pub dropped: u32,
-    pub replaced: u32,
-}
-
 /// How a whole response fared.
 pub enum BodyOutcome {
     /// Send this body (unchanged when nothing was dropped or replaced).
@@ -291,8 +285,8 @@ impl PolicyRun {
         &mut self,
         body: &bytes::Bytes,
         recheck: &dyn Fn(&str) -> bool,
-    ) -> Result<(BodyOutcome, PolicyReport), PluginError> {
-        let mut report = PolicyReport::default();
+    ) -> Result<(BodyOutcome, Disclosure), PluginError> {
+        let mut report = Disclosure::default();
         let Ok(text) = std::str::from_utf8(body) else {
             return Ok((BodyOutcome::Body(body.clone()), report));
         };
@@ -320,9 +314,9 @@ impl PolicyRun {
                     };
                     match self.verdict(resource.get(), recheck)? {
                         Verdict::Keep => out_entries.push(entry.get().to_owned()),
-                        Verdict::Drop(_) => report.dropped += 1,
+                        Verdict::Drop(_) => report.withhold(Reason::Plugin),
                         Verdict::Replace(new) => {
-                            report.replaced += 1;
+                            report.redact(Reason::Plugin);
                             let mut rebuilt = String::with_capacity(entry.get().len());
                             entry_obj
                                 .write_with(&mut rebuilt, |key, _| (key == "resource").then(|| new.clone()));
@@ -330,12 +324,12 @@ impl PolicyRun {
                         }
                     }
                 }
-                if report == PolicyReport::default() {
+                if report.is_clean() {
                     return Ok((BodyOutcome::Body(body.clone()), report));
                 }
                 let entries_json = format!("[{}]", out_entries.join(","));
                 let mut out = String::with_capacity(text.len());
-                let dropped = report.dropped > 0;
+                let dropped = report.withheld(Reason::Plugin) > 0;
                 object.write_with(&mut out, |key, _| match key {
                     "entry" => Some(entries_json.clone()),
                     // Entries were withheld: a total would reveal how many.
@@ -347,11 +341,11 @@ impl PolicyRun {
             _ => match self.verdict(text, recheck)? {
                 Verdict::Keep => Ok((BodyOutcome::Body(body.clone()), report)),
                 Verdict::Drop(reason) => {
-                    report.dropped += 1;
+                    report.withhold(Reason::Plugin);
                     Ok((BodyOutcome::Withheld(reason), report))
                 }
                 Verdict::Replace(new) => {
-                    report.replaced += 1;
+                    report.redact(Reason::Plugin);
                     Ok((BodyOutcome::Body(bytes::Bytes::from(new)), report))
                 }
             },
@@ -375,6 +369,67 @@ impl PolicyRun {
             }
             other => other,
         })
+    }
+}
+
+impl PolicyRun {
+    /// Every plugin's verdict on each of an answer's resources, in the
+    /// chain's vocabulary (blocking). A replacement the built-in filters
+    /// refuse (`recheck` false) is a drop.
+    pub fn judge_all(
+        &mut self,
+        resources: &[String],
+        recheck: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<crate::chain::disclosure::Verdict>, PluginError> {
+        use crate::chain::disclosure::Verdict as Chain;
+        resources
+            .iter()
+            .map(|resource| {
+                Ok(match self.verdict(resource, recheck)? {
+                    Verdict::Keep => Chain::Keep,
+                    Verdict::Drop(_) => Chain::Drop(Reason::Plugin),
+                    Verdict::Replace(text) => Chain::Redact { text, why: Reason::Plugin },
+                })
+            })
+            .collect()
+    }
+}
+
+/// The policy plugins as a chain stage. Plugin calls may take their
+/// `timeout_ms` each, so the verdicts are reached on a blocking thread
+/// first ([`PolicyRun::judge_all`]) and the stage hands them out.
+pub struct PluginStage {
+    verdicts: std::cell::Cell<Option<Vec<crate::chain::disclosure::Verdict>>>,
+}
+
+impl PluginStage {
+    pub fn new(verdicts: Vec<crate::chain::disclosure::Verdict>) -> PluginStage {
+        PluginStage { verdicts: std::cell::Cell::new(Some(verdicts)) }
+    }
+}
+
+impl crate::chain::stage::Stage for PluginStage {
+    fn name(&self) -> &'static str {
+        "plugins"
+    }
+
+    /// Shown other resources than were judged (or twice): withhold them all.
+    fn judge(
+        &self,
+        items: &[&crate::chain::stage::Item<'_>],
+        disclosure: &mut Disclosure,
+    ) -> Vec<crate::chain::disclosure::Verdict> {
+        use crate::chain::disclosure::Verdict as Chain;
+        let verdicts = self.verdicts.take().filter(|v| v.len() == items.len());
+        let verdicts = verdicts.unwrap_or_else(|| vec![Chain::Drop(Reason::Plugin); items.len()]);
+        for verdict in &verdicts {
+            match verdict {
+                Chain::Keep => {}
+                Chain::Drop(reason) => disclosure.withhold(*reason),
+                Chain::Redact { why, .. } => disclosure.redact(*why),
+            }
+        }
+        verdicts
     }
 }
 

@@ -30,7 +30,7 @@
 //! withheld for any reason: nothing left in the answer names what is gone.
 //! A withheld resource simply is not there (a read answers 404); nothing
 //! says what kind of record was withheld or for whom — the counts go only to
-//! the audit record ([`RedactionReport`]).
+//! the audit record ([`Disclosure`]).
 //!
 //! Hot path: every resource is read once by a streaming scanner that
 //! borrows from the body ([`scan`]); an untouched resource is re-emitted as
@@ -44,6 +44,7 @@ pub mod policy;
 pub mod resolve;
 pub mod rewrite;
 pub mod scan;
+pub mod stage;
 pub mod subset;
 
 use std::collections::{HashMap, HashSet};
@@ -61,105 +62,8 @@ pub use subset::Subset;
 /// Deepest Bundle-in-Bundle nesting looked into; deeper is withheld.
 const MAX_NESTING: usize = 3;
 
-/// Why a resource was withheld.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub enum Reason {
-    /// 42 CFR Part 2 (excluded, or not safely redactable).
-    Part2,
-    /// A drug (pharmacy) prior authorization.
-    DrugPriorAuth,
-    /// Service date before `policy.service_date_floor`.
-    BeforeFloor,
-    /// Not readable as a FHIR resource (malformed, duplicated members,
-    /// nested too deep): nothing unreadable leaves.
-    Unreadable,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Part2 => "part2-excluded",
-            Reason::DrugPriorAuth => "drug-pa",
-            Reason::BeforeFloor => "before-floor",
-            Reason::Unreadable => "unreadable",
-        }
-    }
-}
-
-/// The decision on one resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Leaves as its original bytes.
-    Keep,
-    /// Withheld.
-    Drop(Reason),
-    /// Leaves as this text instead (redacted and/or financially stripped).
-    Replace(String),
-}
-
-/// What redaction did to one answer, per reason (for the audit record).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RedactionReport {
-    /// Resources withheld as 42 CFR Part 2.
-    pub part2_excluded: u32,
-    /// Resources that left with Part 2 elements removed (REDACTED label).
-    pub part2_redacted: u32,
-    /// Resources that left without their financial elements.
-    pub financial_stripped: u32,
-    /// Resources withheld for a service date before the floor.
-    pub before_floor: u32,
-    /// Drug prior authorizations withheld.
-    pub drug_pa: u32,
-    /// Resources withheld because they could not be read.
-    pub unreadable: u32,
-}
-
-impl RedactionReport {
-    fn drop(&mut self, reason: Reason) {
-        match reason {
-            Reason::Part2 => self.part2_excluded += 1,
-            Reason::DrugPriorAuth => self.drug_pa += 1,
-            Reason::BeforeFloor => self.before_floor += 1,
-            Reason::Unreadable => self.unreadable += 1,
-        }
-    }
-
-    /// Resources withheld for any reason.
-    pub fn withheld(&self) -> u32 {
-        self.part2_excluded + self.before_floor + self.drug_pa + self.unreadable
-    }
-
-    pub fn is_empty(&self) -> bool {
-        *self == RedactionReport::default()
-    }
-
-    /// Fold another report into this one.
-    pub fn merge(&mut self, other: &RedactionReport) {
-        self.part2_excluded += other.part2_excluded;
-        self.part2_redacted += other.part2_redacted;
-        self.financial_stripped += other.financial_stripped;
-        self.before_floor += other.before_floor;
-        self.drug_pa += other.drug_pa;
-        self.unreadable += other.unreadable;
-    }
-
-    /// The counts by name (`part2-excluded`, `part2-redacted`,
-    /// `financial-stripped`, `before-floor`, `drug-pa`, `unreadable`),
-    /// zeros left out.
-    pub fn counts(&self) -> Vec<(&'static str, u32)> {
-        [
-            ("part2-excluded", self.part2_excluded),
-            ("part2-redacted", self.part2_redacted),
-            ("financial-stripped", self.financial_stripped),
-            ("before-floor", self.before_floor),
-            ("drug-pa", self.drug_pa),
-            ("unreadable", self.unreadable),
-        ]
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .collect()
-    }
-}
+pub use crate::chain::disclosure::{Disclosure, Reason, Verdict};
+pub use crate::fhir::normalize_reference;
 
 /// The redaction chain, built once at startup.
 pub struct Redactor {
@@ -187,22 +91,6 @@ impl std::fmt::Debug for Redactor {
     }
 }
 
-/// How a Bundle's `entry` changes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntriesEdit {
-    /// New JSON for `entry`: `None` keep it, `Some("")` remove the member.
-    pub entry: Option<String>,
-    /// Kept entries with `search.mode` match (or no mode).
-    pub kept_matches: usize,
-    /// Withheld entries with `search.mode` match (or no mode).
-    pub dropped_matches: usize,
-    /// Entries kept / withheld (any mode).
-    pub kept: usize,
-    pub dropped: usize,
-    /// The reason of the first withheld entry.
-    pub first_reason: Option<Reason>,
-}
-
 /// The result for one resource, with what a Bundle pass needs.
 struct Outcome<'a> {
     verdict: Verdict,
@@ -218,8 +106,8 @@ impl<'a> Outcome<'a> {
     }
 
     /// Withheld: nothing fhirwall cannot read leaves.
-    fn unreadable(report: &mut RedactionReport) -> Outcome<'a> {
-        report.drop(Reason::Unreadable);
+    fn unreadable(report: &mut Disclosure) -> Outcome<'a> {
+        report.withhold(Reason::Unreadable);
         Outcome { verdict: Verdict::Drop(Reason::Unreadable), scan: None, redacted: false, stripped: false }
     }
 }
@@ -276,13 +164,18 @@ impl Redactor {
         &self.policies
     }
 
+    /// Is `financial = "strip"` on (the [`stage::Money`] stage runs)?
+    pub fn strips_money(&self) -> bool {
+        self.financial
+    }
+
     /// The financial scope beyond `financial.toml` ([`money`]): the
     /// resource without any Money value or claims free text, or `None` when
     /// nothing changes (or `financial` is not `strip`). `Err`: unreadable.
     pub fn strip_money(
         &self,
         resource: &str,
-        report: &mut RedactionReport,
+        report: &mut Disclosure,
     ) -> Result<Option<String>, &'static str> {
         if !self.financial {
             return Ok(None);
@@ -290,7 +183,7 @@ impl Redactor {
         let Some(resource_type) = crate::fhir::bundle::resource_type(resource) else { return Ok(None) };
         let out = money::strip(&resource_type, resource)?;
         if out.is_some() {
-            report.financial_stripped += 1;
+            report.redact(Reason::Financial);
         }
         Ok(out)
     }
@@ -301,14 +194,14 @@ impl Redactor {
         resource_type: &str,
         resource: &str,
         object: &RawObject<'_>,
-        report: &mut RedactionReport,
+        report: &mut Disclosure,
     ) -> Result<Option<String>, &'static str> {
         if !self.financial || !money::applies_to(resource_type) {
             return Ok(None);
         }
         let out = money::strip_object(resource_type, resource, object)?;
         if out.is_some() {
-            report.financial_stripped += 1;
+            report.redact(Reason::Financial);
         }
         Ok(out)
     }
@@ -365,16 +258,11 @@ impl Redactor {
 
     /// Decide on one resource (a read body, a bulk export line, an
     /// operation's output) and count the decision in `report`.
-    pub fn apply(&self, resource: &str, report: &mut RedactionReport) -> Verdict {
+    pub fn apply(&self, resource: &str, report: &mut Disclosure) -> Verdict {
         self.outcome(resource, report, 0).verdict
     }
 
-    /// [`Redactor::apply`] on raw JSON.
-    pub fn apply_raw(&self, resource: &RawValue, report: &mut RedactionReport) -> Verdict {
-        self.apply(resource.get(), report)
-    }
-
-    fn outcome<'a>(&self, text: &'a str, report: &mut RedactionReport, depth: usize) -> Outcome<'a> {
+    fn outcome<'a>(&self, text: &'a str, report: &mut Disclosure, depth: usize) -> Outcome<'a> {
         let programs = self.programs();
         match scan::scan(text, &self.rules(&programs)) {
             Ok(scan) => self.decide(scan, text, None, report, depth),
@@ -390,11 +278,11 @@ impl Redactor {
         scan: Scan<'a>,
         text: &'a str,
         node: Option<crate::chain::tape::Node<'_, 'a>>,
-        report: &mut RedactionReport,
+        report: &mut Disclosure,
         depth: usize,
     ) -> Outcome<'a> {
-        let dropped = |reason: Reason, report: &mut RedactionReport, scan: Option<Scan<'a>>| {
-            report.drop(reason);
+        let dropped = |reason: Reason, report: &mut Disclosure, scan: Option<Scan<'a>>| {
+            report.withhold(reason);
             Outcome { verdict: Verdict::Drop(reason), scan, redacted: false, stripped: false }
         };
         if scan.duplicated {
@@ -436,7 +324,7 @@ impl Redactor {
             match dates::service_date(&scan.dates, resource_type, &self.watches, tiers.len()) {
                 dates::ServiceDate::None => {}
                 dates::ServiceDate::Date(date) if date.as_str() >= self.floor.as_str() => {}
-                _ => return dropped(Reason::BeforeFloor, report, Some(scan)),
+                _ => return dropped(Reason::DateFloor, report, Some(scan)),
             }
         }
 
@@ -463,10 +351,15 @@ impl Redactor {
         };
         match rewrite::rewrite(text, node, &rw) {
             Ok(out) if out.redacted || out.stripped => {
-                report.part2_redacted += out.redacted as u32;
-                report.financial_stripped += out.stripped as u32;
+                if out.redacted {
+                    report.redact(Reason::Part2);
+                }
+                if out.stripped {
+                    report.redact(Reason::Financial);
+                }
+                let why = if out.redacted { Reason::Part2 } else { Reason::Financial };
                 Outcome {
-                    verdict: Verdict::Replace(out.text),
+                    verdict: Verdict::Redact { text: out.text, why },
                     scan: Some(scan),
                     redacted: out.redacted,
                     stripped: out.stripped,
@@ -505,117 +398,37 @@ impl Redactor {
     }
 
     /// A Bundle inside a Bundle (or read directly): kept only when nothing
-    /// in it has to change.
-    fn nested_bundle(&self, text: &str, report: &mut RedactionReport, depth: usize) -> Verdict {
+    /// in it has to change (its entries are judged as a page's are).
+    fn nested_bundle(&self, text: &str, report: &mut Disclosure, depth: usize) -> Verdict {
         if depth >= MAX_NESTING {
-            report.drop(Reason::Unreadable);
+            report.withhold(Reason::Unreadable);
             return Verdict::Drop(Reason::Unreadable);
         }
-        let Ok(object) = RawObject::parse(text) else {
-            report.drop(Reason::Unreadable);
+        let entries: Option<Vec<&RawValue>> =
+            RawObject::parse(text).ok().and_then(|object| match object.get("entry") {
+                None => Some(Vec::new()),
+                Some(entries) => serde_json::from_str(entries.get()).ok(),
+            });
+        let Some(entries) = entries else {
+            report.withhold(Reason::Unreadable);
             return Verdict::Drop(Reason::Unreadable);
         };
-        let Some(entries) = object.get("entry") else { return Verdict::Keep };
-        let mut inner = RedactionReport::default();
-        match self.entries_at(entries.get(), None, &mut inner, depth + 1) {
-            Ok(edit) if edit.entry.is_none() => Verdict::Keep,
-            Ok(edit) => {
-                let reason = edit.first_reason.unwrap_or(Reason::Unreadable);
-                report.drop(reason);
+        let inputs: Vec<EntryInput<'_>> = entries.iter().map(|raw| EntryInput::read(raw.get())).collect();
+        // The inner decisions are not counted: the Bundle is one resource.
+        let verdicts = self.judge_entries(&inputs, &mut Disclosure::default(), depth + 1);
+        let reason = verdicts.iter().find_map(|verdict| match verdict {
+            Verdict::Keep => None,
+            Verdict::Drop(reason) => Some(*reason),
+            // A Bundle whose members would have to change is not rewritten.
+            Verdict::Redact { why, .. } => Some(*why),
+        });
+        match reason {
+            None => Verdict::Keep,
+            Some(reason) => {
+                report.withhold(reason);
                 Verdict::Drop(reason)
             }
-            Err(_) => {
-                report.drop(Reason::Unreadable);
-                Verdict::Drop(Reason::Unreadable)
-            }
         }
-    }
-
-    /// Redact a Bundle's `entry` array (raw JSON). `Err` when it is not an
-    /// array.
-    pub fn entries(&self, entries: &str, report: &mut RedactionReport) -> Result<EntriesEdit, &'static str> {
-        self.entries_at(entries, None, report, 0)
-    }
-
-    /// [`Redactor::entries`], then the caller's `_elements` / `_summary`
-    /// cut from the matches that are left.
-    pub fn entries_subset(
-        &self,
-        entries: &str,
-        subset: Option<&Subset>,
-        report: &mut RedactionReport,
-    ) -> Result<EntriesEdit, &'static str> {
-        self.entries_at(entries, subset, report, 0)
-    }
-
-    fn entries_at(
-        &self,
-        entries: &str,
-        subset: Option<&Subset>,
-        report: &mut RedactionReport,
-        depth: usize,
-    ) -> Result<EntriesEdit, &'static str> {
-        let entries: Vec<&RawValue> =
-            serde_json::from_str(entries).map_err(|_| "Bundle.entry is malformed")?;
-        let inputs: Vec<EntryInput<'_>> = entries.iter().map(|raw| EntryInput::read(raw.get())).collect();
-        let verdicts = self.judge_entries(&inputs, report, depth);
-        let mut out = String::with_capacity(entries.iter().map(|e| e.get().len() + 1).sum::<usize>() + 2);
-        out.push('[');
-        let (mut changed, mut written, mut kept_matches, mut dropped_matches) = (false, 0, 0, 0);
-        let mut first_reason = None;
-        for ((raw, input), verdict) in entries.iter().zip(&inputs).zip(verdicts) {
-            let is_match = input.is_match();
-            let resource = match verdict {
-                Verdict::Keep => None,
-                Verdict::Replace(resource) => Some(std::borrow::Cow::Owned(resource)),
-                Verdict::Drop(reason) => {
-                    first_reason.get_or_insert(reason);
-                    changed = true;
-                    dropped_matches += is_match as usize;
-                    continue;
-                }
-            };
-            // The caller's subset, on the matches only.
-            let cut = match (subset, is_match) {
-                (Some(subset), true) => resource.as_deref().or(input.resource).and_then(|r| subset.apply(r)),
-                _ => None,
-            };
-            let resource = cut.map(std::borrow::Cow::Owned).or(resource);
-            let text = match resource {
-                None => std::borrow::Cow::Borrowed(raw.get()),
-                Some(resource) => match replace_entry_resource(raw.get(), input.resource, &resource) {
-                    Some(entry) => {
-                        changed = true;
-                        std::borrow::Cow::Owned(entry)
-                    }
-                    None => {
-                        changed = true;
-                        dropped_matches += is_match as usize;
-                        continue;
-                    }
-                },
-            };
-            kept_matches += is_match as usize;
-            if written > 0 {
-                out.push(',');
-            }
-            out.push_str(&text);
-            written += 1;
-        }
-        out.push(']');
-        let entry = match (changed, written) {
-            (false, _) => None,
-            (true, 0) => Some(String::new()),
-            (true, _) => Some(out),
-        };
-        Ok(EntriesEdit {
-            entry,
-            kept_matches,
-            dropped_matches,
-            kept: written,
-            dropped: entries.len() - written,
-            first_reason,
-        })
     }
 
     /// The verdict on each entry of one Bundle: each resource's own, then
@@ -629,7 +442,7 @@ impl Redactor {
     pub fn judge_entries(
         &self,
         inputs: &[EntryInput<'_>],
-        report: &mut RedactionReport,
+        report: &mut Disclosure,
         depth: usize,
     ) -> Vec<Verdict> {
         let programs = self.programs();
@@ -669,7 +482,7 @@ impl Redactor {
         inputs: &[EntryInput<'_>],
         outcomes: &mut [Outcome<'_>],
         mut gone: HashMap<String, Reason>,
-        report: &mut RedactionReport,
+        report: &mut Disclosure,
     ) {
         // Which entry names which: only included entries need it (an include
         // whose includer was dropped goes too).
@@ -705,7 +518,7 @@ impl Redactor {
             .collect();
         let names = |from: usize, to: usize| from != to && keys[to].iter().any(|k| refs[from].contains(k));
         let dropped_reason = |outcome: &Outcome<'_>| match outcome.verdict {
-            Verdict::Keep | Verdict::Replace(_) => None,
+            Verdict::Keep | Verdict::Redact { .. } => None,
             Verdict::Drop(reason) => Some(reason),
         };
         loop {
@@ -747,10 +560,14 @@ impl Redactor {
             for (index, reason) in more {
                 let outcome = &mut outcomes[index];
                 // It no longer leaves redacted or stripped.
-                report.part2_redacted -= outcome.redacted as u32;
-                report.financial_stripped -= outcome.stripped as u32;
+                if outcome.redacted {
+                    report.unredact(Reason::Part2);
+                }
+                if outcome.stripped {
+                    report.unredact(Reason::Financial);
+                }
                 outcome.verdict = Verdict::Drop(reason);
-                report.drop(reason);
+                report.withhold(reason);
                 remember(&mut gone, inputs[index].full_url.as_deref(), outcome.scan.as_ref(), reason);
             }
         }
@@ -774,28 +591,6 @@ fn remember(
     {
         gone.entry(format!("{t}/{id}")).or_insert(reason);
     }
-}
-
-/// `Type/id` of a literal reference (relative, absolute or versioned): a
-/// suffix of the reference's path, so no copy is made.
-pub fn normalize_reference(reference: &str) -> Option<&str> {
-    let end = reference.bytes().position(|b| b == b'?' || b == b'#').unwrap_or(reference.len());
-    let reference = &reference[..end];
-    let reference = match crate::fhir::history_at(reference) {
-        Some(at) => &reference[..at],
-        None => reference,
-    };
-    let slash = reference.rfind('/')?;
-    let id = &reference[slash + 1..];
-    if id.is_empty() {
-        return None;
-    }
-    let type_start = reference[..slash].rfind('/').map_or(0, |at| at + 1);
-    let resource_type = &reference[type_start..slash];
-    if !resource_type.bytes().next().is_some_and(|b| b.is_ascii_uppercase()) {
-        return None;
-    }
-    Some(&reference[type_start..])
 }
 
 /// One Bundle entry as a Bundle pass sees it.
@@ -841,30 +636,6 @@ impl<'a> EntryInput<'a> {
     pub fn is_match(&self) -> bool {
         matches!(self.mode.as_deref(), None | Some("match"))
     }
-}
-
-/// The entry JSON with its `resource` replaced: the old resource's bytes
-/// (`old`, a slice of `entry` from the entry probe) are spliced out, so the
-/// entry is not parsed again.
-fn replace_entry_resource(entry: &str, old: Option<&str>, resource: &str) -> Option<String> {
-    let old = old?;
-    let start = (old.as_ptr() as usize).checked_sub(entry.as_ptr() as usize)?;
-    let end = start.checked_add(old.len())?;
-    if end > entry.len() || entry.get(start..end) != Some(old) {
-        return None;
-    }
-    let mut out = String::with_capacity(entry.len() - old.len() + resource.len());
-    out.push_str(&entry[..start]);
-    out.push_str(resource);
-    out.push_str(&entry[end..]);
-    Some(out)
-}
-
-/// The `total` a filtered searchset may carry: the kept matches when the
-/// answer is complete (one page), nothing when more pages follow (their
-/// filtering is unknown, and a count would reveal withheld records).
-pub fn total_after(had_total: bool, more_pages: bool, kept_matches: usize) -> Option<usize> {
-    (had_total && !more_pages).then_some(kept_matches)
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ impl<'a> Members<'a> {
 /// `node`: the same resource on the strict reader's tape, when it is there.
 pub fn rewrite(text: &str, node: Option<Node<'_, '_>>, rw: &Rewrite<'_>) -> Result<Rewritten, Unredactable> {
     let object = match node {
-        Some(node) => RawObject::from_node(node),
+        Some(node) => node.object(),
         None => RawObject::parse(text).ok(),
     };
     let object = object.ok_or(Unredactable("not a JSON object"))?;

@@ -41,8 +41,8 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
-fn run(r: &Redactor, resource: &Value) -> (Verdict, RedactionReport) {
-    let mut report = RedactionReport::default();
+fn run(r: &Redactor, resource: &Value) -> (Verdict, Disclosure) {
+    let mut report = Disclosure::default();
     let verdict = r.apply(&resource.to_string(), &mut report);
     (verdict, report)
 }
@@ -51,7 +51,7 @@ fn run(r: &Redactor, resource: &Value) -> (Verdict, RedactionReport) {
 fn after(r: &Redactor, resource: &Value) -> Option<Value> {
     match run(r, resource).0 {
         Verdict::Keep => Some(resource.clone()),
-        Verdict::Replace(text) => Some(serde_json::from_str(&text).expect("a rewrite is JSON")),
+        Verdict::Redact { text, .. } => Some(serde_json::from_str(&text).expect("a rewrite is JSON")),
         Verdict::Drop(_) => None,
     }
 }
@@ -161,7 +161,7 @@ fn verdicts(mode: Part2Mode) -> HashMap<String, (Verdict, String)> {
         .resources
         .iter()
         .map(|(key, text)| {
-            let mut report = RedactionReport::default();
+            let mut report = Disclosure::default();
             (key.clone(), (r.apply(text, &mut report), text.clone()))
         })
         .collect()
@@ -205,18 +205,18 @@ fn dataset_classification_matches_the_facts() {
     let pre = fact_set(facts, &["pre_2016"]);
     for key in &pre {
         assert!(
-            matches!(all[key].0, Verdict::Drop(Reason::BeforeFloor | Reason::Part2)),
+            matches!(all[key].0, Verdict::Drop(Reason::DateFloor | Reason::Part2)),
             "{key} is before 2016: {:?}",
             all[key].0
         );
     }
     for (key, (verdict, _)) in &all {
-        if *verdict == Verdict::Drop(Reason::BeforeFloor) {
+        if *verdict == Verdict::Drop(Reason::DateFloor) {
             assert!(pre.contains(key), "{key} withheld as before the floor");
         }
     }
     for key in fact_set(facts, &["no_service_date_conditions"]) {
-        assert!(!matches!(all[&key].0, Verdict::Drop(Reason::BeforeFloor)), "{key} has no date: kept");
+        assert!(!matches!(all[&key].0, Verdict::Drop(Reason::DateFloor)), "{key} has no date: kept");
     }
 
     // Prior authorizations: drug PAs (and their Claim/ClaimResponse) withheld,
@@ -241,7 +241,7 @@ fn dataset_classification_matches_the_facts() {
                 assert!(!matches!(verdict, Verdict::Drop(_)), "{key} is a service PA: {verdict:?}");
             }
         }
-        if !drug && let Verdict::Replace(text) = &all[eob].0 {
+        if !drug && let Verdict::Redact { text, .. } = &all[eob].0 {
             let v: Value = serde_json::from_str(text).unwrap();
             assert!(v["outcome"].is_string(), "{eob}: decision kept");
             if let Some(code) = pa["denial_reason"].as_str() {
@@ -260,7 +260,7 @@ fn dataset_classification_matches_the_facts() {
         let text = match verdict {
             Verdict::Drop(_) => continue,
             Verdict::Keep => original.clone(),
-            Verdict::Replace(t) => t.clone(),
+            Verdict::Redact { text: t, .. } => t.clone(),
         };
         if key.starts_with("ExplanationOfBenefit/") || key.starts_with("Claim") {
             let v: Value = serde_json::from_str(&text).unwrap();
@@ -286,7 +286,7 @@ fn dataset_in_redact_mode() {
     let mut redacted = 0;
     for key in fact_set(facts, &["part2", "sud_code_unlabelled"]) {
         match &all[&key].0 {
-            Verdict::Replace(text) => {
+            Verdict::Redact { text, .. } => {
                 assert!(key.starts_with("ExplanationOfBenefit/"), "{key}");
                 let v: Value = serde_json::from_str(text).unwrap();
                 assert!(has_label(&v, "REDACTED"), "{key}");
@@ -299,7 +299,7 @@ fn dataset_in_redact_mode() {
                 redacted += 1;
             }
             Verdict::Drop(reason) => {
-                assert!(key.starts_with("Condition/") || *reason == Reason::BeforeFloor, "{key}: {reason:?}")
+                assert!(key.starts_with("Condition/") || *reason == Reason::DateFloor, "{key}: {reason:?}")
             }
             Verdict::Keep => panic!("{key} kept as is"),
         }
@@ -315,9 +315,10 @@ fn financial_stripping_matches_the_carin_nonfinancial_example() {
     let financial = fixture("carin-EOBProfessional1.json");
     let mut expected = fixture("carin-EOBProfessional1-nonfinancial.json");
     let (verdict, report) = run(&r, &financial);
-    let Verdict::Replace(text) = verdict else { panic!("{verdict:?}") };
+    let Verdict::Redact { text, .. } = verdict else { panic!("{verdict:?}") };
     let mut got: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(report, RedactionReport { financial_stripped: 1, ..Default::default() });
+    assert_eq!(report.redactions(Reason::Financial), 1);
+    assert_eq!(report.withheld_total() + report.redactions(Reason::Part2), 0);
     got["id"] = Value::Null;
     expected["id"] = Value::Null;
     assert_eq!(got, expected);
@@ -370,9 +371,9 @@ fn untouched_resources_keep_their_bytes() {
         r#"{"resourceType":"Condition","id":"c1","subject":{"reference":"Patient/p1"},"code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10-cm","code":"F17.210"}]},"recordedDate":"2020-01-01"}"#,
         r#"{"resourceType":"Coverage","id":"cov","status":"active","beneficiary":{"reference":"Patient/p1"},"payor":[{"reference":"Organization/org-payer"}]}"#,
     ] {
-        let mut report = RedactionReport::default();
+        let mut report = Disclosure::default();
         assert_eq!(r.apply(text, &mut report), Verdict::Keep, "{text}");
-        assert!(report.is_empty());
+        assert!(report.is_clean());
     }
 }
 
@@ -503,8 +504,8 @@ fn sud_diagnoses_are_redacted_with_their_sequence_references() {
         {"sequence": 2, "procedureCodeableConcept": {"coding": [{"system": "http://www.cms.gov/Medicare/Coding/ICD10", "code": "0SRC0J9"}]}},
     ]);
     let (verdict, report) = run(&r, &e);
-    let Verdict::Replace(text) = verdict else { panic!("{verdict:?}") };
-    assert_eq!(report.part2_redacted, 1);
+    let Verdict::Redact { text, .. } = verdict else { panic!("{verdict:?}") };
+    assert_eq!(report.redactions(Reason::Part2), 1);
     let out: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
         out["diagnosis"],
@@ -586,8 +587,8 @@ fn codes_without_a_system_are_tested_against_every_set() {
 fn the_service_date_floor_uses_the_table() {
     let r = redactor(Part2Mode::Exclude);
     // BFD Part D event and carrier claim of 2015.
-    assert_eq!(dropped(&r, &fixture("bfd-eob-pde-89.json")), Some(Reason::BeforeFloor));
-    assert_eq!(dropped(&r, &fixture("bfd-eob-carrier.json")), Some(Reason::BeforeFloor));
+    assert_eq!(dropped(&r, &fixture("bfd-eob-pde-89.json")), Some(Reason::DateFloor));
+    assert_eq!(dropped(&r, &fixture("bfd-eob-carrier.json")), Some(Reason::DateFloor));
     // No billablePeriod: the earliest item decides.
     let mut e = eob(
         &["E11.9"],
@@ -597,7 +598,7 @@ fn the_service_date_floor_uses_the_table() {
         ]),
     );
     e.as_object_mut().unwrap().remove("billablePeriod");
-    assert_eq!(dropped(&r, &e), Some(Reason::BeforeFloor));
+    assert_eq!(dropped(&r, &e), Some(Reason::DateFloor));
     e["item"][1]["servicedPeriod"]["start"] = json!("2016-01-01");
     assert!(dropped(&r, &e).is_none(), "on the floor is in");
     // Condition: recordedDate, else onset; none: kept.
@@ -608,17 +609,17 @@ fn the_service_date_floor_uses_the_table() {
         }
         c
     };
-    assert_eq!(dropped(&r, &c(json!({"onsetDateTime": "2012-04"}))), Some(Reason::BeforeFloor));
+    assert_eq!(dropped(&r, &c(json!({"onsetDateTime": "2012-04"}))), Some(Reason::DateFloor));
     assert!(dropped(&r, &c(json!({"recordedDate": "2017-01-01", "onsetDateTime": "2012-04"}))).is_none());
     assert!(dropped(&r, &c(json!({}))).is_none());
     assert_eq!(
         dropped(&r, &c(json!({"recordedDate": "last spring"}))),
-        Some(Reason::BeforeFloor),
+        Some(Reason::DateFloor),
         "fail closed"
     );
     let obs = json!({"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"},
         "effectivePeriod": {"start": "2015-06-01", "end": "2016-06-01"}});
-    assert_eq!(dropped(&r, &obs), Some(Reason::BeforeFloor));
+    assert_eq!(dropped(&r, &obs), Some(Reason::DateFloor));
     // A configured floor.
     let mut cfg = config(Part2Mode::Exclude);
     cfg.service_date_floor = "2010-01-01".into();
@@ -692,7 +693,7 @@ fn rules_combine_in_order_and_count_once() {
     e["billablePeriod"]["start"] = json!("2014-01-01");
     assert_eq!(dropped(&redactor(Part2Mode::Exclude), &e), Some(Reason::Part2));
     // In redact mode a redactable record before the floor is withheld for its date.
-    assert_eq!(dropped(&r, &e), Some(Reason::BeforeFloor));
+    assert_eq!(dropped(&r, &e), Some(Reason::DateFloor));
     // Redacted and stripped in one rewrite, both counted.
     let mut e = eob(
         &["F11.20", "I10"],
@@ -701,8 +702,9 @@ fn rules_combine_in_order_and_count_once() {
     );
     e["total"] = json!([{"category": {"text": "x"}, "amount": {"value": 1, "currency": "USD"}}]);
     let (verdict, report) = run(&r, &e);
-    assert!(matches!(verdict, Verdict::Replace(_)));
-    assert_eq!(report, RedactionReport { part2_redacted: 1, financial_stripped: 1, ..Default::default() });
+    assert!(matches!(verdict, Verdict::Redact { .. }));
+    assert_eq!((report.redactions(Reason::Part2), report.redactions(Reason::Financial)), (1, 1));
+    assert_eq!(report.withheld_total(), 0);
     let out = after(&r, &e).unwrap();
     assert!(out["meta"]["profile"][0].as_str().unwrap().ends_with("-Basis"));
     assert!(has_label(&out, "REDACTED"));
@@ -723,16 +725,16 @@ fn unreadable_resources_never_leave() {
         "{\"resourceType\":\"Condition\",\"id\":\"a\",\"id\":\"b\"}",
         "{\"resourceType\":\"ExplanationOfBenefit\",\"id\":\"a\",\"item\":[],\"item\":[{\"sequence\":1}]}",
     ] {
-        let mut report = RedactionReport::default();
+        let mut report = Disclosure::default();
         assert_eq!(r.apply(text, &mut report), Verdict::Drop(Reason::Unreadable), "{text}");
-        assert_eq!(report.unreadable, 1);
+        assert_eq!(report.withheld(Reason::Unreadable), 1);
     }
     let deep = format!(
         "{{\"resourceType\":\"Basic\",\"id\":\"x\",\"extension\":{}1{}}}",
         "[".repeat(200),
         "]".repeat(200)
     );
-    assert_eq!(r.apply(&deep, &mut RedactionReport::default()), Verdict::Drop(Reason::Unreadable));
+    assert_eq!(r.apply(&deep, &mut Disclosure::default()), Verdict::Drop(Reason::Unreadable));
 }
 
 // ---------------------------------------------------------------- Bundles
@@ -748,15 +750,33 @@ fn bundle(resources: &[Value]) -> Value {
     json!({"resourceType": "Bundle", "type": "searchset", "total": resources.len(), "entry": entry})
 }
 
-fn redact_entries(r: &Redactor, b: &Value) -> (EntriesEdit, RedactionReport, Vec<Value>) {
-    let mut report = RedactionReport::default();
-    let edit = r.entries(&b["entry"].to_string(), &mut report).unwrap();
-    let kept = match &edit.entry {
-        None => b["entry"].as_array().unwrap().clone(),
-        Some(s) if s.is_empty() => Vec::new(),
-        Some(s) => serde_json::from_str(s).unwrap(),
-    };
-    (edit, report, kept)
+/// A Bundle's entries through the data-scope stage: the verdicts, what was
+/// counted, and the entries that leave (redacted ones with their new resource).
+fn judge_entries_of(r: &Redactor, entries: &str) -> (Vec<Verdict>, Disclosure, Vec<Value>) {
+    let raw: Vec<&RawValue> = serde_json::from_str(entries).unwrap();
+    let inputs: Vec<EntryInput<'_>> = raw.iter().map(|e| EntryInput::read(e.get())).collect();
+    let mut report = Disclosure::default();
+    let verdicts = r.judge_entries(&inputs, &mut report, 0);
+    let kept = raw
+        .iter()
+        .zip(&verdicts)
+        .filter_map(|(entry, verdict)| {
+            let mut entry: Value = serde_json::from_str(entry.get()).unwrap();
+            match verdict {
+                Verdict::Keep => Some(entry),
+                Verdict::Redact { text, .. } => {
+                    entry["resource"] = serde_json::from_str(text).unwrap();
+                    Some(entry)
+                }
+                Verdict::Drop(_) => None,
+            }
+        })
+        .collect();
+    (verdicts, report, kept)
+}
+
+fn redact_entries(r: &Redactor, b: &Value) -> (Vec<Verdict>, Disclosure, Vec<Value>) {
+    judge_entries_of(r, &b["entry"].to_string())
 }
 
 #[test]
@@ -774,19 +794,14 @@ fn bundles_drop_what_points_at_withheld_records() {
         "subject": {"reference": "Patient/p"}, "effectiveDateTime": "2021-01-01", "hasMember": [{"reference": "Observation/obs-old"}]});
     let fine = json!({"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p"}, "code": {"text": "x"}});
     let b = bundle(&[enc, obs, old, prov_old, later.clone(), fine.clone()]);
-    let (edit, report, kept) = redact_entries(&r, &b);
+    let (_, report, kept) = redact_entries(&r, &b);
     let ids: Vec<&str> = kept.iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec!["obs-2", "c1"], "a pre-floor target keeps its non-Provenance referrers");
-    assert_eq!(edit.kept_matches, 2);
-    assert_eq!(edit.dropped_matches, 4);
-    assert_eq!(report, RedactionReport { part2_excluded: 2, before_floor: 2, ..Default::default() });
-    // Untouched entries are the upstream's bytes.
-    let text = edit.entry.unwrap();
-    let original = b["entry"][5].to_string();
-    assert!(text.contains(&original));
-    // Nothing changes: entry stays as it is.
-    let (edit, _, _) = redact_entries(&r, &bundle(&[fine, later]));
-    assert_eq!(edit.entry, None);
+    assert_eq!((report.withheld(Reason::Part2), report.withheld(Reason::DateFloor)), (2, 2));
+    assert_eq!(report.withheld_total(), 4);
+    // Nothing changes: every verdict is keep.
+    let (verdicts, _, _) = redact_entries(&r, &bundle(&[fine, later]));
+    assert!(verdicts.iter().all(|v| *v == Verdict::Keep));
 }
 
 #[test]
@@ -819,7 +834,7 @@ fn includes_of_withheld_matches_go_with_them() {
     let (_, report, kept) = redact_entries(&r, &b);
     let ids: Vec<&str> = kept.iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec!["t1", "prac-04", "org-grace"], "the program's practitioner and the Provenance went");
-    assert_eq!(report.part2_excluded, 3);
+    assert_eq!(report.withheld(Reason::Part2), 3);
 }
 
 #[test]
@@ -831,12 +846,9 @@ fn bundle_entries_without_a_resource_or_unreadable_are_withheld() {
         {"resource": {"resourceType": "Patient", "id": "p"}},
         {"resource": {"resourceType": "Patient", "id": "q"}, "resource": {"resourceType": "Patient", "id": "r"}}
     ]"#;
-    let mut report = RedactionReport::default();
-    let edit = r.entries(entries, &mut report).unwrap();
-    let kept: Vec<Value> = serde_json::from_str(edit.entry.as_deref().unwrap()).unwrap();
+    let (_, report, kept) = judge_entries_of(&r, entries);
     assert_eq!(kept, vec![json!({"resource": {"resourceType": "Patient", "id": "p"}})]);
-    assert_eq!(report.unreadable, 2);
-    assert!(r.entries("{}", &mut report).is_err());
+    assert_eq!(report.withheld(Reason::Unreadable), 2);
 }
 
 #[test]
@@ -857,24 +869,6 @@ fn nested_bundles_are_kept_only_when_untouched() {
     assert_eq!(dropped(&r, &deep), Some(Reason::Unreadable));
     dirty["entry"] = json!([]);
     assert_eq!(run(&r, &dirty).0, Verdict::Keep);
-}
-
-#[test]
-fn totals_after_filtering() {
-    assert_eq!(total_after(true, false, 3), Some(3));
-    assert_eq!(total_after(true, true, 3), None);
-    assert_eq!(total_after(false, false, 3), None);
-}
-
-#[test]
-fn report_counts_by_name() {
-    let report = RedactionReport { part2_excluded: 2, drug_pa: 1, ..Default::default() };
-    assert_eq!(report.counts(), vec![("part2-excluded", 2), ("drug-pa", 1)]);
-    assert_eq!(report.withheld(), 3);
-    let mut total = RedactionReport::default();
-    total.merge(&report);
-    total.merge(&report);
-    assert_eq!(total.part2_excluded, 4);
 }
 
 #[test]
@@ -1041,7 +1035,7 @@ proptest! {
         let r = redactor(Part2Mode::Redact);
         let input = build(&g);
         let text = input.to_string();
-        let mut report = RedactionReport::default();
+        let mut report = Disclosure::default();
         let verdict = r.apply(&text, &mut report);
         let out = match &verdict {
             Verdict::Drop(reason) => {
@@ -1057,7 +1051,7 @@ proptest! {
                 prop_assert!(!is_part2(&g) && !g.money);
                 input.clone()
             }
-            Verdict::Replace(t) => serde_json::from_str::<Value>(t).expect("valid JSON"),
+            Verdict::Redact { text: t, .. } => serde_json::from_str::<Value>(t).expect("valid JSON"),
         };
         // Required elements kept.
         for required in ["resourceType", "id", "status", "type", "use", "patient", "created", "insurer", "provider", "outcome", "insurance"] {
@@ -1094,7 +1088,7 @@ proptest! {
             prop_assert!(!contains_key(&out, money), "{} left", money);
         }
         prop_assert_eq!(has_label(&out, "REDACTED"), is_part2(&g));
-        prop_assert_eq!(report.part2_redacted, is_part2(&g) as u32);
+        prop_assert_eq!(report.redactions(Reason::Part2), is_part2(&g) as u32);
         if is_part2(&g) {
             prop_assert!(out.get("text").is_none());
         }
@@ -1106,7 +1100,7 @@ proptest! {
     #[test]
     fn the_scanner_never_panics_and_fails_closed(text in "\\PC{0,200}") {
         let r = redactor(Part2Mode::Redact);
-        let mut report = RedactionReport::default();
+        let mut report = Disclosure::default();
         let verdict = r.apply(&text, &mut report);
         if serde_json::from_str::<serde_json::Map<String, Value>>(&text).is_err() {
             prop_assert_eq!(verdict, Verdict::Drop(Reason::Unreadable));
@@ -1124,8 +1118,8 @@ fn generated_eobs_cover_the_interesting_cases() {
         let g = gen_eob().new_tree(&mut runner).unwrap().current();
         let kind = match run(&r, &build(&g)).0 {
             Verdict::Drop(_) => "dropped",
-            Verdict::Replace(t) if t.contains("REDACTED") => "redacted",
-            Verdict::Replace(_) => "stripped",
+            Verdict::Redact { text: t, .. } if t.contains("REDACTED") => "redacted",
+            Verdict::Redact { .. } => "stripped",
             Verdict::Keep => "kept",
         };
         *seen.entry(kind).or_default() += 1;

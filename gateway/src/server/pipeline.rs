@@ -62,18 +62,15 @@ struct RequestCtx {
     caller: Caller,
     /// The public URL of this request (for Bundle `self` links).
     self_url: String,
-    // access: the decision (caller's scope, how to filter the
-    // answer) and what the response filter let out and held back.
+    /// access: the decision (caller's scope, how to filter the answer).
     access: Option<crate::access::Decision>,
-    access_report: std::sync::Mutex<crate::access::FilterReport>,
-    // redact: the caller's `_elements`/`_summary` (cut by
-    // fhirwall after redaction) and what redaction withheld or changed.
+    /// The caller's `_elements`/`_summary`, cut after every stage.
     subset: Option<crate::redact::Subset>,
-    redaction: std::sync::Mutex<crate::redact::RedactionReport>,
+    /// What every stage of the chain let out, withheld and changed: the
+    /// audit record is written from it.
+    disclosure: std::sync::Mutex<crate::chain::disclosure::Disclosure>,
     /// The policy plugins' run for this request (taken while a stage runs).
     policy: std::sync::Mutex<Option<crate::plugins::PolicyRun>>,
-    /// What the policy plugins withheld and narrowed.
-    plugin_counts: std::sync::Mutex<crate::plugins::policy::PolicyReport>,
     /// Referenced resources classified for Part 2 in this request (`Type/id` -> withheld).
     part2_targets: std::sync::Mutex<std::collections::HashMap<String, bool>>,
     /// The caller's visible patients' identifiers (`identifiers`), once loaded.
@@ -103,15 +100,20 @@ impl RequestCtx {
             request_id: request_id.to_owned(),
             caller,
             self_url,
-            access_report: std::sync::Mutex::new(access.as_ref().map(|d| d.report()).unwrap_or_default()),
+            disclosure: std::sync::Mutex::new(access.as_ref().map(|d| d.report()).unwrap_or_default()),
             access,
             subset,
-            redaction: std::sync::Mutex::default(),
             policy: std::sync::Mutex::new(policy),
-            plugin_counts: std::sync::Mutex::default(),
             part2_targets: std::sync::Mutex::default(),
             member_ids: std::sync::OnceLock::new(),
         }
+    }
+}
+
+impl RequestCtx {
+    /// The request's disclosure record, for a stage to write its decisions.
+    fn disclosure(&self) -> std::sync::MutexGuard<'_, crate::chain::disclosure::Disclosure> {
+        self.disclosure.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -273,22 +275,16 @@ impl FhirHandler {
             }
             (result, _) => result,
         };
-        let counts = *ctx.plugin_counts.lock().unwrap_or_else(|e| e.into_inner());
-        record.count_plugin(counts.dropped, counts.replaced);
         let result = result.map(|mut response| {
             if head {
                 *response.body_mut() = http_body_util::Full::new(Bytes::new());
             }
             response
         });
-        // access: what the response filter let out, for the audit record.
-        if ctx.access.is_some() {
-            record.set_filter_report(&ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-        // redact: its counts per reason, for the audit record.
-        let redaction = *ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
-        if !redaction.is_empty() {
-            record.set_redaction_report(&redaction);
+        // What the stages decided, for the audit record.
+        let disclosure = ctx.disclosure();
+        if ctx.access.is_some() || !disclosure.is_clean() {
+            record.set_disclosure(&disclosure);
         }
         result
     }
@@ -304,7 +300,7 @@ impl FhirHandler {
         // access: answers fhirwall gives itself (an empty visible
         // set, a stored attribution roster).
         if let Some(decision) = &ctx.access {
-            let mut report = ctx.access_report.lock().unwrap_or_else(|e| e.into_inner());
+            let mut report = ctx.disclosure();
             if let Some(body) = self.gw.access.local_body(decision, &ctx.self_url, &mut report)? {
                 return Ok(respond::fhir_json(StatusCode::OK, if head { Bytes::new() } else { body }));
             }

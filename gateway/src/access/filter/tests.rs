@@ -10,6 +10,7 @@ use crate::access::Scope;
 use crate::access::attribution::OrgMembers;
 use crate::access::policy::Policy;
 use crate::access::refs::RefResolver;
+use crate::chain::disclosure::Disclosure;
 
 const UP: &str = "http://up:9000/fhir";
 const GW: &str = "https://gw.example/fhir";
@@ -331,15 +332,34 @@ fn groups_are_the_callers_own_with_members_filtered() {
     assert!(serde_json::from_str::<Value>(&text).unwrap().get("member").is_none());
 }
 
-fn bundle_edit(bundle: &Value) -> (BundleEdit, FilterReport) {
+/// The resources of a Bundle that the filter keeps (as they leave), and
+/// what it withheld.
+fn bundle_kept(bundle: &Value) -> (Vec<Value>, Disclosure) {
     let scope = scope();
     let policy = Policy::builtin();
     let refs = refs();
-    let text = bundle.to_string();
-    let object = RawObject::parse(&text).unwrap();
-    let mut report = FilterReport::default();
-    let edit = Checker::new(&scope, &policy, &refs).bundle(&object, &mut report, 0).unwrap();
-    (edit, report)
+    let entries = bundle["entry"].to_string();
+    let verdicts = Checker::new(&scope, &policy, &refs).entry_verdicts(&entries, 0).unwrap();
+    let mut report = Disclosure::default();
+    let mut kept = Vec::new();
+    for (entry, verdict) in bundle["entry"].as_array().unwrap().iter().zip(verdicts) {
+        match verdict {
+            Verdict::Drop(reason) => report.withhold(reason),
+            Verdict::Keep(patients) => {
+                report.patients.extend(patients);
+                kept.push(entry["resource"].clone());
+            }
+            Verdict::Rewrite { text, members_removed } => {
+                report.redact_n(Reason::GroupMember, members_removed);
+                kept.push(serde_json::from_str(&text).unwrap());
+            }
+        }
+    }
+    (kept, report)
+}
+
+fn ids(kept: &[Value]) -> Vec<&str> {
+    kept.iter().map(|r| r["id"].as_str().unwrap()).collect()
 }
 
 fn entry(resource: Value, mode: &str) -> Value {
@@ -365,36 +385,17 @@ fn bundles_lose_hidden_entries_and_their_count() {
             entry(json!({"resourceType": "Practitioner", "id": "d"}), "include"),
         ]
     });
-    let (edit, report) = bundle_edit(&bundle);
-    let entries: Value = serde_json::from_str(edit.entry.as_deref().unwrap()).unwrap();
-    let ids: Vec<&str> =
-        entries.as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, vec!["o1", "o2", "d"]);
-    assert!(!edit.entry.as_deref().unwrap().contains("hidden"));
-    assert!(!edit.entry.as_deref().unwrap().contains("p4"));
-    assert_eq!(edit.total, TotalEdit::Set(2));
-    assert_eq!(edit.dropped, 3);
-    assert_eq!(report.suppressed_attribution, 2);
-    assert_eq!(report.suppressed_opt_out, 1);
+    let (kept, report) = bundle_kept(&bundle);
+    assert_eq!(ids(&kept), vec!["o1", "o2", "d"]);
+    let text = serde_json::to_string(&kept).unwrap();
+    assert!(!text.contains("hidden") && !text.contains("p4"));
+    assert_eq!(report.withheld(Reason::Attribution), 2);
+    assert_eq!(report.withheld(Reason::OptOut), 1);
     assert_eq!(report.patients.iter().cloned().collect::<Vec<_>>(), vec!["p1", "p2"]);
 
-    // Several pages: the total is unknowable.
-    let mut paged = bundle.clone();
-    paged["link"] = json!([{"relation": "next", "url": format!("{UP}/Observation?page=2")}]);
-    assert_eq!(bundle_edit(&paged).0.total, TotalEdit::Drop);
-
-    // Nothing to remove: the entries are left as they are.
-    let clean =
-        json!({"resourceType": "Bundle", "type": "searchset", "entry": [entry(obs("o1", "p1"), "match")]});
-    let (edit, _) = bundle_edit(&clean);
-    assert_eq!(edit.entry, None);
-    assert_eq!(edit.total, TotalEdit::Absent);
-
-    // Everything removed: no `entry` at all (an empty array is not FHIR).
+    // Everything removed.
     let hidden = json!({"resourceType": "Bundle", "type": "searchset", "total": 1, "entry": [entry(obs("o", "p4"), "match")]});
-    let (edit, _) = bundle_edit(&hidden);
-    assert_eq!(edit.entry.as_deref(), Some(""));
-    assert_eq!(edit.total, TotalEdit::Set(0));
+    assert!(bundle_kept(&hidden).0.is_empty());
 }
 
 #[test]
@@ -413,11 +414,7 @@ fn provenance_follows_its_target_in_the_same_bundle() {
             entry(eob("e4", "p4"), "match"),
         ]
     });
-    let (edit, _) = bundle_edit(&bundle);
-    let entries: Value = serde_json::from_str(edit.entry.as_deref().unwrap()).unwrap();
-    let ids: Vec<&str> =
-        entries.as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, vec!["pv-visible", "pv-mixed", "e1"]);
+    assert_eq!(ids(&bundle_kept(&bundle).0), vec!["pv-visible", "pv-mixed", "e1"]);
 }
 
 #[test]
@@ -429,20 +426,16 @@ fn entries_without_a_checkable_resource_are_dropped() {
             entry(obs("o1", "p1"), "match"),
         ]
     });
-    let (edit, report) = bundle_edit(&bundle);
-    assert!(!edit.entry.as_deref().unwrap().contains("o9"));
-    assert_eq!(report.suppressed_unlinked, 1);
-    let duplicate = r#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Organization","id":"x"},"resource":{"resourceType":"Patient","id":"p4"}}]}"#;
+    let (kept, report) = bundle_kept(&bundle);
+    assert_eq!(ids(&kept), vec!["o1"]);
+    assert_eq!(report.withheld(Reason::Unlinked), 1);
+    let duplicate = r#"[{"resource":{"resourceType":"Organization","id":"x"},"resource":{"resourceType":"Patient","id":"p4"}}]"#;
     let scope = scope();
     let policy = Policy::builtin();
     let refs = refs();
-    let object = RawObject::parse(duplicate).unwrap();
-    let edit = Checker::new(&scope, &policy, &refs).bundle(&object, &mut FilterReport::default(), 0).unwrap();
-    assert_eq!(edit.entry.as_deref(), Some(""));
-    let twice =
-        r#"{"resourceType":"Bundle","entry":[],"entry":[{"resource":{"resourceType":"Patient","id":"p4"}}]}"#;
-    let object = RawObject::parse(twice).unwrap();
-    assert!(Checker::new(&scope, &policy, &refs).bundle(&object, &mut FilterReport::default(), 0).is_err());
+    let verdicts = Checker::new(&scope, &policy, &refs).entry_verdicts(duplicate, 0).unwrap();
+    assert_eq!(verdicts, vec![Verdict::Drop(Reason::Unlinked)]);
+    assert!(Checker::new(&scope, &policy, &refs).entry_verdicts("{}", 0).is_err());
 }
 
 #[test]
@@ -450,8 +443,8 @@ fn nested_bundles_are_kept_only_when_clean() {
     let inner = |p: &str| json!({"resourceType": "Bundle", "id": "b", "type": "collection", "entry": [{"resource": obs("o", p)}]});
     let outer =
         |p: &str| json!({"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": inner(p)}]});
-    assert_eq!(bundle_edit(&outer("p1")).0.entry, None);
-    assert_eq!(bundle_edit(&outer("p4")).0.entry.as_deref(), Some(""));
+    assert_eq!(ids(&bundle_kept(&outer("p1")).0), vec!["b"]);
+    assert!(bundle_kept(&outer("p4")).0.is_empty());
 }
 
 #[test]
@@ -459,9 +452,8 @@ fn groups_in_bundles_are_rewritten() {
     let group = json!({"resourceType": "Group", "id": "g1", "managingEntity": {"reference": "Organization/org-a"},
         "member": [{"entity": {"reference": "Patient/p1"}}, {"entity": {"reference": "Patient/p4"}}]});
     let bundle = json!({"resourceType": "Bundle", "type": "searchset", "entry": [entry(group, "match")]});
-    let (edit, report) = bundle_edit(&bundle);
-    let text = edit.entry.unwrap();
+    let (kept, report) = bundle_kept(&bundle);
+    let text = serde_json::to_string(&kept).unwrap();
     assert!(text.contains("Patient/p1") && !text.contains("Patient/p4"), "{text}");
-    assert!(text.contains("\"fullUrl\""), "{text}");
-    assert_eq!(report.members_removed, 1);
+    assert_eq!(report.redactions(Reason::GroupMember), 1);
 }

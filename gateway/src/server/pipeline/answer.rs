@@ -10,14 +10,18 @@ use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
 use serde_json::value::RawValue;
 
 use super::{FhirHandler, MAX_GET_QUERY, RequestCtx};
+use crate::access::stage::AccessStage;
+use crate::chain::disclosure::Disclosure;
 use crate::chain::envelope::{self, Envelope};
+use crate::chain::names::NamesStage;
 use crate::chain::page::{Cursor, PageBuilder, Step};
+use crate::chain::stage::{self, Item};
 use crate::chain::tape::{Kind, Node, Tape};
 use crate::chain::{self, Entry, EntryMode, strict};
 use crate::error::GatewayError;
 use crate::fhir::bundle::RawObject;
 use crate::proxy::{UpstreamRequest, UpstreamResponse};
-use crate::redact::{self, EntryInput};
+use crate::redact::stage::{DataScope, Money, Part2References};
 use crate::server::respond::{self, Body};
 
 /// Page size when the caller names none.
@@ -39,50 +43,6 @@ pub(super) struct SearchStart {
 
 fn unusable(why: impl Into<String>) -> GatewayError {
     GatewayError::bad_gateway("the upstream FHIR server sent an unusable answer").with_detail(why.into())
-}
-
-/// One resource on its way through a page's stages.
-struct Candidate<'t> {
-    /// Its upstream entry (`None`: a roster Group fhirwall adds itself).
-    entry: Option<Node<'t, 't>>,
-    /// The resource as the upstream sent it.
-    resource: Option<&'t str>,
-    /// The resource as the access stage rebuilt it (a Group's members).
-    rewritten: Option<String>,
-}
-
-impl Candidate<'_> {
-    /// What the data-scope stage reads of the entry. An entry whose
-    /// `fullUrl` or `search` has the wrong shape is unreadable (no resource).
-    fn input(&self) -> EntryInput<'_> {
-        let resource = self.rewritten.as_deref().or(self.resource);
-        let Some(entry) = self.entry else { return EntryInput { resource, ..EntryInput::default() } };
-        // The upstream's resource is scanned on the page's tape.
-        let node = match self.rewritten {
-            None => entry.get("resource"),
-            Some(_) => None,
-        };
-        let full_url = match entry.get("fullUrl") {
-            None => None,
-            Some(url) => match url.str() {
-                Some(url) => Some(url),
-                None => return EntryInput::default(),
-            },
-        };
-        let mode = match entry.get("search") {
-            None => None,
-            Some(search) if search.kind() == Kind::Object => match search.get("mode") {
-                None => None,
-                Some(mode) if mode.kind() == Kind::Null => None,
-                Some(mode) => match mode.str() {
-                    Some(mode) => Some(mode),
-                    None => return EntryInput::default(),
-                },
-            },
-            Some(_) => return EntryInput::default(),
-        };
-        EntryInput { full_url, mode, resource, node }
-    }
 }
 
 /// The body of an upstream answer, read by the strict reader into its tape.
@@ -148,65 +108,82 @@ impl FhirHandler {
     }
 
     /// The stages on one resource outside a Bundle; `None` when withheld.
+    /// `count`: its decisions go to the audit record (not for the current
+    /// version a vread or history checks).
     fn chain_resource(
         &self,
         ctx: &RequestCtx,
         text: &str,
         count: bool,
     ) -> Result<Option<String>, GatewayError> {
+        let mut items = vec![Item::alone(text)];
+        self.judge_items(ctx, &mut items, false, count)?;
+        Ok(self.entries_of(items, false)?.pop().map(|entry| entry.resource))
+    }
+
+    /// The stages that read the upstream's bytes, in order: access (then,
+    /// when `rosters`, the caller's stored roster Groups join the answer),
+    /// data scope, records naming hidden patients, financial.
+    fn judge_items(
+        &self,
+        ctx: &RequestCtx,
+        items: &mut Vec<Item<'_>>,
+        rosters: bool,
+        count: bool,
+    ) -> Result<(), GatewayError> {
         self.programs_resolved()?;
-        let mut current: Option<String> = None;
-        if let Some(decision) = &ctx.access {
-            let mut scratch = crate::access::FilterReport::default();
-            let mut guard;
-            let report = if count {
-                guard = ctx.access_report.lock().unwrap_or_else(|e| e.into_inner());
-                &mut *guard
-            } else {
-                &mut scratch
-            };
-            match self.gw.access.filter_resource(decision, text, report) {
-                Ok(replaced) => current = replaced,
-                Err(_) => return Ok(None),
-            }
-            let scope = &decision.scope;
-            let visible = |id: &str| scope.is_visible(id);
-            let resolve = super::identifiers::resolver(ctx.member_ids.get());
-            if chain::names::names_hidden_patient(current.as_deref().unwrap_or(text), &visible, &resolve) {
-                report.suppressed_attribution += 1;
-                return Ok(None);
-            }
-        }
-        {
-            let mut scratch = crate::redact::RedactionReport::default();
-            let mut guard;
-            let report = if count {
-                guard = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
-                &mut *guard
-            } else {
-                &mut scratch
-            };
-            match self.gw.redactor.apply(current.as_deref().unwrap_or(text), report) {
-                crate::redact::Verdict::Keep => {}
-                crate::redact::Verdict::Replace(t) => current = Some(t),
-                crate::redact::Verdict::Drop(_) => return Ok(None),
-            }
-        }
-        let mut out = current.unwrap_or_else(|| text.to_owned());
-        let mut scratch = crate::redact::RedactionReport::default();
+        let mut scratch = Disclosure::default();
         let mut guard;
-        let report = if count {
-            guard = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
+        let disclosure = if count {
+            guard = ctx.disclosure();
             &mut *guard
         } else {
             &mut scratch
         };
-        match self.gw.redactor.strip_money(&out, report) {
-            Ok(Some(stripped)) => out = stripped,
-            Ok(None) => {}
-            Err(_) => return Ok(None),
+        if let Some(decision) = &ctx.access {
+            stage::run(&AccessStage { access: &self.gw.access, decision }, items, disclosure);
+            if rosters {
+                items.extend(self.gw.access.roster_groups(decision, disclosure).into_iter().map(Item::added));
+            }
         }
-        Ok(Some(self.gw.upstream.rewriter().rewrite(&out).into_owned()))
+        let redactor = &*self.gw.redactor;
+        stage::run(&DataScope { redactor }, items, disclosure);
+        if let Some(decision) = &ctx.access {
+            let visible = |id: &str| decision.scope.is_visible(id);
+            let resolve = super::identifiers::resolver(ctx.member_ids.get());
+            stage::run(&NamesStage { visible: &visible, resolve: &resolve }, items, disclosure);
+        }
+        if redactor.strips_money() {
+            stage::run(&Money { redactor }, items, disclosure);
+        }
+        Ok(())
+    }
+
+    /// The entries that leave, written from the items no stage withheld:
+    /// how each came into the answer, its `Type/id`, its JSON with every URL
+    /// on fhirwall's base.
+    fn entries_of(&self, items: Vec<Item<'_>>, history: bool) -> Result<Vec<Entry>, GatewayError> {
+        let rewriter = self.gw.upstream.rewriter();
+        let mut out = Vec::with_capacity(items.len());
+        for item in items.into_iter().filter(|item| !item.withheld) {
+            let (mode, version) = match item.entry {
+                Some(entry) => match envelope::read_entry_node(entry, history)? {
+                    Some(read) => read,
+                    None => continue,
+                },
+                None => (EntryMode::Match, None),
+            };
+            let key = match item.untouched() {
+                Some(node) => match (node.get_str("resourceType"), node.get_str("id")) {
+                    (Some(resource_type), Some(id)) => Some(format!("{resource_type}/{id}")),
+                    _ => None,
+                },
+                None => item.text().and_then(key_of),
+            };
+            let (Some(key), Some(text)) = (key, item.text()) else { continue };
+            out.push(Entry { key, mode, resource: rewriter.rewrite(text).into_owned(), version });
+        }
+        Ok(out)
     }
 
     /// Fail closed while the Part 2 programs are not yet looked up upstream.
@@ -223,107 +200,26 @@ impl FhirHandler {
     }
 
     /// The stages on one upstream Bundle page: the entries that may leave
-    /// (plugins not yet applied) and the upstream's next link.
+    /// (Part 2 by reference and plugins not yet applied) and the upstream's
+    /// next link.
     fn chain_page(
         &self,
         ctx: &RequestCtx,
         tape: &Tape<'_>,
         history: bool,
     ) -> Result<(Vec<Entry>, Option<String>), GatewayError> {
-        self.programs_resolved()?;
         let root = tape.root();
         if root.get_str("resourceType").as_deref() != Some("Bundle") {
             return Err(unusable("a search answer that is not a Bundle"));
         }
         let upstream_next = self.upstream_next(root)?;
-        let entries: Vec<Node<'_, '_>> = match root.get("entry") {
+        let mut items: Vec<Item<'_>> = match root.get("entry") {
             None => Vec::new(),
-            Some(entry) if entry.kind() == Kind::Array => entry.children().collect(),
+            Some(entry) if entry.kind() == Kind::Array => entry.children().map(Item::entry).collect(),
             Some(_) => return Err(unusable("Bundle.entry is not an array")),
         };
-        // One list of resources for every stage: the entries' own, from the
-        // tape, then (on a Group search's first page) the caller's roster Groups.
-        let mut candidates: Vec<Candidate<'_>> = entries
-            .iter()
-            .map(|entry| Candidate {
-                entry: Some(*entry),
-                resource: entry.get("resource").filter(|r| r.kind() == Kind::Object).map(|r| r.raw()),
-                rewritten: None,
-            })
-            .collect();
-        if let Some(decision) = &ctx.access {
-            let mut report = ctx.access_report.lock().unwrap_or_else(|e| e.into_inner());
-            let resources: Vec<Option<Node<'_, '_>>> =
-                entries.iter().map(|e| e.get("resource").filter(|r| r.kind() == Kind::Object)).collect();
-            let verdicts = self.gw.access.judge_entries(decision, &resources, &mut report);
-            candidates = candidates
-                .into_iter()
-                .zip(verdicts)
-                .filter_map(|(mut candidate, verdict)| {
-                    candidate.rewritten = verdict?;
-                    Some(candidate)
-                })
-                .collect();
-            for roster in self.gw.access.roster_groups(decision, &mut report) {
-                candidates.push(Candidate { entry: None, resource: None, rewritten: Some(roster) });
-            }
-        }
-        let inputs: Vec<EntryInput<'_>> = candidates.iter().map(Candidate::input).collect();
-        let verdicts = {
-            let mut report = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
-            self.gw.redactor.judge_entries(&inputs, &mut report, 0)
-        };
-        let rewriter = self.gw.upstream.rewriter();
-        let mut out = Vec::with_capacity(candidates.len());
-        for ((candidate, input), verdict) in candidates.iter().zip(&inputs).zip(verdicts) {
-            let redacted = match verdict {
-                redact::Verdict::Keep => None,
-                redact::Verdict::Replace(text) => Some(text),
-                redact::Verdict::Drop(_) => continue,
-            };
-            let (mode, version) = match candidate.entry {
-                Some(entry) => match envelope::read_entry_node(entry, history)? {
-                    Some(read) => read,
-                    None => continue,
-                },
-                None => (EntryMode::Match, None),
-            };
-            let Some(resource) = redacted.as_deref().or(input.resource) else { continue };
-            // An untouched resource's members come from the page's tape.
-            let object = match (&redacted, input.node) {
-                (None, Some(node)) => RawObject::from_node(node),
-                _ => RawObject::parse(resource).ok(),
-            };
-            let Some(object) = object else { continue };
-            let (Some(resource_type), Some(id)) = (object.get_str("resourceType"), object.get_str("id"))
-            else {
-                continue;
-            };
-            if let Some(decision) = &ctx.access {
-                let visible = |id: &str| decision.scope.is_visible(id);
-                let resolve = super::identifiers::resolver(ctx.member_ids.get());
-                if chain::names::object_names_hidden_patient(resource, &object, &visible, &resolve) {
-                    ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()).suppressed_attribution += 1;
-                    continue;
-                }
-            }
-            let stripped = {
-                let mut report = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
-                match self.gw.redactor.strip_money_object(&resource_type, resource, &object, &mut report) {
-                    Ok(stripped) => stripped,
-                    // Nothing unreadable leaves.
-                    Err(_) => continue,
-                }
-            };
-            let resource = stripped.as_deref().unwrap_or(resource);
-            out.push(Entry {
-                key: format!("{resource_type}/{id}"),
-                mode,
-                resource: rewriter.rewrite(resource).into_owned(),
-                version,
-            });
-        }
-        Ok((out, upstream_next))
+        self.judge_items(ctx, &mut items, !history, true)?;
+        Ok((self.entries_of(items, history)?, upstream_next))
     }
 
     /// The upstream's `next` link, below its base. A link elsewhere, or one
@@ -407,34 +303,9 @@ impl FhirHandler {
                 }
             }
         }
-        let known = ctx.part2_targets.lock().unwrap_or_else(|e| e.into_inner());
-        let mut kept = Vec::with_capacity(entries.len());
-        let (mut withheld, mut redacted) = (0, 0);
-        for (mut entry, refs) in entries.into_iter().zip(refs) {
-            let gone: std::collections::HashSet<String> =
-                refs.into_iter().filter(|r| known.get(r).copied().unwrap_or(false)).collect();
-            if gone.is_empty() {
-                kept.push(entry);
-                continue;
-            }
-            // `redact` mode: the references (and their display) go; `exclude`,
-            // or a link that cannot go: the record is withheld.
-            match self.gw.redactor.redact_references(&entry.resource, &gone) {
-                Some(text) => {
-                    entry.resource = text;
-                    redacted += 1;
-                    kept.push(entry);
-                }
-                None => withheld += 1,
-            }
-        }
-        drop(known);
-        if withheld > 0 || redacted > 0 {
-            let mut report = ctx.redaction.lock().unwrap_or_else(|e| e.into_inner());
-            report.part2_excluded += withheld;
-            report.part2_redacted += redacted;
-        }
-        Ok(kept)
+        let known = ctx.part2_targets.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let stage = Part2References { redactor: &self.gw.redactor, references: refs, withheld: &known };
+        Ok(stage::run_on_entries(&stage, entries, &mut ctx.disclosure()))
     }
 
     /// Read `resource_type` resources by id and say which are withheld as
@@ -448,7 +319,7 @@ impl FhirHandler {
     ) -> Result<std::collections::HashMap<String, bool>, GatewayError> {
         let mut out = std::collections::HashMap::new();
         for (id, resource) in self.read_by_ids(ctx, resource_type, ids).await? {
-            let mut scratch = crate::redact::RedactionReport::default();
+            let mut scratch = Disclosure::default();
             let withheld = matches!(
                 self.gw.redactor.apply(&resource, &mut scratch),
                 crate::redact::Verdict::Drop(
@@ -526,46 +397,37 @@ impl FhirHandler {
         entries
     }
 
-    /// Policy plugins over the entries of one page (on a blocking thread).
+    /// Policy plugins over the entries of one page: every plugin's verdict
+    /// on each resource, reached on a blocking thread, then applied as a stage.
     async fn plugin_entries(
         &self,
         ctx: &RequestCtx,
         entries: Vec<Entry>,
     ) -> Result<Vec<Entry>, GatewayError> {
+        if entries.is_empty() {
+            return Ok(entries);
+        }
         let Some(mut run) = ctx.policy.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return Ok(entries);
         };
         let access = self.gw.access.clone();
         let scope = ctx.access.as_ref().map(|d| d.scope.clone());
-        let (run, result) = tokio::task::spawn_blocking(move || {
+        let resources: Vec<String> = entries.iter().map(|e| e.resource.clone()).collect();
+        let (run, verdicts) = tokio::task::spawn_blocking(move || {
+            // A replacement narrows what the built-in stages let out; it is
+            // checked by access again all the same.
             let recheck = |text: &str| match &scope {
                 Some(scope) => matches!(access.check_resource(scope, text), crate::access::Verdict::Keep(_)),
                 None => RawObject::parse(text).is_ok(),
             };
-            let mut kept = Vec::with_capacity(entries.len());
-            let mut report = crate::plugins::policy::PolicyReport::default();
-            for mut entry in entries {
-                match run.verdict_on(&entry.resource, &recheck) {
-                    Ok(crate::plugins::policy::Verdict::Keep) => kept.push(entry),
-                    Ok(crate::plugins::policy::Verdict::Drop(_)) => report.dropped += 1,
-                    Ok(crate::plugins::policy::Verdict::Replace(new)) => {
-                        report.replaced += 1;
-                        entry.resource = new;
-                        kept.push(entry);
-                    }
-                    Err(e) => return (run, Err(e)),
-                }
-            }
-            (run, Ok((kept, report)))
+            let verdicts = run.judge_all(&resources, &recheck);
+            (run, verdicts)
         })
         .await
         .map_err(|e| GatewayError::internal(format!("policy plugin task: {e}")))?;
         *ctx.policy.lock().unwrap_or_else(|e| e.into_inner()) = Some(run);
-        let (kept, report) = result?;
-        let mut counts = ctx.plugin_counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.dropped += report.dropped;
-        counts.replaced += report.replaced;
-        Ok(kept)
+        let stage = crate::plugins::policy::PluginStage::new(verdicts?);
+        Ok(stage::run_on_entries(&stage, entries, &mut ctx.disclosure()))
     }
 
     /// Read or vread: the resource leaves only when it passes every stage;
@@ -588,9 +450,9 @@ impl FhirHandler {
         if version.is_some() {
             self.require_current_visible(ctx, &current_path, resource_type, id).await?;
         }
-        let replaced_before = ctx.plugin_counts.lock().unwrap_or_else(|e| e.into_inner()).replaced;
+        let before = entry.resource.clone();
         let entries = self.plugin_entries(ctx, vec![entry]).await?;
-        let replaced = ctx.plugin_counts.lock().unwrap_or_else(|e| e.into_inner()).replaced > replaced_before;
+        let replaced = entries.first().is_some_and(|e| e.resource != before);
         let Some(entry) = self.subset_matches(ctx, entries).pop() else {
             return Err(crate::access::decide::not_found());
         };

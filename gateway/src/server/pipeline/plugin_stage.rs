@@ -92,12 +92,13 @@ impl FhirHandler {
         })
         .await
         .map_err(|e| GatewayError::internal(format!("policy plugin task: {e}")))??;
-        record.count_plugin(report.dropped, report.replaced);
+        let replaced = report.redactions(crate::chain::disclosure::Reason::Plugin) > 0;
+        record.set_disclosure(&report);
         match outcome {
             BodyOutcome::Body(body) => {
                 let mut parts = parts;
                 parts.headers.remove(http::header::CONTENT_LENGTH);
-                if report.replaced > 0 {
+                if replaced {
                     parts.headers.remove(http::header::ETAG);
                 }
                 Ok(Response::from_parts(parts, respond_body(body)))
@@ -145,7 +146,7 @@ impl FhirHandler {
         throttle.settle(attempt, settled).await;
         let matched = result?;
         // The audit record names the member whose identifier left.
-        ctx.access_report.lock().unwrap_or_else(|e| e.into_inner()).patients.insert(matched.member.clone());
+        ctx.disclosure().patients.insert(matched.member.clone());
         Ok(respond::fhir_json(StatusCode::OK, matched.body))
     }
 }
