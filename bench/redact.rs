@@ -1,5 +1,6 @@
-//! Redaction benchmark: the chain the pipeline runs on a search answer
-//! (`Redactor::entries_subset` over a Bundle's `entry` array) for a 50-entry
+//! Redaction benchmark: the data-scope and financial stages of the chain
+//! over a search answer (strict read of the Bundle, then the stages over its
+//! entries on the tape, as the gateway runs them) for a 50-entry
 //! searchset of ExplanationOfBenefit from the synthetic payer dataset, in
 //! microseconds per Bundle, next to what a full `serde_json::Value` parse
 //! and re-serialisation of the same Bundle costs.
@@ -18,8 +19,13 @@
 
 use std::time::{Duration, Instant};
 
+use fhirwall::chain::disclosure::Reason;
+use fhirwall::chain::stage::{self, Item};
+use fhirwall::chain::strict;
+use fhirwall::chain::tape::Tape;
 use fhirwall::config::{Part2Mode, PolicyConfig};
-use fhirwall::redact::{RedactionReport, Redactor};
+use fhirwall::redact::stage::{DataScope, Money};
+use fhirwall::redact::{Disclosure, Redactor};
 use serde_json::Value;
 
 /// The allocator the `fhirwall` binary uses.
@@ -29,6 +35,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const ENTRIES: usize = 50;
 const ROUNDS: usize = 15;
 const PER_ROUND: usize = 200;
+
+/// The data-scope and financial stages over a page's entries, read from
+/// the strict reader's tape as the gateway reads them.
+fn judge<'t>(redactor: &Redactor, tape: &'t Tape<'t>, report: &mut Disclosure) -> Vec<Item<'t>> {
+    let entries = tape.root().get("entry").unwrap();
+    let mut items: Vec<Item<'t>> = entries.children().map(Item::entry).collect();
+    stage::run(&DataScope { redactor }, &mut items, report);
+    stage::run(&Money { redactor }, &mut items, report);
+    items
+}
 
 fn main() {
     let dataset = std::fs::read_to_string(
@@ -52,20 +68,28 @@ fn main() {
     let redact = Redactor::new(&config(Part2Mode::Redact)).unwrap();
 
     // What fhirwall sends for the mix is the `clean` workload.
-    let mut report = RedactionReport::default();
-    let entries = entry_member(&mix);
-    let edit = exclude.entries_subset(&entries, None, &mut report).unwrap();
-    let clean_entries = edit.entry.clone().unwrap();
-    let clean = format!("{{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"entry\":{clean_entries}}}");
+    let mut report = Disclosure::default();
+    let tape = strict::read(&mix).unwrap();
+    let items = judge(&exclude, &tape, &mut report);
+    let kept: Vec<String> = items
+        .iter()
+        .filter(|item| !item.withheld)
+        .map(|item| match &item.rewritten {
+            Some(text) => format!("{{\"resource\":{text},\"search\":{{\"mode\":\"match\"}}}}"),
+            None => item.entry.unwrap().raw().to_owned(),
+        })
+        .collect();
+    let clean =
+        format!("{{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"entry\":[{}]}}", kept.join(","));
     println!(
         "bundle: {} entries, {} bytes; exclude mode keeps {} (withheld: part2 {}, before-floor {}, drug-pa {}; stripped {})",
         ENTRIES,
         mix.len(),
-        edit.kept,
-        report.part2_excluded,
-        report.before_floor,
-        report.drug_pa,
-        report.financial_stripped
+        kept.len(),
+        report.withheld(Reason::Part2),
+        report.withheld(Reason::DateFloor),
+        report.withheld(Reason::DrugPriorAuth),
+        report.redactions(Reason::Financial)
     );
 
     // `cargo bench -p fhirwall --bench redact -- WORD`: only the workloads
@@ -79,11 +103,10 @@ fn main() {
         if only.as_deref().is_some_and(|w| !name.contains(w)) {
             continue;
         }
-        let entries = entry_member(text);
         let per = measure(|| {
-            let mut report = RedactionReport::default();
-            let edit = redactor.entries_subset(&entries, None, &mut report).unwrap();
-            std::hint::black_box(edit);
+            let mut report = Disclosure::default();
+            let tape = strict::read(text).unwrap();
+            std::hint::black_box(judge(redactor, &tape, &mut report));
         });
         println!(
             "redaction chain, {name}: {:.0} µs per Bundle ({:.0} MB/s)",
@@ -131,11 +154,6 @@ fn bundle(resources: &[&str]) -> String {
     }
     out.push_str("]}");
     out
-}
-
-fn entry_member(bundle: &str) -> String {
-    let object = fhirwall::fhir::bundle::RawObject::parse(bundle).unwrap();
-    object.get("entry").unwrap().get().to_owned()
 }
 
 /// Median time of one call over `ROUNDS` rounds of `PER_ROUND` calls.

@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::{Access, attribution, state};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Kind};
 use crate::fhir::search::is_fhir_id;
 use crate::server::respond::{self, Body};
 
@@ -133,12 +133,7 @@ pub async fn route(access: &Access, req: Request<Incoming>) -> Result<Response<B
                 Err(GatewayError::not_found("no such roster"))
             }
         }
-        _ => Err(GatewayError::new(
-            crate::error::Blame::Caller,
-            StatusCode::METHOD_NOT_ALLOWED,
-            crate::error::IssueCode::NotSupported,
-            "method not allowed on this admin endpoint",
-        )),
+        _ => Err(GatewayError::of(Kind::MethodNotAllowed, "method not allowed on this admin endpoint")),
     }
 }
 

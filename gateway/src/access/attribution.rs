@@ -15,7 +15,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 
 use super::refs::{RefResolver, Target};
-use crate::error::{Blame, GatewayError, IssueCode};
+use crate::error::{GatewayError, IssueCode, Kind};
 use crate::fhir::SearchParams;
 use crate::fhir::search::{SearchParam, is_fhir_id};
 use crate::proxy::{Upstream, UpstreamRequest};
@@ -169,11 +169,14 @@ pub async fn load_from_upstream(
             })
             .await
             .map_err(|e| {
-                let status =
-                    if e.status == StatusCode::GATEWAY_TIMEOUT { e.status } else { StatusCode::BAD_GATEWAY };
-                GatewayError::new(Blame::Upstream, status, IssueCode::Transient, LOAD_FAILED).with_detail(
-                    format!("attribution Groups for {organization}: {} {:?}", e.message, e.detail),
-                )
+                let kind = match e.kind {
+                    Kind::UpstreamTimeout => Kind::UpstreamTimeout,
+                    _ => Kind::UpstreamFailed,
+                };
+                GatewayError::of(kind, LOAD_FAILED).with_code(IssueCode::Transient).with_detail(format!(
+                    "attribution Groups for {organization}: {} {:?}",
+                    e.message, e.detail
+                ))
             })?;
         if response.status != StatusCode::OK {
             return Err(load_failure(&format!("Group search answered {}", response.status)));
@@ -220,8 +223,7 @@ pub async fn load_from_upstream(
 const LOAD_FAILED: &str = "the attribution lists could not be loaded; the request was refused";
 
 fn load_failure(detail: &str) -> GatewayError {
-    GatewayError::new(Blame::Upstream, StatusCode::BAD_GATEWAY, IssueCode::Transient, LOAD_FAILED)
-        .with_detail(detail.to_owned())
+    GatewayError::of(crate::error::Kind::UpstreamFailed, LOAD_FAILED).with_detail(detail.to_owned())
 }
 
 /// A roster ingested through the admin API, kept in the store.

@@ -24,10 +24,9 @@
 use super::Scope;
 use super::policy::{Policy, TypeRule};
 use super::refs::{RefResolver, Target};
-use crate::error::{Blame, GatewayError, IssueCode};
+use crate::error::{GatewayError, Kind};
 use crate::fhir::search::{Modifier, SearchParam, is_fhir_id};
 use crate::fhir::{FhirRequest, Interaction, Operation, SearchParams};
-use http::StatusCode;
 
 /// The message of every 404 the access layer gives (and of the upstream's
 /// own 404s on reads, which fhirwall replaces), so the two look the same.
@@ -430,10 +429,8 @@ fn type_refused(resource_type: &str) -> GatewayError {
 
 fn too_many(scope: &Scope, max: usize) -> GatewayError {
     let group = scope.groups().into_iter().next().unwrap_or_else(|| "{id}".to_owned());
-    GatewayError::new(
-        Blame::Caller,
-        StatusCode::BAD_REQUEST,
-        IssueCode::TooCostly,
+    GatewayError::of(
+        Kind::TooCostly,
         format!(
             "this search names no patient and your organization has more than {max} attributed patients: \
              name a patient (patient=Patient/{{id}}) or export the data with \

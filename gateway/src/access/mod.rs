@@ -37,12 +37,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::StatusCode;
 
 use crate::auth::Principal;
 pub use crate::chain::disclosure::Disclosure;
 use crate::config::{AttributionSource, Config};
-use crate::error::{Blame, GatewayError, IssueCode};
+use crate::error::{GatewayError, Kind};
 use crate::fhir::{FhirRequest, Interaction};
 use crate::proxy::Upstream;
 use crate::store::{Store, StoreError};
@@ -358,7 +357,8 @@ impl Access {
                     .try_get_with(organization.to_owned(), async move { load.await.map(Arc::new) })
                     .await
                     .map_err(|e: Arc<GatewayError>| {
-                        GatewayError::new(e.blame, e.status, e.code, e.message.clone())
+                        GatewayError::of(e.kind, e.message.clone())
+                            .with_code(e.code)
                             .with_detail(e.detail.clone().unwrap_or_default())
                     })?;
                 Some(members)
@@ -491,13 +491,8 @@ fn organization_of(organization: &str) -> Result<String, GatewayError> {
 }
 
 fn state_unavailable(e: StoreError) -> GatewayError {
-    GatewayError::new(
-        Blame::Internal,
-        StatusCode::SERVICE_UNAVAILABLE,
-        IssueCode::Transient,
-        "access control state is unavailable; the request was refused",
-    )
-    .with_detail(e.to_string())
+    GatewayError::of(Kind::Unavailable, "access control state is unavailable; the request was refused")
+        .with_detail(e.to_string())
 }
 
 #[cfg(test)]

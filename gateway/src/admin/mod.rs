@@ -9,7 +9,7 @@ use http::{Method, Response, StatusCode};
 use hyper::Request;
 use hyper::body::Incoming;
 
-use crate::error::{Blame, GatewayError, IssueCode};
+use crate::error::{GatewayError, Kind};
 use crate::server::Gateway;
 use crate::server::listener::Handler;
 use crate::server::respond::{self, Body};
@@ -52,13 +52,10 @@ impl AdminHandler {
                 let text = self.gw.metrics.render() + &self.gw.audit.render_metrics();
                 Ok(respond::text(StatusCode::OK, "text/plain; version=0.0.4", text))
             }
-            _ if !self.authorized(&req) => Err(GatewayError::new(
-                Blame::Caller,
-                StatusCode::UNAUTHORIZED,
-                IssueCode::Login,
-                "admin API: missing or wrong bearer token",
-            )
-            .with_header(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"))),
+            _ if !self.authorized(&req) => {
+                Err(GatewayError::of(Kind::Unauthenticated, "admin API: missing or wrong bearer token")
+                    .with_header(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer")))
+            }
             // auth: the client registry.
             (&Method::POST, "/admin/clients") => {
                 let body = read_json_body(req).await?;
@@ -99,10 +96,8 @@ impl AdminHandler {
                 Ok(report) => {
                     Ok(respond::json(StatusCode::OK, serde_json::to_vec(&report).unwrap_or_default()))
                 }
-                Err(e) => Err(GatewayError::new(
-                    Blame::Policy,
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    IssueCode::Processing,
+                Err(e) => Err(GatewayError::of(
+                    Kind::PolicyInvalid,
                     format!("plugins not reloaded, the previous versions stay in force: {e}"),
                 )),
             },

@@ -59,10 +59,8 @@ impl AuditLog {
 
 /// The 500 a request gets when its record cannot be written.
 pub fn fail_closed(err: &AuditError) -> crate::GatewayError {
-    crate::GatewayError::new(
-        crate::Blame::Internal,
-        http::StatusCode::INTERNAL_SERVER_ERROR,
-        crate::error::IssueCode::Exception,
+    crate::GatewayError::of(
+        crate::error::Kind::Internal,
         "the request could not be recorded in the audit log",
     )
     .with_detail(format!("audit: {err}"))

@@ -47,7 +47,7 @@ pub use scopes::{Perms, Scope, ScopeSet};
 
 use crate::clock::unix_now_s;
 use crate::config::{ClientConfig, Config};
-use crate::error::{Blame, GatewayError, IssueCode};
+use crate::error::{GatewayError, Kind};
 use crate::fhir::FhirRequest;
 use crate::store::Store;
 
@@ -117,11 +117,10 @@ fn insufficient_scope(message: &str) -> GatewayError {
 fn invalid_token(message: &str) -> GatewayError {
     let header =
         format!("Bearer realm=\"fhirwall\", error=\"invalid_token\", error_description=\"{message}\"");
-    GatewayError::new(Blame::Caller, StatusCode::UNAUTHORIZED, IssueCode::Login, message.to_owned())
-        .with_header(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_str(&header).unwrap_or(HeaderValue::from_static("Bearer")),
-        )
+    GatewayError::of(Kind::Unauthenticated, message.to_owned()).with_header(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_str(&header).unwrap_or(HeaderValue::from_static("Bearer")),
+    )
 }
 
 /// Verified tokens leave the cache when they expire.
@@ -626,10 +625,8 @@ impl Auth {
                 Ok(client)
             }
             Err(RegistrationError::Invalid(message)) => Err(GatewayError::bad_request(message)),
-            Err(RegistrationError::Exists(id)) => Err(GatewayError::new(
-                Blame::Caller,
-                StatusCode::CONFLICT,
-                IssueCode::BusinessRule,
+            Err(RegistrationError::Exists(id)) => Err(GatewayError::of(
+                Kind::Conflict,
                 format!("client {id} is already registered (DELETE it first to replace it)"),
             )),
             Err(RegistrationError::Store(e)) => Err(GatewayError::internal(format!("client registry: {e}"))),

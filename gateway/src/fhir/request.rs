@@ -18,11 +18,11 @@
 //! 6. `Accept` must admit JSON (406).
 
 use http::header::{ACCEPT, CONTENT_TYPE};
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method};
 
 use super::search::{MediaKind, ParamContext, SearchParams, is_fhir_id, media_kind, percent_decode_strict};
 use super::types::is_resource_type;
-use crate::error::{Blame, GatewayError, IssueCode};
+use crate::error::{GatewayError, Kind};
 
 /// Longest `_page/{token}` token.
 pub const MAX_PAGE_TOKEN_BYTES: usize = 6144;
@@ -294,12 +294,7 @@ fn split_path(raw: &str) -> Result<Vec<String>, GatewayError> {
         return Ok(Vec::new());
     }
     if raw.len() > MAX_PATH_BYTES {
-        return Err(GatewayError::new(
-            Blame::Caller,
-            StatusCode::URI_TOO_LONG,
-            IssueCode::TooCostly,
-            "path too long",
-        ));
+        return Err(GatewayError::of(Kind::UriTooLong, "path too long"));
     }
     if raw.contains(';') {
         return Err(GatewayError::bad_request("path parameters (;) are not supported"));
@@ -571,12 +566,7 @@ fn check_body<'a>(rule: BodyRule, parts: &RequestParts<'a>) -> Result<Option<&'a
         return Ok(None);
     }
     if parts.body.len() > super::search::MAX_RAW_QUERY_BYTES {
-        return Err(GatewayError::new(
-            Blame::Caller,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            IssueCode::TooCostly,
-            "the search form is too large",
-        ));
+        return Err(GatewayError::of(Kind::PayloadTooLarge, "the search form is too large"));
     }
     std::str::from_utf8(parts.body)
         .map(Some)
@@ -584,7 +574,7 @@ fn check_body<'a>(rule: BodyRule, parts: &RequestParts<'a>) -> Result<Option<&'a
 }
 
 fn unsupported_media_type(message: &str) -> GatewayError {
-    GatewayError::new(Blame::Caller, StatusCode::UNSUPPORTED_MEDIA_TYPE, IssueCode::NotSupported, message)
+    GatewayError::of(Kind::UnsupportedMediaType, message)
 }
 
 /// The lower-cased media type of the body without parameters. More than one
@@ -640,6 +630,7 @@ fn is_zero_quality(parameter: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::IssueCode;
     use crate::fhir::search::{Modifier, SearchParam};
     use http::{HeaderName, HeaderValue};
     use proptest::prelude::*;

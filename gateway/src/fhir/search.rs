@@ -29,11 +29,10 @@
 
 use std::fmt;
 
-use http::StatusCode;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::types::is_resource_type;
-use crate::error::{Blame, GatewayError, IssueCode};
+use crate::error::{GatewayError, IssueCode, Kind};
 
 /// Budget for the decoded bytes of all parameter names and values of one
 /// request (query and form body together). The budget is on decoded bytes so
@@ -422,12 +421,7 @@ fn too_costly(message: &str) -> GatewayError {
 /// Append the pairs of one raw source to `params`.
 fn parse_raw(raw: &str, budget: &mut Budget, params: &mut SearchParams) -> Result<(), GatewayError> {
     if raw.len() > MAX_RAW_QUERY_BYTES {
-        return Err(GatewayError::new(
-            Blame::Caller,
-            StatusCode::URI_TOO_LONG,
-            IssueCode::TooCostly,
-            "the query is too long",
-        ));
+        return Err(GatewayError::of(Kind::UriTooLong, "the query is too long"));
     }
     for pair in raw.split('&').filter(|pair| !pair.is_empty()) {
         if params.len() >= MAX_PARAMS {

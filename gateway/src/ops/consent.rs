@@ -11,10 +11,9 @@
 //! redacted by the redaction layer whatever the Consent says; `#sensitive`
 //! asks for more and is met with the same (never more) data.
 
-use http::StatusCode;
 use serde_json::Value;
 
-use crate::error::{Blame, GatewayError, IssueCode};
+use crate::error::{GatewayError, Kind};
 
 const POLICY_BASE: &str = "http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html";
 const NPI_SYSTEM: &str = "http://hl7.org/fhir/sid/us-npi";
@@ -95,18 +94,15 @@ fn names_requester(reference: &Value, requester: Requester<'_>) -> bool {
 
 fn refused(why: impl Into<String>) -> GatewayError {
     let why = why.into();
-    GatewayError::new(
-        Blame::Caller,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        IssueCode::BusinessRule,
-        format!("The consent request cannot be honored: {why}"),
-    )
-    .with_detail(why)
+    GatewayError::of(Kind::Unprocessable, format!("The consent request cannot be honored: {why}"))
+        .with_code(crate::error::IssueCode::BusinessRule)
+        .with_detail(why)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
     use serde_json::json;
 
     const ME: Requester<'static> =

@@ -27,11 +27,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::config::{MemberIdentifierType, MemberMatchConfig};
-use crate::error::{Blame, GatewayError, IssueCode};
+use crate::error::{GatewayError, Kind};
 use crate::plugins::matcher::MatchInput;
 use crate::plugins::{CandidateQuery, CandidateSource, MatchAnswer, OfferedCandidate, Plugins};
 use crate::proxy::{Upstream, UpstreamRequest};
@@ -185,18 +184,15 @@ pub fn response_body(member: &str, identifier: Value, config: &MemberMatchConfig
 }
 
 fn no_match(detail: impl Into<String>) -> GatewayError {
-    GatewayError::new(Blame::Caller, StatusCode::UNPROCESSABLE_ENTITY, IssueCode::NotFound, NO_MATCH)
+    GatewayError::of(Kind::Unprocessable, NO_MATCH)
+        .with_code(crate::error::IssueCode::NotFound)
         .with_detail(detail)
 }
 
 fn ambiguous(detail: impl Into<String>) -> GatewayError {
-    GatewayError::new(
-        Blame::Caller,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        IssueCode::MultipleMatches,
-        "More than one member matches: no unique member match found",
-    )
-    .with_detail(detail)
+    GatewayError::of(Kind::Unprocessable, "More than one member matches: no unique member match found")
+        .with_code(crate::error::IssueCode::MultipleMatches)
+        .with_detail(detail)
 }
 
 /// Everything the operation needs.
@@ -223,10 +219,8 @@ impl MemberMatch<'_> {
     {
         let set = self.plugins.current();
         let Some(matcher) = set.matcher.clone() else {
-            return Err(GatewayError::new(
-                Blame::Caller,
-                StatusCode::NOT_IMPLEMENTED,
-                IssueCode::NotSupported,
+            return Err(GatewayError::of(
+                Kind::NotImplemented,
                 "$member-match needs a matcher plugin ([[plugins]] world = \"matcher\"), and none is configured",
             ));
         };
@@ -429,6 +423,7 @@ fn patient_fits(patient: &str, query: &CandidateQuery) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     fn params(parts: Value) -> Vec<u8> {
         json!({ "resourceType": "Parameters", "parameter": parts }).to_string().into_bytes()

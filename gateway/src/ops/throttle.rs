@@ -23,14 +23,13 @@
 
 use std::time::Duration;
 
-use http::StatusCode;
 use rand::RngCore;
 use serde_json::Value;
 use sqlx::Row;
 
 use crate::clock::unix_now_s;
 use crate::config::MemberMatchConfig;
-use crate::error::{Blame, GatewayError, IssueCode};
+use crate::error::{GatewayError, Kind};
 use crate::store::{Store, StoreError};
 
 const SCHEMA: &[&str] = &[
@@ -201,18 +200,15 @@ fn fold(s: &str) -> String {
 }
 
 fn throttled(retry_after_s: i64) -> GatewayError {
-    GatewayError::new(
-        Blame::Caller,
-        StatusCode::TOO_MANY_REQUESTS,
-        IssueCode::Throttled,
-        "too many $member-match attempts without a match; try again later",
-    )
-    .with_header(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_s as u64))
+    GatewayError::of(Kind::Throttled, "too many $member-match attempts without a match; try again later")
+        .with_header(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_s as u64))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::IssueCode;
+    use http::StatusCode;
     use serde_json::json;
 
     async fn throttle(per_subject: u32, per_client: u32) -> (MatchThrottle, tempfile::TempDir) {

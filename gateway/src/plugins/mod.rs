@@ -42,10 +42,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use http::StatusCode;
 
 use crate::config::{PluginConfig, PluginWorld};
-use crate::error::{Blame, GatewayError, IssueCode};
+use crate::error::{GatewayError, Kind};
 
 pub use matcher::{MatchAnswer, MatchOutcome, MatcherPlugin};
 pub use policy::{PolicyContext, PolicyPlugin, PolicyRun};
@@ -90,10 +89,8 @@ impl PluginError {
                 GatewayError::bad_gateway("the upstream FHIR server could not be searched")
                     .with_detail(self.to_string())
             }
-            PluginError::Timeout { .. } | PluginError::Busy { .. } => GatewayError::new(
-                Blame::Policy,
-                StatusCode::SERVICE_UNAVAILABLE,
-                IssueCode::Transient,
+            PluginError::Timeout { .. } | PluginError::Busy { .. } => GatewayError::of(
+                Kind::PolicyBusy,
                 "the request could not be completed safely in time; try again later",
             )
             .with_detail(self.to_string()),

@@ -24,7 +24,7 @@ use super::Gateway;
 use super::listener::Handler;
 use super::respond::{self, Body};
 use crate::audit::AuditRecord;
-use crate::error::{Blame, GatewayError, IssueCode};
+use crate::error::{Blame, GatewayError, Kind};
 use crate::fhir::request::{self, FhirRequest, Interaction, Operation, RequestParts};
 use crate::fhir::{SearchParam, SearchParams};
 use crate::proxy::UpstreamRequest;
@@ -351,10 +351,8 @@ impl FhirHandler {
             // plugins: HRex $member-match through the matcher plugin.
             Interaction::Operation(Operation::MemberMatch) => return self.member_match(ctx, &body).await,
             Interaction::Operation(op) => {
-                return Err(GatewayError::new(
-                    Blame::Caller,
-                    StatusCode::NOT_IMPLEMENTED,
-                    IssueCode::NotSupported,
+                return Err(GatewayError::of(
+                    Kind::NotImplemented,
                     format!("{op:?} is not available in this version of fhirwall"),
                 ));
             }
@@ -391,12 +389,9 @@ fn below_base<'p>(path: &'p str, base_path: &str) -> Option<&'p str> {
 async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(GatewayError::new(
-            Blame::Caller,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            IssueCode::TooCostly,
-            format!("request body larger than {limit} bytes"),
-        )),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(GatewayError::of(Kind::PayloadTooLarge, format!("request body larger than {limit} bytes")))
+        }
         Err(_) => Err(GatewayError::bad_request("the request body could not be read")),
     }
 }

@@ -191,10 +191,8 @@ impl FhirHandler {
         if self.gw.redactor.programs_resolved() {
             return Ok(());
         }
-        Err(GatewayError::new(
-            crate::error::Blame::Internal,
-            StatusCode::SERVICE_UNAVAILABLE,
-            crate::error::IssueCode::Transient,
+        Err(GatewayError::of(
+            crate::error::Kind::Unavailable,
             "the Part 2 program list is not resolved yet; try again shortly",
         ))
     }
@@ -585,12 +583,11 @@ impl FhirHandler {
         if !status.is_success() {
             return Err(match status.as_u16() {
                 404 | 410 => crate::access::decide::not_found(),
-                400..=499 => GatewayError::new(
-                    crate::error::Blame::Caller,
-                    status,
-                    crate::error::IssueCode::Processing,
+                400..=499 => GatewayError::of(
+                    crate::error::Kind::refused_by_upstream(status),
                     "the upstream FHIR server refused the request",
-                ),
+                )
+                .with_code(crate::error::IssueCode::Processing),
                 _ => GatewayError::bad_gateway("the upstream FHIR server failed")
                     .with_detail(format!("upstream answered {status}")),
             });

@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 
 use super::{FhirHandler, RequestCtx};
 use crate::audit::AuditRecord;
-use crate::error::{Blame, GatewayError, IssueCode};
+use crate::error::{GatewayError, Kind};
 use crate::fhir::FhirRequest;
 use crate::ops::throttle::Settled;
 use crate::plugins::policy::{BodyOutcome, Decision};
@@ -55,12 +55,9 @@ impl FhirHandler {
         .map_err(|e| GatewayError::internal(format!("policy plugin task: {e}")))?;
         match decision? {
             Decision::Allow => Ok(Some(run)),
-            Decision::Deny(reason) => Err(GatewayError::new(
-                Blame::Policy,
-                StatusCode::FORBIDDEN,
-                IssueCode::Forbidden,
-                format!("refused by payer policy: {reason}"),
-            )),
+            Decision::Deny(reason) => {
+                Err(GatewayError::of(Kind::PolicyRefused, format!("refused by payer policy: {reason}")))
+            }
         }
     }
 
