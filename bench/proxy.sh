@@ -5,6 +5,8 @@
 #   (c) fhirwall in front of it (full pipeline, audit log on the disk),
 #   (d) the same fhirwall configuration with its audit log on tmpfs (what the
 #       per-request fdatasync of the audit record costs),
+#   (e) (d) with one policy plugin loaded (plugins/dist/policy_confidential.wasm:
+#       on-request, and on-resource for every resource that leaves),
 # measured in one run with wrk, for a single read and a 20-entry search Bundle.
 # Besides requests/s and latency, each row gives the proxy's own CPU time per
 # request (user + system, from /proc/PID/stat over the run): on a machine where
@@ -27,6 +29,7 @@ if ! need wrk || ! need nginx; then
   apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null
 fi
 cargo build --release --locked -q
+[ -f plugins/dist/policy_confidential.wasm ] || bash plugins/build.sh >&2
 bin=target/release/fhirwall
 
 work=$(mktemp -d /tmp/fhirwall-bench.XXXXXX)
@@ -35,14 +38,26 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 up_port=19000; fw_port=19080; fw_admin=19081; ngx_port=19090; fwm_port=19082; fwm_admin=19083
+fwp_port=19084; fwp_admin=19085
 "$bin" keygen --client-id bench-ehr --out "$work/keys" >/dev/null
 "$bin" sandbox --listen 127.0.0.1:$up_port >"$work/sandbox.log" 2>&1 & pids+=($!)
 
 shm_audit=$(mktemp -d /dev/shm/fhirwall-bench-audit.XXXXXX)
 gateway_config $fw_port $fw_admin audit "sqlite://state/fhirwall-$fw_port.db" >"$work/fhirwall.toml"
 gateway_config $fwm_port $fwm_admin "$shm_audit" "sqlite://state/fhirwall-$fwm_port.db" >"$work/fhirwall-shm.toml"
+mkdir -p "$shm_audit/plugin"
+gateway_config $fwp_port $fwp_admin "$shm_audit/plugin" "sqlite://state/fhirwall-$fwp_port.db" >"$work/fhirwall-plugin.toml"
+cat >>"$work/fhirwall-plugin.toml" <<TOML
+[[plugins]]
+name = "confidential"
+world = "policy"
+path = "$PWD/plugins/dist/policy_confidential.wasm"
+memory_mb = 64
+timeout_ms = 200
+TOML
 FHIRWALL_LOG=warn "$bin" serve --config "$work/fhirwall.toml" >"$work/fhirwall.log" 2>&1 & fw_pid=$!; pids+=($fw_pid)
 FHIRWALL_LOG=warn "$bin" serve --config "$work/fhirwall-shm.toml" >"$work/fhirwall-shm.log" 2>&1 & fwm_pid=$!; pids+=($fwm_pid)
+FHIRWALL_LOG=warn "$bin" serve --config "$work/fhirwall-plugin.toml" >"$work/fhirwall-plugin.log" 2>&1 & fwp_pid=$!; pids+=($fwp_pid)
 
 cat >"$work/nginx.conf" <<NGINX
 worker_processes 1;
@@ -73,6 +88,7 @@ nginx -c "$work/nginx.conf" & ngx_pid=$!; pids+=($ngx_pid)
 for _ in $(seq 1 100); do
   if curl -fs "http://127.0.0.1:$fw_admin/readyz" >/dev/null 2>&1 &&
      curl -fs "http://127.0.0.1:$fwm_admin/readyz" >/dev/null 2>&1 &&
+     curl -fs "http://127.0.0.1:$fwp_admin/readyz" >/dev/null 2>&1 &&
      curl -fs "http://127.0.0.1:$ngx_port/fhir/metadata" >/dev/null 2>&1; then break; fi
   sleep 0.2
 done
@@ -84,6 +100,9 @@ auth="Authorization: Bearer $token"
 token_m=$("$bin" token --client-id bench-ehr --key "$work/keys/bench-ehr.key.pem" \
   --token-url "http://127.0.0.1:$fwm_port/auth/token" --scope 'system/*.read')
 auth_m="Authorization: Bearer $token_m"
+token_p=$("$bin" token --client-id bench-ehr --key "$work/keys/bench-ehr.key.pem" \
+  --token-url "http://127.0.0.1:$fwp_port/auth/token" --scope 'system/*.read')
+auth_p="Authorization: Bearer $token_p"
 
 read_path="/fhir/Patient/pat-0001"
 # Six members attributed to org-grace (examples/dataset/facts.json): the upstream
@@ -125,10 +144,12 @@ for workload in read search; do
   read -r n_rps n_p50 n_p99 n_cpu <<<"$(run nginx "http://127.0.0.1:$ngx_port$path" "$ngx_worker")"
   read -r f_rps f_p50 f_p99 f_cpu <<<"$(run fhirwall "http://127.0.0.1:$fw_port$path" "$fw_pid")"
   read -r m_rps m_p50 m_p99 m_cpu <<<"$(run fhirwall-tmpfs "http://127.0.0.1:$fwm_port$path" "$fwm_pid" "$auth_m")"
+  read -r p_rps p_p50 p_p99 p_cpu <<<"$(run fhirwall-plugin "http://127.0.0.1:$fwp_port$path" "$fwp_pid" "$auth_p")"
   added() { python3 -c "print(round($1-$d_p99,3))"; }
   printf '%-8s %-14s %10s %9s %9s %13s %15s\n' $workload direct "$d_rps" "$d_p50" "$d_p99" - "$d_cpu"
   printf '%-8s %-14s %10s %9s %9s %13s %15s\n' $workload nginx "$n_rps" "$n_p50" "$n_p99" "$(added "$n_p99")" "$n_cpu"
   printf '%-8s %-14s %10s %9s %9s %13s %15s\n' $workload fhirwall "$f_rps" "$f_p50" "$f_p99" "$(added "$f_p99")" "$f_cpu"
   printf '%-8s %-14s %10s %9s %9s %13s %15s\n' $workload "fhirwall-tmpfs" "$m_rps" "$m_p50" "$m_p99" "$(added "$m_p99")" "$m_cpu"
-  python3 -c "print('%-8s fhirwall/nginx req/s = %.0f%% (audit on tmpfs: %.0f%%)' % ('$workload', 100*$f_rps/$n_rps, 100*$m_rps/$n_rps))"
+  printf '%-8s %-14s %10s %9s %9s %13s %15s\n' $workload "fhirwall-plugin" "$p_rps" "$p_p50" "$p_p99" "$(added "$p_p99")" "$p_cpu"
+  python3 -c "print('%-8s fhirwall/nginx req/s = %.0f%% (audit on tmpfs: %.0f%%; plus one policy plugin: %.0f%%); CPU per request %.1fx nginx (tmpfs %.1fx, plugin %.1fx)' % ('$workload', 100*$f_rps/$n_rps, 100*$m_rps/$n_rps, 100*$p_rps/$n_rps, $f_cpu/$n_cpu, $m_cpu/$n_cpu, $p_cpu/$n_cpu))"
 done

@@ -532,6 +532,37 @@ impl Config {
             key: key.to_owned(),
             message,
         };
+        self.validate_server(&invalid)?;
+        if self.audit.rotate_bytes < 4096 {
+            return Err(invalid("audit.rotate_bytes", "must be at least 4096".into()));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1".into()));
+        }
+        let mm = &self.member_match;
+        if mm.max_failures_per_subject == 0 || mm.max_failures_per_client == 0 || mm.failure_window_s == 0 {
+            return Err(invalid(
+                "member_match.max_failures_per_subject",
+                "member_match budgets and failure_window_s must be at least 1 (the brute-force defence cannot be switched off)"
+                    .into(),
+            ));
+        }
+        self.validate_upstream(&invalid)?;
+        if !(self.state.url.starts_with("sqlite:") || self.state.url.starts_with("postgres")) {
+            return Err(invalid("state.url", "must be sqlite://PATH or postgres://...".into()));
+        }
+        if self.auth.token_ttl_s == 0 {
+            return Err(invalid("auth.token_ttl_s", "must be at least 1".into()));
+        }
+        self.validate_clients(&invalid)?;
+        if !is_iso_date(&self.policy.service_date_floor) {
+            return Err(invalid("policy.service_date_floor", "must be a date YYYY-MM-DD".into()));
+        }
+        self.validate_plugins(&invalid)?;
+        Ok(())
+    }
+
+    fn validate_server(&self, invalid: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
         let base = &self.server.base_url;
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
             return Err(invalid("server.base_url", "must be an absolute http(s) URL".into()));
@@ -557,20 +588,10 @@ impl Config {
         if self.server.listen == self.admin.listen {
             return Err(invalid("admin.listen", "must differ from server.listen".into()));
         }
-        if self.audit.rotate_bytes < 4096 {
-            return Err(invalid("audit.rotate_bytes", "must be at least 4096".into()));
-        }
-        if self.server.max_connections == 0 {
-            return Err(invalid("server.max_connections", "must be at least 1".into()));
-        }
-        let mm = &self.member_match;
-        if mm.max_failures_per_subject == 0 || mm.max_failures_per_client == 0 || mm.failure_window_s == 0 {
-            return Err(invalid(
-                "member_match.max_failures_per_subject",
-                "member_match budgets and failure_window_s must be at least 1 (the brute-force defence cannot be switched off)"
-                    .into(),
-            ));
-        }
+        Ok(())
+    }
+
+    fn validate_upstream(&self, invalid: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
         if !self.upstream.is_sandbox() {
             let u = url::Url::parse(&self.upstream.url)
                 .map_err(|e| invalid("upstream.url", format!("not a URL or \"sandbox\": {e}")))?;
@@ -584,16 +605,10 @@ impl Config {
         if self.upstream.timeout_ms == 0 || self.upstream.connect_timeout_ms == 0 {
             return Err(invalid("upstream.timeout_ms", "deadlines must be at least 1 ms".into()));
         }
-        if !(self.state.url.starts_with("sqlite:") || self.state.url.starts_with("postgres")) {
-            return Err(invalid("state.url", "must be sqlite://PATH or postgres://...".into()));
-        }
-        if self.auth.token_ttl_s == 0 {
-            return Err(invalid("auth.token_ttl_s", "must be at least 1".into()));
-        }
-        self.validate_clients(&invalid)?;
-        if !is_iso_date(&self.policy.service_date_floor) {
-            return Err(invalid("policy.service_date_floor", "must be a date YYYY-MM-DD".into()));
-        }
+        Ok(())
+    }
+
+    fn validate_plugins(&self, invalid: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
         if self.plugins.iter().filter(|p| p.world == PluginWorld::Matcher).count() > 1 {
             return Err(invalid("plugins.world", "at most one matcher plugin".into()));

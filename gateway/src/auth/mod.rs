@@ -313,43 +313,7 @@ impl Auth {
         if form.contains_key("client_secret") {
             return Err(OAuthError::client("client_secret_post is not supported").into());
         }
-        let basic = basic_credentials(headers)?;
-        let (client, assertion) =
-            match (basic, form.get("client_assertion_type"), form.get("client_assertion")) {
-                (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-                    return Err(OAuthError::request("use one client authentication method, not two").into());
-                }
-                (Some((id, secret)), None, None) => {
-                    if form.get("client_id").is_some_and(|c| *c != id) {
-                        return Err(TokenFailure::basic(OAuthError::client(
-                            "client_id does not match the credentials",
-                        )));
-                    }
-                    (self.authenticate_secret(&id, &secret).await?, None)
-                }
-                (None, assertion_type, assertion) => {
-                    let assertion_type = assertion_type.ok_or_else(|| {
-                        OAuthError::client(
-                            "client authentication is required (private_key_jwt client_assertion)",
-                        )
-                    })?;
-                    if assertion_type != JWT_BEARER {
-                        return Err(OAuthError::request(format!(
-                            "client_assertion_type must be {JWT_BEARER}"
-                        ))
-                        .into());
-                    }
-                    let assertion =
-                        assertion.ok_or_else(|| OAuthError::request("client_assertion is required"))?;
-                    let (client, verified) = self.authenticate_assertion(assertion).await?;
-                    if form.get("client_id").is_some_and(|c| *c != client.client_id) {
-                        return Err(
-                            OAuthError::client("client_id does not match the client_assertion").into()
-                        );
-                    }
-                    (client, Some(verified))
-                }
-            };
+        let (client, assertion) = self.authenticate_client(headers, &form).await?;
         let granted = ScopeSet::grant(&requested, &client.scopes, self.allow_writes);
         if granted.is_empty() {
             return Err(OAuthError::new(
@@ -391,6 +355,48 @@ impl Auth {
             scope: claims.scope,
         };
         Ok((token, client))
+    }
+
+    /// Who is asking: HTTP Basic (client secret) or a private_key_jwt
+    /// assertion, exactly one of them; the verified assertion comes back so
+    /// that its `jti` is spent only by a request that succeeds.
+    async fn authenticate_client(
+        &self,
+        headers: &HeaderMap,
+        form: &std::collections::HashMap<String, String>,
+    ) -> Result<(Arc<Client>, Option<assertion::Verified>), TokenFailure> {
+        let basic = basic_credentials(headers)?;
+        let authenticated = match (basic, form.get("client_assertion_type"), form.get("client_assertion")) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err(OAuthError::request("use one client authentication method, not two").into());
+            }
+            (Some((id, secret)), None, None) => {
+                if form.get("client_id").is_some_and(|c| *c != id) {
+                    return Err(TokenFailure::basic(OAuthError::client(
+                        "client_id does not match the credentials",
+                    )));
+                }
+                (self.authenticate_secret(&id, &secret).await?, None)
+            }
+            (None, assertion_type, assertion) => {
+                let assertion_type = assertion_type.ok_or_else(|| {
+                    OAuthError::client("client authentication is required (private_key_jwt client_assertion)")
+                })?;
+                if assertion_type != JWT_BEARER {
+                    return Err(
+                        OAuthError::request(format!("client_assertion_type must be {JWT_BEARER}")).into()
+                    );
+                }
+                let assertion =
+                    assertion.ok_or_else(|| OAuthError::request("client_assertion is required"))?;
+                let (client, verified) = self.authenticate_assertion(assertion).await?;
+                if form.get("client_id").is_some_and(|c| *c != client.client_id) {
+                    return Err(OAuthError::client("client_id does not match the client_assertion").into());
+                }
+                (client, Some(verified))
+            }
+        };
+        Ok(authenticated)
     }
 
     async fn authenticate_assertion(

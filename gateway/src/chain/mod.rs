@@ -7,16 +7,22 @@
 //!    in one object, at any depth, is the upstream's fault (502). It leaves
 //!    a [`tape`]: the stages find a page's entries, each resource and its
 //!    members there instead of parsing the body again.
-//! 2. The stages, per resource, in this order: access (attribution,
-//!    opt-outs), [`names`] (a record naming a hidden patient anywhere, or a
-//!    patient by identifier only), data scope (Part 2 by label, code and
-//!    program; drug PAs; service-date floor; financial, with
-//!    `redact::money` beyond `financial.toml`), Part 2 by reference (a
-//!    record pointing at a withheld Part 2 record, looked up upstream when it
-//!    is not in the answer), then policy plugins, and last the caller's
-//!    `_elements`/`_summary`. `server::pipeline::answer` runs them and hands
-//!    the survivors here as [`Entry`] values; [`capability`] writes
-//!    `metadata`.
+//! 2. The stages, each an implementation of [`stage::Stage`] run by
+//!    [`stage::run`], in this order: access (`access::stage`: attribution,
+//!    opt-outs, Groups rebuilt), data scope (`redact::stage::DataScope`: Part
+//!    2 by label, code and program; drug PAs; service-date floor;
+//!    `financial.toml`; a record pointing at one withheld in the same answer),
+//!    [`names`] (a record naming a hidden patient anywhere, or a patient by
+//!    identifier only), financial (`redact::stage::Money`, money beyond
+//!    `financial.toml`), Part 2 by reference (`redact::stage::Part2References`,
+//!    targets looked up upstream when they are not in the answer), policy
+//!    plugins (`plugins::policy::PluginStage`), and last the caller's
+//!    `_elements`/`_summary`. Each answers one [`disclosure::Verdict`] per
+//!    resource in one [`disclosure::Reason`] vocabulary and counts it in the
+//!    answer's [`disclosure::Disclosure`], which the audit event is written
+//!    from (and which keeps a per-resource trace for explain). A resource
+//!    one stage withholds is seen by no later stage.
+//!    `server::pipeline::answer` drives them; [`capability`] writes `metadata`.
 //! 3. Follow-up across entries ([`page::PageBuilder`]): pages are filled
 //!    from further upstream pages until `_count` visible matches exist,
 //!    `_include`/`_revinclude` results leave only when they are linked to a

@@ -297,18 +297,10 @@ impl Redactor {
         }
 
         // 1. Part 2.
-        let program_itself = resource_type == "Organization"
-            && scan.id.as_deref().is_some_and(|id| self.programs().organizations.contains(id));
-        let mut plan = None;
-        if scan.label || program_itself || !scan.hits.is_empty() {
-            match (self.mode, scan.label || program_itself) {
-                (Part2Mode::Redact, false) => match self.plan(resource_type, &scan) {
-                    Some(p) => plan = Some(p),
-                    None => return dropped(Reason::Part2, report, Some(scan)),
-                },
-                _ => return dropped(Reason::Part2, report, Some(scan)),
-            }
-        }
+        let plan = match self.part2(resource_type, &scan) {
+            Ok(plan) => plan,
+            Err(()) => return dropped(Reason::Part2, report, Some(scan)),
+        };
 
         // 2. Drug prior authorizations.
         let prior_auth = &self.policies.prior_auth;
@@ -329,17 +321,7 @@ impl Redactor {
         }
 
         // 4. Rewrites: Part 2 redaction, financial stripping.
-        static NO_TOP_LEVEL: policy::FinancialType =
-            policy::FinancialType { remove: Vec::new(), walk: Vec::new() };
-        let financial = if !self.financial {
-            None
-        } else if let Some(ft) = self.policies.financial.types.get(resource_type) {
-            let present = scan.money || ft.remove.iter().any(|m| scan.members.iter().any(|k| k == m));
-            present.then_some(ft)
-        } else {
-            // Contained claims data in any resource.
-            (scan.money && scan.members.iter().any(|k| k == "contained")).then_some(&NO_TOP_LEVEL)
-        };
+        let financial = self.financial_rule(resource_type, &scan);
         if plan.is_none() && financial.is_none() {
             return Outcome::keep(scan);
         }
@@ -370,6 +352,37 @@ impl Redactor {
             // anything else that cannot be rewritten is unreadable.
             Err(_) if plan.is_some() => dropped(Reason::Part2, report, Some(scan)),
             Err(_) => dropped(Reason::Unreadable, report, Some(scan)),
+        }
+    }
+
+    /// Part 2 by label, program or code: `Ok(None)` not Part 2, `Ok(Some)`
+    /// what `redact` mode removes, `Err` withheld (`exclude` mode, a
+    /// resource-level label, the program itself, or a hit nothing may remove).
+    fn part2(&self, resource_type: &str, scan: &Scan<'_>) -> Result<Option<Plan>, ()> {
+        let program_itself = resource_type == "Organization"
+            && scan.id.as_deref().is_some_and(|id| self.programs().organizations.contains(id));
+        if !(scan.label || program_itself || !scan.hits.is_empty()) {
+            return Ok(None);
+        }
+        match (self.mode, scan.label || program_itself) {
+            (Part2Mode::Redact, false) => self.plan(resource_type, scan).map(Some).ok_or(()),
+            _ => Err(()),
+        }
+    }
+
+    /// The `financial.toml` rule to apply, when `financial = "strip"` and
+    /// the resource holds something it removes.
+    fn financial_rule(&self, resource_type: &str, scan: &Scan<'_>) -> Option<&policy::FinancialType> {
+        static NO_TOP_LEVEL: policy::FinancialType =
+            policy::FinancialType { remove: Vec::new(), walk: Vec::new() };
+        if !self.financial {
+            None
+        } else if let Some(ft) = self.policies.financial.types.get(resource_type) {
+            let present = scan.money || ft.remove.iter().any(|m| scan.members.iter().any(|k| k == m));
+            present.then_some(ft)
+        } else {
+            // Contained claims data in any resource.
+            (scan.money && scan.members.iter().any(|k| k == "contained")).then_some(&NO_TOP_LEVEL)
         }
     }
 
@@ -488,34 +501,7 @@ impl Redactor {
         // whose includer was dropped goes too).
         let includes = inputs.iter().any(|input| input.mode.as_deref() == Some("include"));
         let linked = if includes { inputs.len() } else { 0 };
-        let keys: Vec<HashSet<String>> = inputs[..linked]
-            .iter()
-            .zip(outcomes.iter())
-            .map(|(input, outcome)| {
-                let mut keys = HashSet::new();
-                if let Some(url) = input.full_url.as_deref() {
-                    keys.insert(url.to_owned());
-                    keys.extend(normalize_reference(url).map(str::to_owned));
-                }
-                if let Some(scan) = outcome.scan.as_ref()
-                    && let (Some(t), Some(id)) = (scan.resource_type.as_deref(), scan.id.as_deref())
-                {
-                    keys.insert(format!("{t}/{id}"));
-                }
-                keys
-            })
-            .collect();
-        let refs: Vec<HashSet<String>> = outcomes[..linked]
-            .iter()
-            .map(|outcome| {
-                let mut refs = HashSet::new();
-                for r in outcome.scan.as_ref().map(|s| &s.refs).into_iter().flatten() {
-                    refs.insert(r.to_string());
-                    refs.extend(normalize_reference(r).map(str::to_owned));
-                }
-                refs
-            })
-            .collect();
+        let (keys, refs) = entry_links(&inputs[..linked], &outcomes[..linked]);
         let names = |from: usize, to: usize| from != to && keys[to].iter().any(|k| refs[from].contains(k));
         let dropped_reason = |outcome: &Outcome<'_>| match outcome.verdict {
             Verdict::Keep | Verdict::Redact { .. } => None,
@@ -572,6 +558,43 @@ impl Redactor {
             }
         }
     }
+}
+
+/// For each entry, the keys it is known by (`fullUrl`, `Type/id`) and the
+/// references it holds, in both spellings (as written and normalised).
+fn entry_links(
+    inputs: &[EntryInput<'_>],
+    outcomes: &[Outcome<'_>],
+) -> (Vec<HashSet<String>>, Vec<HashSet<String>>) {
+    let keys: Vec<HashSet<String>> = inputs
+        .iter()
+        .zip(outcomes.iter())
+        .map(|(input, outcome)| {
+            let mut keys = HashSet::new();
+            if let Some(url) = input.full_url.as_deref() {
+                keys.insert(url.to_owned());
+                keys.extend(normalize_reference(url).map(str::to_owned));
+            }
+            if let Some(scan) = outcome.scan.as_ref()
+                && let (Some(t), Some(id)) = (scan.resource_type.as_deref(), scan.id.as_deref())
+            {
+                keys.insert(format!("{t}/{id}"));
+            }
+            keys
+        })
+        .collect();
+    let refs: Vec<HashSet<String>> = outcomes
+        .iter()
+        .map(|outcome| {
+            let mut refs = HashSet::new();
+            for r in outcome.scan.as_ref().map(|s| &s.refs).into_iter().flatten() {
+                refs.insert(r.to_string());
+                refs.extend(normalize_reference(r).map(str::to_owned));
+            }
+            refs
+        })
+        .collect();
+    (keys, refs)
 }
 
 fn remember(

@@ -414,125 +414,14 @@ impl Policies {
         }
         let mut src = Source { dir, sources: Vec::new() };
 
-        let mut codes = CodeSets::default();
-        let manifest: CodeSetsFile = src.toml("part2/codesets.toml")?;
-        for set in manifest.set {
-            let normalize = Normalize::parse(&set.normalize).ok_or_else(|| {
-                invalid("part2/codesets.toml", format!("{}: unknown normalize {:?}", set.name, set.normalize))
-            })?;
-            if set.systems.is_empty() {
-                return Err(invalid("part2/codesets.toml", format!("{}: no systems", set.name)));
-            }
-            if set.file.contains('/') {
-                return Err(invalid("part2/codesets.toml", format!("{}: file names a path", set.name)));
-            }
-            let file = format!("part2/{}", set.file);
-            let text = src.read(&file)?;
-            let list = CodeList::parse(text.lines(), normalize).map_err(|e| invalid(&file, e))?;
-            codes.add(CodeSet { name: set.name, normalize, list }, &set.systems);
-        }
-
-        let labels_file: LabelsFile = src.toml("part2/labels.toml")?;
-        let mut labels = Labels {
-            by_system: Vec::new(),
-            basis_extension: labels_file.extensions.basis,
-            inline_extension: labels_file.extensions.inline,
-            redacted: labels_file.redacted,
-        };
-        for entry in labels_file.label {
-            if entry.codes.is_empty() {
-                return Err(invalid("part2/labels.toml", format!("{}: no codes", entry.system)));
-            }
-            labels.add(entry.system, entry.codes);
-        }
-        if labels.matches(Some(&labels.redacted.system), &labels.redacted.code) {
-            return Err(invalid("part2/labels.toml", "the REDACTED label must not itself be a Part 2 label"));
-        }
-
-        let programs_file: ProgramsFile = src.toml("part2/programs.toml")?;
-        let mut programs = Programs::default();
-        for entry in &programs_file.organizations {
-            if !entry.starts_with("Organization/") {
-                return Err(invalid(
-                    "part2/programs.toml",
-                    format!("organizations: {entry:?} is not Organization/{{id}}"),
-                ));
-            }
-            programs.add(entry).map_err(|e| invalid("part2/programs.toml", e))?;
-        }
-        for entry in &programs_file.npis {
-            if entry.starts_with("Organization/") {
-                return Err(invalid("part2/programs.toml", format!("npis: {entry:?} is not an NPI")));
-            }
-            programs.add(entry).map_err(|e| invalid("part2/programs.toml", e))?;
-        }
-
+        let codes = load_codes(&mut src)?;
+        let labels = load_labels(&mut src)?;
+        let programs = load_programs(&mut src)?;
         let redaction = load_redaction(&mut src)?;
 
-        let dates_file: HashMap<String, DatesEntry> = src.toml("service-dates.toml")?;
-        let mut dates = HashMap::new();
-        for (resource_type, entry) in dates_file {
-            let mut tiers = Vec::new();
-            for tier in entry.tiers {
-                let mut paths = Vec::new();
-                for path in tier {
-                    paths.push(split_path(&path).ok_or_else(|| {
-                        invalid("service-dates.toml", format!("{resource_type}: bad path {path:?}"))
-                    })?);
-                }
-                if paths.is_empty() {
-                    return Err(invalid("service-dates.toml", format!("{resource_type}: empty tier")));
-                }
-                tiers.push(paths);
-            }
-            if tiers.is_empty() {
-                return Err(invalid("service-dates.toml", format!("{resource_type}: no tiers")));
-            }
-            dates.insert(resource_type, tiers);
-        }
-
-        let pa_file: PriorAuthFile = src.toml("prior-auth.toml")?;
-        let mut prior_auth = PriorAuth { types: pa_file.types.into_iter().collect(), markers: Vec::new() };
-        for marker in pa_file.drug {
-            let element = split_path(&marker.element)
-                .ok_or_else(|| invalid("prior-auth.toml", format!("bad element {:?}", marker.element)))?;
-            if marker.systems.is_empty() {
-                return Err(invalid("prior-auth.toml", format!("{}: no systems", marker.element)));
-            }
-            let codes = match marker.codes {
-                None => None,
-                Some(codes) => Some(
-                    CodeList::parse(codes.iter().map(String::as_str), Normalize::Upper)
-                        .map_err(|e| invalid("prior-auth.toml", format!("{}: {e}", marker.element)))?,
-                ),
-            };
-            prior_auth.markers.push(Marker { element, systems: marker.systems.into_iter().collect(), codes });
-        }
-
-        let fin_file: FinancialFile = src.toml("financial.toml")?;
-        let mut financial = Financial {
-            line_elements: fin_file.line_elements,
-            types: HashMap::new(),
-            monetary: FastMap::default(),
-            profiles: fin_file.profiles,
-        };
-        for (resource_type, entry) in fin_file.types {
-            for member in entry.remove.iter().chain(&entry.walk) {
-                if NEVER_REMOVABLE.contains(&member.as_str())
-                    || required(&resource_type).contains(&member.as_str())
-                {
-                    return Err(invalid(
-                        "financial.toml",
-                        format!("{resource_type}.{member} cannot be stripped"),
-                    ));
-                }
-            }
-            financial.types.insert(resource_type, FinancialType { remove: entry.remove, walk: entry.walk });
-        }
-        for entry in fin_file.monetary {
-            financial.monetary.entry(entry.system).or_default().extend(entry.codes);
-        }
-
+        let dates = load_dates(&mut src)?;
+        let prior_auth = load_prior_auth(&mut src)?;
+        let financial = load_financial(&mut src)?;
         Ok(Policies {
             codes,
             labels,
@@ -544,6 +433,141 @@ impl Policies {
             sources: src.sources,
         })
     }
+}
+
+fn load_codes(src: &mut Source<'_>) -> Result<CodeSets, PolicyError> {
+    let mut codes = CodeSets::default();
+    let manifest: CodeSetsFile = src.toml("part2/codesets.toml")?;
+    for set in manifest.set {
+        let normalize = Normalize::parse(&set.normalize).ok_or_else(|| {
+            invalid("part2/codesets.toml", format!("{}: unknown normalize {:?}", set.name, set.normalize))
+        })?;
+        if set.systems.is_empty() {
+            return Err(invalid("part2/codesets.toml", format!("{}: no systems", set.name)));
+        }
+        if set.file.contains('/') {
+            return Err(invalid("part2/codesets.toml", format!("{}: file names a path", set.name)));
+        }
+        let file = format!("part2/{}", set.file);
+        let text = src.read(&file)?;
+        let list = CodeList::parse(text.lines(), normalize).map_err(|e| invalid(&file, e))?;
+        codes.add(CodeSet { name: set.name, normalize, list }, &set.systems);
+    }
+    Ok(codes)
+}
+
+fn load_labels(src: &mut Source<'_>) -> Result<Labels, PolicyError> {
+    let labels_file: LabelsFile = src.toml("part2/labels.toml")?;
+    let mut labels = Labels {
+        by_system: Vec::new(),
+        basis_extension: labels_file.extensions.basis,
+        inline_extension: labels_file.extensions.inline,
+        redacted: labels_file.redacted,
+    };
+    for entry in labels_file.label {
+        if entry.codes.is_empty() {
+            return Err(invalid("part2/labels.toml", format!("{}: no codes", entry.system)));
+        }
+        labels.add(entry.system, entry.codes);
+    }
+    if labels.matches(Some(&labels.redacted.system), &labels.redacted.code) {
+        return Err(invalid("part2/labels.toml", "the REDACTED label must not itself be a Part 2 label"));
+    }
+    Ok(labels)
+}
+
+fn load_programs(src: &mut Source<'_>) -> Result<Programs, PolicyError> {
+    let programs_file: ProgramsFile = src.toml("part2/programs.toml")?;
+    let mut programs = Programs::default();
+    for entry in &programs_file.organizations {
+        if !entry.starts_with("Organization/") {
+            return Err(invalid(
+                "part2/programs.toml",
+                format!("organizations: {entry:?} is not Organization/{{id}}"),
+            ));
+        }
+        programs.add(entry).map_err(|e| invalid("part2/programs.toml", e))?;
+    }
+    for entry in &programs_file.npis {
+        if entry.starts_with("Organization/") {
+            return Err(invalid("part2/programs.toml", format!("npis: {entry:?} is not an NPI")));
+        }
+        programs.add(entry).map_err(|e| invalid("part2/programs.toml", e))?;
+    }
+    Ok(programs)
+}
+
+fn load_dates(src: &mut Source<'_>) -> Result<HashMap<String, Vec<Vec<Vec<String>>>>, PolicyError> {
+    let dates_file: HashMap<String, DatesEntry> = src.toml("service-dates.toml")?;
+    let mut dates = HashMap::new();
+    for (resource_type, entry) in dates_file {
+        let mut tiers = Vec::new();
+        for tier in entry.tiers {
+            let mut paths = Vec::new();
+            for path in tier {
+                paths.push(split_path(&path).ok_or_else(|| {
+                    invalid("service-dates.toml", format!("{resource_type}: bad path {path:?}"))
+                })?);
+            }
+            if paths.is_empty() {
+                return Err(invalid("service-dates.toml", format!("{resource_type}: empty tier")));
+            }
+            tiers.push(paths);
+        }
+        if tiers.is_empty() {
+            return Err(invalid("service-dates.toml", format!("{resource_type}: no tiers")));
+        }
+        dates.insert(resource_type, tiers);
+    }
+    Ok(dates)
+}
+
+fn load_prior_auth(src: &mut Source<'_>) -> Result<PriorAuth, PolicyError> {
+    let pa_file: PriorAuthFile = src.toml("prior-auth.toml")?;
+    let mut prior_auth = PriorAuth { types: pa_file.types.into_iter().collect(), markers: Vec::new() };
+    for marker in pa_file.drug {
+        let element = split_path(&marker.element)
+            .ok_or_else(|| invalid("prior-auth.toml", format!("bad element {:?}", marker.element)))?;
+        if marker.systems.is_empty() {
+            return Err(invalid("prior-auth.toml", format!("{}: no systems", marker.element)));
+        }
+        let codes = match marker.codes {
+            None => None,
+            Some(codes) => Some(
+                CodeList::parse(codes.iter().map(String::as_str), Normalize::Upper)
+                    .map_err(|e| invalid("prior-auth.toml", format!("{}: {e}", marker.element)))?,
+            ),
+        };
+        prior_auth.markers.push(Marker { element, systems: marker.systems.into_iter().collect(), codes });
+    }
+    Ok(prior_auth)
+}
+
+fn load_financial(src: &mut Source<'_>) -> Result<Financial, PolicyError> {
+    let fin_file: FinancialFile = src.toml("financial.toml")?;
+    let mut financial = Financial {
+        line_elements: fin_file.line_elements,
+        types: HashMap::new(),
+        monetary: FastMap::default(),
+        profiles: fin_file.profiles,
+    };
+    for (resource_type, entry) in fin_file.types {
+        for member in entry.remove.iter().chain(&entry.walk) {
+            if NEVER_REMOVABLE.contains(&member.as_str())
+                || required(&resource_type).contains(&member.as_str())
+            {
+                return Err(invalid(
+                    "financial.toml",
+                    format!("{resource_type}.{member} cannot be stripped"),
+                ));
+            }
+        }
+        financial.types.insert(resource_type, FinancialType { remove: entry.remove, walk: entry.walk });
+    }
+    for entry in fin_file.monetary {
+        financial.monetary.entry(entry.system).or_default().extend(entry.codes);
+    }
+    Ok(financial)
 }
 
 fn required(resource_type: &str) -> &'static [&'static str] {

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
-use super::policy::{Financial, FinancialType, RedactedLabel, RedactionRule};
+use super::policy::{Financial, FinancialType, Link, RedactedLabel, RedactionRule};
 use crate::chain::strict;
 use crate::chain::tape::{Kind, Node};
 use crate::fhir::bundle::RawObject;
@@ -289,65 +289,98 @@ fn redact(m: &mut Members<'_>, plan: &Plan, rule: &RedactionRule) -> Result<(), 
             return Err(Unredactable("hit outside its list"));
         }
     }
-    // Follow the sequence links until nothing more goes.
-    loop {
-        let mut changed = false;
-        for link in &rule.links {
-            let gone_targets: HashSet<i64> = match removed.get(&link.to_member) {
-                Some(gone) if !gone.is_empty() => {
-                    let Some(Value::Array(targets)) = m.get(&link.to_member)? else { continue };
-                    let mut keys = HashSet::new();
-                    for i in gone {
-                        keys.extend(numbers(targets[*i].get(&link.to_field))?);
-                    }
-                    keys
-                }
-                _ => HashSet::new(),
-            };
-            let from_len = entries(m, &link.from_member)?;
-            let Some(Value::Array(from)) = m.get(&link.from_member)? else { continue };
-            let mut remove_from = Vec::new();
-            let mut owned = HashSet::new();
-            let from_removed = removed.get(&link.from_member).cloned().unwrap_or_default();
-            for (j, entry) in from.iter().enumerate().take(from_len) {
-                let refs = numbers(entry.get(&link.from_field))?;
-                if from_removed.contains(&j) {
-                    if link.owns {
-                        owned.extend(refs);
-                    }
-                } else if link.remove && refs.iter().any(|r| gone_targets.contains(r)) {
-                    remove_from.push(j);
-                }
-            }
-            for j in remove_from {
-                changed |= removed.entry(link.from_member.clone()).or_default().insert(j);
-            }
-            if !owned.is_empty()
-                && let Some(Value::Array(targets)) = m.get(&link.to_member)?
-            {
-                let mut hit = Vec::new();
-                for (i, target) in targets.iter().enumerate() {
-                    if numbers(target.get(&link.to_field))?.iter().any(|k| owned.contains(k)) {
-                        hit.push(i);
-                    }
-                }
-                for i in hit {
-                    changed |= removed.entry(link.to_member.clone()).or_default().insert(i);
-                }
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
+    follow_links(m, rule, &mut removed)?;
     for member in &rule.nonempty {
         let len = entries(m, member)?;
         if len > 0 && removed.get(member).is_some_and(|gone| gone.len() >= len) {
             return Err(Unredactable("every entry of a required list is Part 2"));
         }
     }
-    // Numbers of removed targets, per link target, before removing anything.
-    let mut gone_keys: HashMap<(String, String), HashSet<i64>> = HashMap::new();
+    let gone_keys = removed_numbers(m, rule, &removed)?;
+    remove_entries(m, &removed)?;
+    for member in &plan.members {
+        m.remove(member);
+    }
+    unlink(m, rule, &gone_keys)
+}
+
+/// Entries removed, per member.
+type Removed = HashMap<String, BTreeSet<usize>>;
+/// The sequence numbers of removed entries, per (member, field) a link points at.
+type GoneKeys = HashMap<(String, String), HashSet<i64>>;
+
+/// Follow the sequence links until nothing more goes: an entry that points
+/// at a removed one goes (`remove`), and what a removed entry owns goes (`owns`).
+fn follow_links(
+    m: &mut Members<'_>,
+    rule: &RedactionRule,
+    removed: &mut Removed,
+) -> Result<(), Unredactable> {
+    loop {
+        let mut changed = false;
+        for link in &rule.links {
+            changed |= follow_link(m, link, removed)?;
+        }
+        if !changed {
+            return Ok(());
+        }
+    }
+}
+
+fn follow_link(m: &mut Members<'_>, link: &Link, removed: &mut Removed) -> Result<bool, Unredactable> {
+    let mut changed = false;
+    let gone_targets: HashSet<i64> = match removed.get(&link.to_member) {
+        Some(gone) if !gone.is_empty() => {
+            let Some(Value::Array(targets)) = m.get(&link.to_member)? else { return Ok(false) };
+            let mut keys = HashSet::new();
+            for i in gone {
+                keys.extend(numbers(targets[*i].get(&link.to_field))?);
+            }
+            keys
+        }
+        _ => HashSet::new(),
+    };
+    let from_len = entries(m, &link.from_member)?;
+    let Some(Value::Array(from)) = m.get(&link.from_member)? else { return Ok(false) };
+    let mut remove_from = Vec::new();
+    let mut owned = HashSet::new();
+    let from_removed = removed.get(&link.from_member).cloned().unwrap_or_default();
+    for (j, entry) in from.iter().enumerate().take(from_len) {
+        let refs = numbers(entry.get(&link.from_field))?;
+        if from_removed.contains(&j) {
+            if link.owns {
+                owned.extend(refs);
+            }
+        } else if link.remove && refs.iter().any(|r| gone_targets.contains(r)) {
+            remove_from.push(j);
+        }
+    }
+    for j in remove_from {
+        changed |= removed.entry(link.from_member.clone()).or_default().insert(j);
+    }
+    if !owned.is_empty()
+        && let Some(Value::Array(targets)) = m.get(&link.to_member)?
+    {
+        let mut hit = Vec::new();
+        for (i, target) in targets.iter().enumerate() {
+            if numbers(target.get(&link.to_field))?.iter().any(|k| owned.contains(k)) {
+                hit.push(i);
+            }
+        }
+        for i in hit {
+            changed |= removed.entry(link.to_member.clone()).or_default().insert(i);
+        }
+    }
+    Ok(changed)
+}
+
+/// Numbers of removed targets, per link target, read before anything is removed.
+fn removed_numbers(
+    m: &mut Members<'_>,
+    rule: &RedactionRule,
+    removed: &Removed,
+) -> Result<GoneKeys, Unredactable> {
+    let mut gone_keys = GoneKeys::new();
     for link in &rule.links {
         let key = (link.to_member.clone(), link.to_field.clone());
         if gone_keys.contains_key(&key) {
@@ -363,7 +396,12 @@ fn redact(m: &mut Members<'_>, plan: &Plan, rule: &RedactionRule) -> Result<(), 
         }
         gone_keys.insert(key, keys);
     }
-    for (member, gone) in &removed {
+    Ok(gone_keys)
+}
+
+/// Remove the entries; a list left empty goes as a whole.
+fn remove_entries(m: &mut Members<'_>, removed: &Removed) -> Result<(), Unredactable> {
+    for (member, gone) in removed {
         if gone.is_empty() {
             continue;
         }
@@ -378,10 +416,11 @@ fn redact(m: &mut Members<'_>, plan: &Plan, rule: &RedactionRule) -> Result<(), 
             m.remove(member);
         }
     }
-    for member in &plan.members {
-        m.remove(member);
-    }
-    // Unlink: kept entries no longer point at removed ones.
+    Ok(())
+}
+
+/// Kept entries no longer point at removed ones.
+fn unlink(m: &mut Members<'_>, rule: &RedactionRule, gone_keys: &GoneKeys) -> Result<(), Unredactable> {
     for link in &rule.links {
         let Some(keys) = gone_keys.get(&(link.to_member.clone(), link.to_field.clone())) else { continue };
         if keys.is_empty() {
