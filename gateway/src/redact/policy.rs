@@ -76,6 +76,10 @@ const REQUIRED: &[(&str, &[&str])] = &[
 const NEVER_REMOVABLE: &[&str] =
     &["resourceType", "id", "meta", "implicitRules", "language", "text", "contained", "modifierExtension"];
 
+/// A type's service-date tiers: each tier a list of element paths, each
+/// path a list of member names (`service-dates.toml`).
+pub type DateTiers = Vec<Vec<Vec<String>>>;
+
 /// Everything the redactor reads from `policies/`.
 #[derive(Debug)]
 pub struct Policies {
@@ -84,7 +88,7 @@ pub struct Policies {
     pub programs: Programs,
     pub redaction: HashMap<String, RedactionRule>,
     /// Per type: tiers of element paths (see `service-dates.toml`).
-    pub dates: HashMap<String, Vec<Vec<Vec<String>>>>,
+    pub dates: HashMap<String, DateTiers>,
     pub prior_auth: PriorAuth,
     pub financial: Financial,
     /// Where each file came from (`built-in` or a path), for the startup log.
@@ -497,7 +501,7 @@ fn load_programs(src: &mut Source<'_>) -> Result<Programs, PolicyError> {
     Ok(programs)
 }
 
-fn load_dates(src: &mut Source<'_>) -> Result<HashMap<String, Vec<Vec<Vec<String>>>>, PolicyError> {
+fn load_dates(src: &mut Source<'_>) -> Result<HashMap<String, DateTiers>, PolicyError> {
     let dates_file: HashMap<String, DatesEntry> = src.toml("service-dates.toml")?;
     let mut dates = HashMap::new();
     for (resource_type, entry) in dates_file {
