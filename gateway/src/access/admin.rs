@@ -69,56 +69,9 @@ pub async fn route(access: &Access, req: Request<Incoming>) -> Result<Response<B
             tracing::info!(patient = %patient, existed, "opt-out withdrawn");
             Ok(respond::empty(StatusCode::NO_CONTENT))
         }
-        (&Method::POST, "/admin/attribution") => {
-            let body = read_body(req, MAX_ROSTER_BYTES).await?;
-            let groups = attribution::parse_roster_upload(&body, &access.refs)
-                .map_err(|why| GatewayError::bad_request(format!("attribution roster: {why}")))?;
-            let rows: Vec<(String, String, String)> =
-                groups.iter().map(|(g, text)| (g.id.clone(), g.organization.clone(), text.clone())).collect();
-            state::put_rosters(&access.store, &rows).await.map_err(super::state_unavailable)?;
-            access.invalidate_snapshot().await?;
-            let summary: Vec<_> = groups
-                .iter()
-                .map(|(g, _)| {
-                    json!({"group": format!("Group/{}", g.id), "organization": g.organization,
-                           "members": g.entries, "active": g.active.len()})
-                })
-                .collect();
-            tracing::info!(groups = rows.len(), "attribution rosters stored");
-            Ok(respond::json(StatusCode::OK, json!({ "stored": summary }).to_string()))
-        }
-        (&Method::GET, "/admin/attribution") => {
-            let rows = state::roster_rows(&access.store).await.map_err(super::state_unavailable)?;
-            let rosters = attribution::index_rosters(rows, &access.refs);
-            let mut list: Vec<_> = rosters
-                .iter()
-                .flat_map(|(org, r)| {
-                    r.groups.values().map(move |g| {
-                        json!({"group": format!("Group/{}", g.group.id), "organization": org,
-                               "members": g.group.entries, "active": g.group.active.len()})
-                    })
-                })
-                .collect();
-            list.sort_by(|a, b| a["group"].as_str().cmp(&b["group"].as_str()));
-            let cached: Vec<String> = access.upstream_sets.iter().map(|(k, _)| (*k).clone()).collect();
-            Ok(respond::json(
-                StatusCode::OK,
-                json!({ "rosters": list, "upstream_cached": cached }).to_string(),
-            ))
-        }
-        (&Method::POST, "/admin/attribution/refresh") => {
-            state::bump_attribution(&access.store).await.map_err(super::state_unavailable)?;
-            let organizations: Vec<String> = access.upstream_sets.iter().map(|(k, _)| (*k).clone()).collect();
-            access.upstream_sets.invalidate_all();
-            access.invalidate_snapshot().await?;
-            let mut loaded = Vec::new();
-            for organization in organizations {
-                let scope = access.scope(&organization).await?;
-                loaded.push(json!({"organization": organization, "groups": scope.groups()}));
-            }
-            tracing::info!(organizations = loaded.len(), "attribution refreshed");
-            Ok(respond::json(StatusCode::OK, json!({ "refreshed": loaded }).to_string()))
-        }
+        (&Method::POST, "/admin/attribution") => upload_rosters(access, req).await,
+        (&Method::GET, "/admin/attribution") => list_rosters(access).await,
+        (&Method::POST, "/admin/attribution/refresh") => refresh_attribution(access).await,
         (&Method::DELETE, p) if p.starts_with("/admin/attribution/") => {
             let id = decode(&p["/admin/attribution/".len()..])?;
             let id = id.strip_prefix("Group/").unwrap_or(&id).to_owned();
@@ -135,6 +88,61 @@ pub async fn route(access: &Access, req: Request<Incoming>) -> Result<Response<B
         }
         _ => Err(GatewayError::of(Kind::MethodNotAllowed, "method not allowed on this admin endpoint")),
     }
+}
+
+/// `POST /admin/attribution`: store the uploaded roster Groups.
+async fn upload_rosters(access: &Access, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let body = read_body(req, MAX_ROSTER_BYTES).await?;
+    let groups = attribution::parse_roster_upload(&body, &access.refs)
+        .map_err(|why| GatewayError::bad_request(format!("attribution roster: {why}")))?;
+    let rows: Vec<(String, String, String)> =
+        groups.iter().map(|(g, text)| (g.id.clone(), g.organization.clone(), text.clone())).collect();
+    state::put_rosters(&access.store, &rows).await.map_err(super::state_unavailable)?;
+    access.invalidate_snapshot().await?;
+    let summary: Vec<_> = groups
+        .iter()
+        .map(|(g, _)| {
+            json!({"group": format!("Group/{}", g.id), "organization": g.organization,
+                   "members": g.entries, "active": g.active.len()})
+        })
+        .collect();
+    tracing::info!(groups = rows.len(), "attribution rosters stored");
+    Ok(respond::json(StatusCode::OK, json!({ "stored": summary }).to_string()))
+}
+
+/// `GET /admin/attribution`: the stored rosters and the organizations whose
+/// upstream attribution is cached.
+async fn list_rosters(access: &Access) -> Result<Response<Body>, GatewayError> {
+    let rows = state::roster_rows(&access.store).await.map_err(super::state_unavailable)?;
+    let rosters = attribution::index_rosters(rows, &access.refs);
+    let mut list: Vec<_> = rosters
+        .iter()
+        .flat_map(|(org, r)| {
+            r.groups.values().map(move |g| {
+                json!({"group": format!("Group/{}", g.group.id), "organization": org,
+                       "members": g.group.entries, "active": g.group.active.len()})
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| a["group"].as_str().cmp(&b["group"].as_str()));
+    let cached: Vec<String> = access.upstream_sets.iter().map(|(k, _)| (*k).clone()).collect();
+    Ok(respond::json(StatusCode::OK, json!({ "rosters": list, "upstream_cached": cached }).to_string()))
+}
+
+/// `POST /admin/attribution/refresh`: read every cached organization's
+/// attribution from the upstream again.
+async fn refresh_attribution(access: &Access) -> Result<Response<Body>, GatewayError> {
+    state::bump_attribution(&access.store).await.map_err(super::state_unavailable)?;
+    let organizations: Vec<String> = access.upstream_sets.iter().map(|(k, _)| (*k).clone()).collect();
+    access.upstream_sets.invalidate_all();
+    access.invalidate_snapshot().await?;
+    let mut loaded = Vec::new();
+    for organization in organizations {
+        let scope = access.scope(&organization).await?;
+        loaded.push(json!({"organization": organization, "groups": scope.groups()}));
+    }
+    tracing::info!(organizations = loaded.len(), "attribution refreshed");
+    Ok(respond::json(StatusCode::OK, json!({ "refreshed": loaded }).to_string()))
 }
 
 fn decode(raw: &str) -> Result<String, GatewayError> {

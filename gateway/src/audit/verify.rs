@@ -105,17 +105,7 @@ pub fn verify_with_anchors(dir: &Path, anchors: &[Anchor]) -> Result<Intact, Bro
     let mut prev = ZERO_HASH.to_owned();
     for (first, path) in &files {
         if *first != expected {
-            let why = if *first > expected {
-                format!(
-                    "records {expected}..{} are missing: this file starts at seq {first} (a file was removed or truncated)",
-                    first - 1
-                )
-            } else {
-                format!(
-                    "this file's name says it starts at seq {first}, but the chain is at seq {expected} (a file was inserted or renamed)"
-                )
-            };
-            return Err(broken(expected, Some(path), 0, why));
+            return Err(broken(expected, Some(path), 0, misplaced_file(*first, expected)));
         }
         let file =
             File::open(path).map_err(|e| broken(expected, Some(path), 0, format!("cannot open: {e}")))?;
@@ -142,34 +132,7 @@ pub fn verify_with_anchors(dir: &Path, anchors: &[Anchor]) -> Result<Intact, Bro
             }
             let text = std::str::from_utf8(&buf[..buf.len() - 1])
                 .map_err(|_| fail("the line is not UTF-8".into()))?;
-            let line = Line::parse(text).map_err(fail)?;
-            if line.seq != expected {
-                let why = if line.seq > expected {
-                    format!(
-                        "found seq {} where seq {expected} was expected: a record was removed or reordered",
-                        line.seq
-                    )
-                } else {
-                    format!(
-                        "found seq {} again after seq {}: a record was inserted or reordered",
-                        line.seq,
-                        expected - 1
-                    )
-                };
-                return Err(fail(why));
-            }
-            if line.prev != prev {
-                return Err(fail("prev is not the hash of the previous record: a record was removed, inserted or reordered".into()));
-            }
-            if !line.hash_matches() {
-                return Err(fail("hash does not match the record: the record was edited".into()));
-            }
-            if let Some(anchor) = anchors.iter().find(|a| a.seq == line.seq && a.hash != line.hash) {
-                return Err(fail(format!(
-                    "the record's hash is not the anchored {}: the chain was rewritten and its hashes recomputed",
-                    anchor.hash
-                )));
-            }
+            let line = checked_line(text, expected, &prev, anchors).map_err(fail)?;
             prev = line.hash;
             expected += 1;
         }
@@ -187,6 +150,61 @@ pub fn verify_with_anchors(dir: &Path, anchors: &[Anchor]) -> Result<Intact, Bro
         ));
     }
     Ok(Intact { records: expected - 1, files: files.len(), last_seq: expected - 1, head: prev })
+}
+
+/// One record read, checked against the chain: its seq, its link to the
+/// previous record, its own hash, and any anchor for its seq.
+fn checked_line<'a>(
+    text: &'a str,
+    expected: u64,
+    prev: &str,
+    anchors: &[Anchor],
+) -> Result<Line<'a>, String> {
+    let line = Line::parse(text)?;
+    if line.seq != expected {
+        let why = if line.seq > expected {
+            format!(
+                "found seq {} where seq {expected} was expected: a record was removed or reordered",
+                line.seq
+            )
+        } else {
+            format!(
+                "found seq {} again after seq {}: a record was inserted or reordered",
+                line.seq,
+                expected - 1
+            )
+        };
+        return Err(why);
+    }
+    if line.prev != prev {
+        return Err(
+            "prev is not the hash of the previous record: a record was removed, inserted or reordered".into(),
+        );
+    }
+    if !line.hash_matches() {
+        return Err("hash does not match the record: the record was edited".into());
+    }
+    if let Some(anchor) = anchors.iter().find(|a| a.seq == line.seq && a.hash != line.hash) {
+        return Err(format!(
+            "the record's hash is not the anchored {}: the chain was rewritten and its hashes recomputed",
+            anchor.hash
+        ));
+    }
+    Ok(line)
+}
+
+/// Why a file's first seq (from its name) is not where the chain is.
+fn misplaced_file(first: u64, expected: u64) -> String {
+    if first > expected {
+        format!(
+            "records {expected}..{} are missing: this file starts at seq {first} (a file was removed or truncated)",
+            first - 1
+        )
+    } else {
+        format!(
+            "this file's name says it starts at seq {first}, but the chain is at seq {expected} (a file was inserted or renamed)"
+        )
+    }
 }
 
 #[cfg(test)]

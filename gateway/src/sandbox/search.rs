@@ -140,6 +140,56 @@ fn parse_include(
     }))
 }
 
+/// `_sort=a,-b`: by `_id`, `_lastUpdated` or a date parameter.
+fn parse_sort(rtype: &str, value: &str, lenient: bool) -> Result<Vec<(SortKey, bool)>, Refusal> {
+    let mut sort = Vec::new();
+    for field in split_values(value) {
+        let (desc, field) = match field.strip_prefix('-') {
+            Some(f) => (true, f.to_owned()),
+            None => (false, field),
+        };
+        let sort_key = match field.as_str() {
+            "_id" => SortKey::Id,
+            "_lastUpdated" => SortKey::LastUpdated,
+            f => match params::param(rtype, f) {
+                Some(def) if def.kind == Kind::Date => SortKey::Param(def.name),
+                _ if lenient => continue,
+                _ => return Err(unsupported(format!("_sort by {f} is not supported"))),
+            },
+        };
+        sort.push((sort_key, desc));
+    }
+    Ok(sort)
+}
+
+/// One criterion of a known parameter; `None` when an unsupported modifier
+/// is ignored (`lenient`).
+fn parse_criterion(
+    def: &'static ParamDef,
+    name: &str,
+    modifier: Option<&str>,
+    value: &str,
+    lenient: bool,
+) -> Result<Option<Criterion>, Refusal> {
+    if let Some(m) = modifier
+        && !modifier_ok(def, m)
+    {
+        if lenient {
+            return Ok(None);
+        }
+        return Err(unsupported(format!("modifier {name}:{m} is not supported")));
+    }
+    let values = split_values(value);
+    for v in &values {
+        validate_value(def, modifier, v)?;
+    }
+    let ref_keys = match def.kind {
+        Kind::Reference => values.iter().flat_map(|v| reference_keys(def, modifier, v)).collect(),
+        _ => Vec::new(),
+    };
+    Ok(Some(Criterion { def, modifier: modifier.map(str::to_owned), values, ref_keys }))
+}
+
 impl Search {
     /// Parse `pairs` (decoded query/form parameters) for a search of `rtype`.
     /// Unknown parameters are refused unless `lenient`, then ignored.
@@ -185,22 +235,7 @@ impl Search {
                     search.link_params.push((key.clone(), value.clone()));
                 }
                 "_sort" => {
-                    for field in split_values(value) {
-                        let (desc, field) = match field.strip_prefix('-') {
-                            Some(f) => (true, f.to_owned()),
-                            None => (false, field),
-                        };
-                        let sort_key = match field.as_str() {
-                            "_id" => SortKey::Id,
-                            "_lastUpdated" => SortKey::LastUpdated,
-                            f => match params::param(rtype, f) {
-                                Some(def) if def.kind == Kind::Date => SortKey::Param(def.name),
-                                _ if lenient => continue,
-                                _ => return Err(unsupported(format!("_sort by {f} is not supported"))),
-                            },
-                        };
-                        search.sort.push((sort_key, desc));
-                    }
+                    search.sort.extend(parse_sort(rtype, value, lenient)?);
                     search.link_params.push((key.clone(), value.clone()));
                 }
                 _ if value.is_empty() => {} // empty parameters are ignored (FHIR search rules)
@@ -216,30 +251,10 @@ impl Search {
                 }
                 _ => match params::param(rtype, name) {
                     Some(def) => {
-                        if let Some(m) = modifier
-                            && !modifier_ok(def, m)
-                        {
-                            if lenient {
-                                continue;
-                            }
-                            return Err(unsupported(format!("modifier {name}:{m} is not supported")));
-                        }
-                        let values = split_values(value);
-                        for v in &values {
-                            validate_value(def, modifier, v)?;
-                        }
-                        let ref_keys = match def.kind {
-                            Kind::Reference => {
-                                values.iter().flat_map(|v| reference_keys(def, modifier, v)).collect()
-                            }
-                            _ => Vec::new(),
+                        let Some(criterion) = parse_criterion(def, name, modifier, value, lenient)? else {
+                            continue;
                         };
-                        search.criteria.push(Criterion {
-                            def,
-                            modifier: modifier.map(str::to_owned),
-                            values,
-                            ref_keys,
-                        });
+                        search.criteria.push(criterion);
                         search.link_params.push((key.clone(), value.clone()));
                     }
                     None if lenient => {}
