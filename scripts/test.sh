@@ -13,6 +13,9 @@ python3 examples/dataset/generate.py --check
 echo "== non-interference data is what its generator writes"
 python3 tests/noninterference/generate.py --check
 
+echo "== the module graph has no import cycles"
+python3 scripts/module-cycles.py
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -1,6 +1,6 @@
 //! The one gateway error: who is at fault, which HTTP status, which
 //! OperationOutcome issue code. Every module's own error converts into it, and it
-//! is turned into a response at exactly one edge (`server::respond_error`).
+//! is turned into a response at exactly one edge (`respond::error`).
 
 use http::StatusCode;
 

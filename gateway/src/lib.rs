@@ -1,6 +1,7 @@
 //! fhirwall: a CMS-0057-F Provider Access gateway in front of any FHIR R4 server.
 //!
-//! One module per capability, each owning its types. Data flows one way:
+//! One module per capability, each owning its types; no two modules import
+//! each other. Data flows one way:
 //! request -> auth -> parse (`fhir`) -> access -> upstream (`proxy`) -> filter
 //! chain -> audit -> response, composed in `server::pipeline`.
 //!
@@ -11,7 +12,11 @@
 //! - `proxy`: the pooled upstream client, deadlines and URL rewriting.
 //! - `redact`: 42 CFR Part 2, financial stripping, service-date floor, prior
 //!   authorizations: what of each resource may leave (policies/ as data).
-//! - `server`: listeners, TLS, graceful shutdown, the FHIR request pipeline.
+//! - `gateway`: the shared state every handler holds, built once at startup.
+//! - `listener`: accept loop, connection limit, TLS, graceful drain.
+//! - `respond`: responses, and the one edge where an error becomes an
+//!   OperationOutcome (its status comes from the error's kind).
+//! - `server`: runs both listeners; the FHIR request pipeline.
 //! - `access`: attribution, opt-outs, request decisions and the response filter.
 //! - `auth`: SMART Backend Services: token endpoint, clients, token checks, scopes.
 //! - `admin`: the operator API on its own listener (health, metrics, ...).
@@ -19,6 +24,7 @@
 //! - `store`: persistent state in SQLite or PostgreSQL.
 //! - `sandbox`: the built-in demo/test FHIR server (not the product).
 //! - `plugins`: the WebAssembly plugin host (matcher and policy worlds).
+//! - `plugin_cli`: `fhirwall match` and `fhirwall plugin test|check`.
 //! - `ops`: FHIR operations fhirwall implements itself (`$member-match`).
 //! - `telemetry`: logging and Prometheus metrics.
 
@@ -31,11 +37,15 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod fhir;
+pub mod gateway;
+pub mod listener;
 pub mod net;
 pub mod ops;
+pub mod plugin_cli;
 pub mod plugins;
 pub mod proxy;
 pub mod redact;
+pub mod respond;
 pub mod sandbox;
 pub mod server;
 pub mod store;

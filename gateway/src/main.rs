@@ -159,18 +159,18 @@ struct PluginLimitArgs {
 }
 
 impl PluginLimitArgs {
-    fn limits(&self) -> fhirwall::plugins::cli::Limits {
-        fhirwall::plugins::cli::Limits { memory_mb: self.memory_mb, timeout_ms: self.timeout_ms }
+    fn limits(&self) -> fhirwall::plugin_cli::Limits {
+        fhirwall::plugin_cli::Limits { memory_mb: self.memory_mb, timeout_ms: self.timeout_ms }
     }
 }
 
 fn plugin_command(command: PluginCommand) -> ExitCode {
     let result = match command {
         PluginCommand::Test { plugin, fixtures, limits } => {
-            fhirwall::plugins::cli::test(&plugin, &fixtures, limits.limits())
+            fhirwall::plugin_cli::test(&plugin, &fixtures, limits.limits())
         }
         PluginCommand::Check { plugin, limits } => {
-            fhirwall::plugins::cli::check(&plugin, limits.limits()).map(|()| true)
+            fhirwall::plugin_cli::check(&plugin, limits.limits()).map(|()| true)
         }
     };
     match result {
@@ -325,12 +325,12 @@ fn main() -> ExitCode {
         // plugins
         Command::Plugin(command) => return plugin_command(command),
         Command::Match { plugin, members, queries, memory_mb, timeout_ms, threads } => {
-            fhirwall::plugins::cli::run_match(
+            fhirwall::plugin_cli::run_match(
                 &plugin,
                 &members,
                 &queries,
-                fhirwall::plugins::cli::Limits { memory_mb, timeout_ms },
-                threads.unwrap_or_else(fhirwall::plugins::cli::default_threads),
+                fhirwall::plugin_cli::Limits { memory_mb, timeout_ms },
+                threads.unwrap_or_else(fhirwall::plugin_cli::default_threads),
             )
         }
         Command::Serve { config } => serve(config),

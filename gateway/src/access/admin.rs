@@ -24,7 +24,7 @@ use serde_json::json;
 use super::{Access, attribution, state};
 use crate::error::{GatewayError, Kind};
 use crate::fhir::search::is_fhir_id;
-use crate::server::respond::{self, Body};
+use crate::respond::{self, Body};
 
 /// Largest roster upload (a 100,000-member Group is about 10 MB).
 const MAX_ROSTER_BYTES: usize = 256 * 1024 * 1024;

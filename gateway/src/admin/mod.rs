@@ -10,9 +10,9 @@ use hyper::Request;
 use hyper::body::Incoming;
 
 use crate::error::{GatewayError, Kind};
-use crate::server::Gateway;
-use crate::server::listener::Handler;
-use crate::server::respond::{self, Body};
+use crate::gateway::Gateway;
+use crate::listener::Handler;
+use crate::respond::{self, Body};
 
 pub struct AdminHandler {
     gw: Arc<Gateway>,

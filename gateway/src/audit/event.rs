@@ -332,7 +332,9 @@ impl AuditRecord {
         agents
     }
 
-    fn entities(&self) -> Vec<Entity<'_>> {
+    /// The request entity's details: what was asked, how it ended, and
+    /// what the stages withheld or changed (counts per reason).
+    fn request_details(&self) -> Vec<Detail> {
         let mut details = Vec::new();
         let mut add = |name: Cow<'static, str>, value: String| {
             details.push(Detail { type_: name, value_string: value })
@@ -367,6 +369,11 @@ impl AuditRecord {
         for (name, value) in &self.details {
             add(Cow::Borrowed(*name), value.clone());
         }
+        details
+    }
+
+    fn entities(&self) -> Vec<Entity<'_>> {
+        let details = self.request_details();
         let mut entities = vec![Entity {
             what: Reference {
                 identifier: Some(Identifier { system: "urn:fhirwall:request-id", value: &self.request_id }),

@@ -27,7 +27,6 @@
 //! gets a fresh instance.
 
 mod bindings;
-pub mod cli;
 pub mod engine;
 pub mod index;
 pub mod matcher;

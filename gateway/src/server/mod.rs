@@ -1,16 +1,13 @@
-//! The server: builds the gateway from its config, runs the FHIR and admin
-//! listeners, and shuts both down gracefully on SIGTERM/SIGINT.
+//! The server: runs the FHIR and admin listeners over one [`Gateway`], and
+//! shuts both down gracefully on SIGTERM/SIGINT.
 //!
-//! - `listener`: accept loop, connection limit, TLS, graceful drain.
 //! - `pipeline`: the FHIR request pipeline, stage by stage.
-//! - `respond`: responses and OperationOutcome errors.
+//!
+//! The accept loop is `crate::listener`, responses are `crate::respond`.
 
-pub mod listener;
 pub mod pipeline;
-pub mod respond;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,147 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::fhir::ParseOptions;
-use crate::proxy::{PageSealer, Upstream};
-use crate::sandbox;
-use crate::store::Store;
-use crate::telemetry::Metrics;
-
-/// How long a paging link stays valid.
-const PAGE_TOKEN_TTL: Duration = Duration::from_secs(3600);
-
-/// Everything a request handler needs, built once at startup.
-/// How long a referenced resource's Part 2 classification is reused.
-pub const PART2_TARGET_TTL: std::time::Duration = std::time::Duration::from_secs(30);
-/// How long an organization's visible patients' identifiers are reused.
-pub const MEMBER_IDS_TTL: std::time::Duration = std::time::Duration::from_secs(300);
-
-pub struct Gateway {
-    pub config: Config,
-    /// Path of the FHIR base (`/fhir`), no trailing slash ("" for the root).
-    pub base_path: String,
-    /// The public FHIR base URL, no trailing slash.
-    pub public_base: String,
-    pub upstream: Upstream,
-    pub pages: PageSealer,
-    /// WebAssembly plugins: the matcher and the policy chain.
-    pub plugins: Arc<crate::plugins::Plugins>,
-    pub store: Store,
-    /// SMART Backend Services: token endpoint, clients, token checks.
-    pub auth: crate::auth::Auth,
-    pub metrics: Arc<Metrics>,
-    pub parse_options: ParseOptions,
-    /// The admin bearer token; `None` locks every authenticated admin endpoint.
-    pub admin_token: Option<String>,
-    /// The audit log every request is recorded in before it is answered.
-    pub audit: crate::audit::AuditLog,
-    /// Attribution, opt-outs, request decisions and the response filter.
-    pub access: Arc<crate::access::Access>,
-    /// Part 2, drug PAs, service-date floor, financial stripping.
-    pub redactor: Arc<crate::redact::Redactor>,
-    /// `$member-match` brute-force budgets (HREX-10), kept in the store.
-    pub match_throttle: crate::ops::throttle::MatchThrottle,
-    /// Referenced resources already classified for Part 2 (`Type/id` ->
-    /// withheld), shared by requests for [`PART2_TARGET_TTL`]: a record that
-    /// becomes Part 2 upstream withholds its referrers within that time.
-    pub part2_targets: moka::sync::Cache<String, bool>,
-    /// Per organization: its visible patients' identifiers, for references
-    /// given by identifier only (`pipeline::identifiers`).
-    pub member_ids: moka::future::Cache<String, Arc<std::collections::HashMap<String, String>>>,
-    ready: AtomicBool,
-    /// Keeps the built-in sandbox running when `upstream.url = "sandbox"`.
-    _sandbox: Option<sandbox::SandboxHandle>,
-}
-
-impl Gateway {
-    /// Build the gateway: open the store, start the sandbox if configured,
-    /// set up the upstream client.
-    pub async fn build(config: Config, admin_token: Option<String>) -> anyhow::Result<Arc<Gateway>> {
-        let public_base = config.server.base_url.as_str().trim_end_matches('/').to_owned();
-        let base_path = config.server.base_url.path().trim_end_matches('/').to_owned();
-
-        // redact: the policy data first; invalid data stops startup.
-        let redactor = crate::redact::Redactor::new(&config.policy).context("policy")?;
-        for (file, from) in &redactor.policies().sources {
-            tracing::debug!(file = %file, from = %from, "policy file");
-        }
-        let audit = open_audit(&config).await?;
-        let store = Store::open(&config.state.url).await.context("state.url")?;
-        let page_key = store.shared_secret("page-token-key").await.context("state: page token key")?;
-        let auth = crate::auth::Auth::new(&config, &store).await.context("auth")?;
-        let match_throttle = crate::ops::throttle::MatchThrottle::new(
-            store.clone(),
-            crate::ops::throttle::Budgets::from_config(&config.member_match),
-        )
-        .await
-        .context("state: member-match throttle")?;
-
-        let (upstream_base, sandbox) = if config.upstream.is_sandbox() {
-            let data = Arc::new(sandbox::Sandbox::builtin().context("loading the sandbox dataset")?);
-            let handle = sandbox::start(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), data)
-                .await
-                .context("starting the built-in sandbox upstream")?;
-            (handle.base_url().to_owned(), Some(handle))
-        } else {
-            (config.upstream.url.clone(), None)
-        };
-        let upstream = Upstream::new(&config.upstream, &upstream_base, &public_base)?;
-        // access: attribution is loaded per organization on first
-        // use and refreshed every attribution.refresh_s in the background.
-        let access = crate::access::Access::new(&config, store.clone(), upstream.clone(), &public_base)
-            .context("access")?;
-        access.spawn_refresher();
-
-        let admin_token =
-            admin_token.or_else(|| std::env::var(&config.admin.token_env).ok()).filter(|t| !t.is_empty());
-        if admin_token.is_none() {
-            tracing::warn!(
-                env = %config.admin.token_env,
-                "no admin token in the environment: the admin API refuses every authenticated call"
-            );
-        }
-        // plugins: compiled (or taken from the compile cache) and
-        // type-checked now; a plugin that does not load stops startup.
-        let plugins = load_plugins(&config).await?;
-
-        // redact: programs known by one name are matched by both (looked up
-        // on the upstream in the background; answers wait for it).
-        let redactor = Arc::new(redactor);
-        crate::redact::resolve::spawn(redactor.clone(), upstream.clone());
-
-        Ok(Arc::new(Gateway {
-            parse_options: ParseOptions { allow_writes: config.server.allow_writes },
-            config,
-            base_path,
-            public_base,
-            upstream,
-            pages: PageSealer::new(&page_key, PAGE_TOKEN_TTL),
-            plugins,
-            store,
-            auth,
-            metrics: Arc::new(Metrics::default()),
-            admin_token,
-            audit,
-            access,
-            redactor,
-            match_throttle,
-            part2_targets: moka::sync::Cache::builder()
-                .max_capacity(200_000)
-                .time_to_live(PART2_TARGET_TTL)
-                .build(),
-            member_ids: moka::future::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(MEMBER_IDS_TTL)
-                .build(),
-            ready: AtomicBool::new(false),
-            _sandbox: sandbox,
-        }))
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-}
+use crate::gateway::Gateway;
+use crate::listener;
 
 /// Run both listeners until a shutdown signal, then drain.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -232,43 +90,13 @@ pub async fn run_until(
         Arc::new(crate::admin::AdminHandler::new(gateway.clone())),
         stop,
     );
-    gateway.ready.store(true, Ordering::Relaxed);
+    gateway.mark_ready();
     tokio::join!(fhir, admin);
     if let Err(e) = gateway.audit.record(&crate::audit::AuditRecord::application(false)).await {
         tracing::error!(error = %e, "audit: cannot record the stop");
     }
     tracing::info!("fhirwall stopped");
     Ok(())
-}
-
-/// Load the `[[plugins]]` (compiling on a blocking thread) and watch their files.
-async fn load_plugins(config: &Config) -> anyhow::Result<Arc<crate::plugins::Plugins>> {
-    if config.plugins.is_empty() {
-        return Ok(Arc::new(crate::plugins::Plugins::none()?));
-    }
-    let configs = config.plugins.clone();
-    let cache = crate::plugins::cache_dir(&config.state.url);
-    let plugins = tokio::task::spawn_blocking(move || crate::plugins::Plugins::load(&configs, Some(cache)))
-        .await
-        .context("plugins: load task")??;
-    let plugins = Arc::new(plugins);
-    plugins.spawn_watcher();
-    Ok(plugins)
-}
-
-/// Open the audit log (recovering a crash's torn tail) and record the start.
-async fn open_audit(config: &Config) -> anyhow::Result<crate::audit::AuditLog> {
-    let (audit, recovery) = crate::audit::AuditLog::open(&config.audit.dir, config.audit.rotate_bytes)
-        .with_context(|| format!("audit.dir {}", config.audit.dir.display()))?;
-    let mut start = crate::audit::AuditRecord::application(true);
-    if recovery.torn_bytes > 0 {
-        start.detail("recovered.torn-bytes", recovery.torn_bytes.to_string());
-    }
-    if recovery.last_record_damaged {
-        start.detail("recovered.last-record-damaged", "true");
-    }
-    audit.record(&start).await.context("audit: cannot record the start")?;
-    Ok(audit)
 }
 
 async fn wait_for_signal() {

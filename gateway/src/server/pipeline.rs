@@ -20,14 +20,14 @@ use http_body_util::{BodyExt, Limited};
 use hyper::Request;
 use hyper::body::Incoming;
 
-use super::Gateway;
-use super::listener::Handler;
-use super::respond::{self, Body};
 use crate::audit::AuditRecord;
 use crate::error::{Blame, GatewayError, Kind};
 use crate::fhir::request::{self, FhirRequest, Interaction, Operation, RequestParts};
 use crate::fhir::{SearchParam, SearchParams};
+use crate::gateway::Gateway;
+use crate::listener::Handler;
 use crate::proxy::UpstreamRequest;
+use crate::respond::{self, Body};
 
 mod answer;
 mod identifiers;
@@ -164,6 +164,13 @@ impl Handler for FhirHandler {
     }
 }
 
+/// A request at the front door: answered there, or admitted with the path
+/// below the FHIR base and who is asking (`None`: the public `metadata`).
+enum FrontDoor {
+    Answered(&'static str, Result<Response<Body>, GatewayError>),
+    Admitted { req: Request<Incoming>, below_base: String, principal: Option<Arc<crate::auth::Principal>> },
+}
+
 impl FhirHandler {
     /// The pipeline. Returns the interaction name (for metrics) and the
     /// answer; fills `record` (audit) with who asked and what for.
@@ -174,32 +181,9 @@ impl FhirHandler {
         record: &mut AuditRecord,
     ) -> (&'static str, Result<Response<Body>, GatewayError>) {
         let gw = &self.gw;
-        // auth: the token endpoint is outside the FHIR base.
-        if req.uri().path() == crate::auth::TOKEN_PATH {
-            let (response, token) = gw.auth.token_endpoint(req).await;
-            record.set_token(token);
-            return ("token", Ok(response));
-        }
-        let Some(below_base) = below_base(req.uri().path(), &gw.base_path) else {
-            return ("unrouted", Err(GatewayError::not_found("no FHIR endpoint at this path")));
-        };
-        let below_base = below_base.to_owned();
-        // auth: discovery and metadata are public; everything
-        // else is authenticated before it is even parsed.
-        if below_base == ".well-known/smart-configuration" {
-            record.set_interaction("smart-configuration");
-            return ("smart-configuration", Ok(gw.auth.smart_configuration_response(req.method())));
-        }
-        let principal = if below_base == "metadata" {
-            None
-        } else {
-            match gw.auth.authenticate(req.headers()).await {
-                Ok(principal) => Some(principal),
-                Err(err) => {
-                    record.set_interaction("unauthenticated");
-                    return ("unauthenticated", Err(err));
-                }
-            }
+        let (req, below_base, principal) = match self.front_door(req, record).await {
+            FrontDoor::Answered(name, result) => return (name, result),
+            FrontDoor::Admitted { req, below_base, principal } => (req, below_base, principal),
         };
         if let Some(principal) = &principal {
             record.set_principal(principal);
@@ -254,6 +238,44 @@ impl FhirHandler {
         let (head, chained) = (fhir.head, fhir.interaction.is_chained());
         let result = self.dispatch(&ctx, fhir, body, content_type).await;
         (name, self.settle(&ctx, result, chained, head, record).await)
+    }
+
+    /// What is answered before a request is parsed: the token endpoint
+    /// (outside the FHIR base), paths outside the base, SMART discovery;
+    /// every other request is authenticated here (`metadata` is public).
+    async fn front_door(&self, req: Request<Incoming>, record: &mut AuditRecord) -> FrontDoor {
+        let gw = &self.gw;
+        if req.uri().path() == crate::auth::TOKEN_PATH {
+            let (response, token) = gw.auth.token_endpoint(req).await;
+            record.set_token(token);
+            return FrontDoor::Answered("token", Ok(response));
+        }
+        let Some(below_base) = below_base(req.uri().path(), &gw.base_path) else {
+            return FrontDoor::Answered(
+                "unrouted",
+                Err(GatewayError::not_found("no FHIR endpoint at this path")),
+            );
+        };
+        let below_base = below_base.to_owned();
+        if below_base == ".well-known/smart-configuration" {
+            record.set_interaction("smart-configuration");
+            return FrontDoor::Answered(
+                "smart-configuration",
+                Ok(gw.auth.smart_configuration_response(req.method())),
+            );
+        }
+        let principal = if below_base == "metadata" {
+            None
+        } else {
+            match gw.auth.authenticate(req.headers()).await {
+                Ok(principal) => Some(principal),
+                Err(err) => {
+                    record.set_interaction("unauthenticated");
+                    return FrontDoor::Answered("unauthenticated", Err(err));
+                }
+            }
+        };
+        FrontDoor::Admitted { req, below_base, principal }
     }
 
     /// After the answer: the policy verdicts on answers outside the chain
@@ -320,28 +342,11 @@ impl FhirHandler {
                 return self.answer_search(ctx, first_page(resource_type, fhir.params.clone())).await;
             }
             Interaction::SearchCompartment { patient_id, resource_type } => {
-                // The loaded policy table (policy.dir over the built-in one), as the filter uses.
-                let param = match self.gw.access.policy().rule(resource_type) {
-                    crate::access::policy::TypeRule::Compartment(links) => links.narrow.clone(),
-                    _ => None,
-                }
-                .ok_or_else(|| {
-                    GatewayError::bad_request(format!("{resource_type} is not in the Patient compartment"))
-                })?;
-                let mut params = SearchParams::default();
-                params.push(SearchParam::single(param, format!("Patient/{patient_id}")));
-                params.params.extend(fhir.params.params.iter().cloned());
-                return self.answer_search(ctx, first_page(resource_type, params)).await;
+                let start = self.compartment_start(resource_type, patient_id, &fhir.params)?;
+                return self.answer_search(ctx, start).await;
             }
             Interaction::Page { token } => {
-                let page = self.gw.pages.open(&ctx.caller.binding, token)?;
-                let start = answer::SearchStart {
-                    resource_type: page.resource_type,
-                    cursor: crate::chain::page::Cursor { path: page.upstream_path, skip: page.skip },
-                    want: page.count.clamp(1, answer::MAX_PAGE),
-                    from_token: true,
-                };
-                return self.answer_search(ctx, start).await;
+                return self.answer_search(ctx, self.page_start(ctx, token)?).await;
             }
             Interaction::Operation(Operation::SystemExport) => {
                 return Err(GatewayError::forbidden(
@@ -374,6 +379,41 @@ impl FhirHandler {
             }
         };
         self.answer_write(ctx, upstream_request).await
+    }
+}
+
+impl FhirHandler {
+    /// `Patient/{id}/{type}` as a search on the type's compartment link
+    /// (the loaded policy table, `policy.dir` over the built-in one, as
+    /// the access stage uses).
+    fn compartment_start(
+        &self,
+        resource_type: &str,
+        patient_id: &str,
+        extra: &SearchParams,
+    ) -> Result<answer::SearchStart, GatewayError> {
+        let param = match self.gw.access.policy().rule(resource_type) {
+            crate::access::policy::TypeRule::Compartment(links) => links.narrow.clone(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            GatewayError::bad_request(format!("{resource_type} is not in the Patient compartment"))
+        })?;
+        let mut params = SearchParams::default();
+        params.push(SearchParam::single(param, format!("Patient/{patient_id}")));
+        params.params.extend(extra.params.iter().cloned());
+        Ok(first_page(resource_type, params))
+    }
+
+    /// A paging token fhirwall issued to this caller, opened.
+    fn page_start(&self, ctx: &RequestCtx, token: &str) -> Result<answer::SearchStart, GatewayError> {
+        let page = self.gw.pages.open(&ctx.caller.binding, token)?;
+        Ok(answer::SearchStart {
+            resource_type: page.resource_type,
+            cursor: crate::chain::page::Cursor { path: page.upstream_path, skip: page.skip },
+            want: page.count.clamp(1, answer::MAX_PAGE),
+            from_token: true,
+        })
     }
 }
 

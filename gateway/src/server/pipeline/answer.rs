@@ -22,7 +22,7 @@ use crate::error::GatewayError;
 use crate::fhir::bundle::RawObject;
 use crate::proxy::{UpstreamRequest, UpstreamResponse};
 use crate::redact::stage::{DataScope, Money, Part2References};
-use crate::server::respond::{self, Body};
+use crate::respond::{self, Body};
 
 /// Page size when the caller names none.
 pub const DEFAULT_COUNT: usize = 20;

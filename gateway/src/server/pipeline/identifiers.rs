@@ -5,7 +5,7 @@
 //!
 //! Read from the upstream's Patient resources of the organization's
 //! visible patients (`read_by_ids`, 100 at a time), kept per organization for
-//! `server::MEMBER_IDS_TTL`; visibility itself is checked on every use, so an
+//! `gateway::MEMBER_IDS_TTL`; visibility itself is checked on every use, so an
 //! opt-out takes effect at once. A patient attributed after the map was
 //! read is unknown until it is read again: its identifier-only links are
 //! withheld meanwhile (fail closed).

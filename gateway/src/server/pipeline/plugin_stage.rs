@@ -19,7 +19,7 @@ use crate::fhir::FhirRequest;
 use crate::ops::throttle::Settled;
 use crate::plugins::policy::{BodyOutcome, Decision};
 use crate::plugins::{PolicyContext, PolicyRun};
-use crate::server::respond::{self, Body};
+use crate::respond::{self, Body};
 
 impl FhirHandler {
     /// Run `on-request` of every policy plugin; the run is kept for the

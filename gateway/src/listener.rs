@@ -14,9 +14,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::telemetry::Metrics;
@@ -45,6 +45,47 @@ pub struct ListenerSettings {
     /// How long in-flight requests get after shutdown begins.
     pub grace: Duration,
     pub metrics: Arc<Metrics>,
+}
+
+/// One accepted connection: its TLS handshake (bounded), then HTTP until
+/// the client closes or the listener drains.
+struct Connection {
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    metrics: Arc<Metrics>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn serve<S>(self, stream: TcpStream, service: S, watcher: Watcher, permit: OwnedSemaphorePermit)
+    where
+        S: hyper::service::Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let Connection { builder, tls, metrics, peer } = self;
+        metrics.connection_opened();
+        match tls {
+            Some(acceptor) => {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
+                        let _ = watcher.watch(conn).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let _ = watcher.watch(conn).await;
+            }
+        }
+        metrics.connection_closed();
+        drop(permit);
+    }
 }
 
 /// Serve `listener` until `shutdown` flips to true, then drain for `grace`.
@@ -87,31 +128,9 @@ pub async fn serve<H: Handler>(
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
         });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            metrics.connection_opened();
-            match tls {
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                    .await
-                {
-                    Ok(Ok(tls_stream)) => {
-                        let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
-                        let _ = watcher.watch(conn).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    let _ = watcher.watch(conn).await;
-                }
-            }
-            metrics.connection_closed();
-            drop(permit);
-        });
+        let connection =
+            Connection { builder: builder.clone(), tls: tls.clone(), metrics: metrics.clone(), peer };
+        tokio::spawn(connection.serve(stream, service, graceful.watcher(), permit));
     }
 
     drop(listener);

@@ -10,11 +10,11 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use super::index::MemberIndex;
-use super::matcher::MatchInput;
-use super::policy::{Decision, PolicyContext, PolicyRun, Verdict};
-use super::{CandidateSource, Host, Loaded, MatchAnswer, MatchOutcome, MatcherPlugin, PolicyPlugin};
 use crate::config::{PluginConfig, PluginWorld};
+use crate::plugins::index::MemberIndex;
+use crate::plugins::matcher::MatchInput;
+use crate::plugins::policy::{Decision, PolicyContext, PolicyRun, Verdict};
+use crate::plugins::{CandidateSource, Host, Loaded, MatchAnswer, MatchOutcome, MatcherPlugin, PolicyPlugin};
 
 /// Limits for a plugin run from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +56,7 @@ pub fn detect_world(host: &Host, path: &Path) -> anyhow::Result<PluginWorld> {
 }
 
 fn host() -> anyhow::Result<Host> {
-    Host::new(super::engine::MAX_MEMORY_MB.min(1024), None)
+    Host::new(crate::plugins::engine::MAX_MEMORY_MB.min(1024), None)
 }
 
 fn load_matcher(host: &Host, path: &Path, limits: Limits) -> anyhow::Result<Arc<MatcherPlugin>> {
@@ -188,7 +188,7 @@ pub fn check(plugin: &Path, limits: Limits) -> anyhow::Result<()> {
     let wasm = std::fs::read(plugin)?;
     let component = wasmtime::component::Component::new(host.engine(), &wasm)?;
     println!("plugin   {}", plugin.display());
-    println!("sha256   {}", super::engine::digest(&wasm));
+    println!("sha256   {}", crate::plugins::engine::digest(&wasm));
     println!("size     {} bytes", wasm.len());
     println!(
         "world    fhirwall:plugin/{}@0.1.0",
@@ -324,66 +324,75 @@ pub fn test(plugin: &Path, fixtures: &Path, limits: Limits) -> anyhow::Result<bo
             let source: Arc<dyn CandidateSource> = Arc::new(MemberIndex::from_ndjson(&members)?);
             for line in cases.lines().filter(|l| !l.trim().is_empty()) {
                 let case: Value = serde_json::from_str(line).context("a case line is not JSON")?;
-                let request = case["request"].to_string();
-                let (_, result) = run_one(&matcher, &source, &request);
-                let got = answer_line(&case["id"], &result);
-                let expect = &case["expect"];
-                let mut problem = None;
-                for key in ["result", "member"] {
-                    if let Some(want) = expect.get(key)
-                        && got.get(key) != Some(want)
-                    {
-                        problem = Some(format!("expected {key} {want}, got {got}"));
-                    }
-                }
-                report(&case["id"], problem);
+                report(&case["id"], matcher_case_problem(&matcher, &source, &case));
             }
         }
         PluginWorld::Policy => {
             let policy = load_policy(&host, plugin, limits)?;
             for line in cases.lines().filter(|l| !l.trim().is_empty()) {
                 let case: Value = serde_json::from_str(line).context("a case line is not JSON")?;
-                let ctx = test_context(&case["context"]);
-                let mut run = PolicyRun::new(&ctx, vec![policy.clone()]);
-                let expect = &case["expect"];
-                let mut problem = None;
-                match run.on_request() {
-                    Err(e) => problem = Some(format!("on-request failed: {e}")),
-                    Ok(decision) => {
-                        let name = if decision == Decision::Allow { "allow" } else { "deny" };
-                        if let Some(want) = expect.get("decision").and_then(Value::as_str)
-                            && want != name
-                        {
-                            problem = Some(format!("expected decision {want}, got {decision:?}"));
-                        }
-                    }
-                }
-                if problem.is_none()
-                    && let Some(resource) = case.get("resource")
-                {
-                    match run.on_resource(&resource.to_string()) {
-                        Err(e) => problem = Some(format!("on-resource failed: {e}")),
-                        Ok(verdict) => {
-                            if let Some(want) = expect.get("verdict").and_then(Value::as_str)
-                                && want != verdict_name(&verdict)
-                            {
-                                problem = Some(format!("expected verdict {want}, got {verdict:?}"));
-                            }
-                            if let (Some(want), Verdict::Replace(text)) =
-                                (expect.get("replacement"), &verdict)
-                                && serde_json::from_str::<Value>(text).ok().as_ref() != Some(want)
-                            {
-                                problem = Some(format!("expected replacement {want}, got {text}"));
-                            }
-                        }
-                    }
-                }
-                report(&case["id"], problem);
+                report(&case["id"], policy_case_problem(&policy, &case));
             }
         }
     }
     println!("{passed} passed, {failed} failed");
     Ok(failed == 0)
+}
+
+/// What is wrong with a matcher's answer to one fixture case, if anything.
+fn matcher_case_problem(
+    matcher: &MatcherPlugin,
+    source: &Arc<dyn CandidateSource>,
+    case: &Value,
+) -> Option<String> {
+    let request = case["request"].to_string();
+    let (_, result) = run_one(matcher, source, &request);
+    let got = answer_line(&case["id"], &result);
+    let expect = &case["expect"];
+    let mut problem = None;
+    for key in ["result", "member"] {
+        if let Some(want) = expect.get(key)
+            && got.get(key) != Some(want)
+        {
+            problem = Some(format!("expected {key} {want}, got {got}"));
+        }
+    }
+    problem
+}
+
+/// What is wrong with a policy plugin's decision and verdict on one
+/// fixture case, if anything.
+fn policy_case_problem(policy: &Arc<PolicyPlugin>, case: &Value) -> Option<String> {
+    let ctx = test_context(&case["context"]);
+    let mut run = PolicyRun::new(&ctx, vec![policy.clone()]);
+    let expect = &case["expect"];
+    match run.on_request() {
+        Err(e) => return Some(format!("on-request failed: {e}")),
+        Ok(decision) => {
+            let name = if decision == Decision::Allow { "allow" } else { "deny" };
+            if let Some(want) = expect.get("decision").and_then(Value::as_str)
+                && want != name
+            {
+                return Some(format!("expected decision {want}, got {decision:?}"));
+            }
+        }
+    }
+    let resource = case.get("resource")?;
+    let verdict = match run.on_resource(&resource.to_string()) {
+        Err(e) => return Some(format!("on-resource failed: {e}")),
+        Ok(verdict) => verdict,
+    };
+    if let Some(want) = expect.get("verdict").and_then(Value::as_str)
+        && want != verdict_name(&verdict)
+    {
+        return Some(format!("expected verdict {want}, got {verdict:?}"));
+    }
+    if let (Some(want), Verdict::Replace(text)) = (expect.get("replacement"), &verdict)
+        && serde_json::from_str::<Value>(text).ok().as_ref() != Some(want)
+    {
+        return Some(format!("expected replacement {want}, got {text}"));
+    }
+    None
 }
 
 fn show_id(id: &Value) -> String {
