@@ -10,9 +10,8 @@
 //! make a record visible, and a dependent's record stays visible behind a
 //! hidden subscriber.
 
-use serde_json::Value;
-
 use super::disclosure::{Disclosure, Reason, Verdict};
+use super::tape::{Kind, Node};
 
 /// Top-level members whose patient links are judged by the access stage.
 const PAYER_LINKS: &[&str] = &["payee", "subscriber", "policyHolder", "payor"];
@@ -20,10 +19,10 @@ const PAYER_LINKS: &[&str] = &["payee", "subscriber", "policyHolder", "payor"];
 const PATIENT_IDENTIFIER_TYPES: &[&str] = &["MB", "MR", "MA", "MC", "SN", "PI", "PT", "SB"];
 
 /// Does `resource` name a patient for whom `visible` is false, or a patient
-/// by identifier only?
+/// by identifier only? Unreadable text counts as naming one.
 pub fn names_hidden_patient(resource: &str, visible: &dyn Fn(&str) -> bool, resolve: Resolve<'_>) -> bool {
-    match crate::fhir::bundle::RawObject::parse(resource) {
-        Ok(object) => object_names_hidden_patient(resource, &object, visible, resolve),
+    match super::strict::read(resource) {
+        Ok(tape) => node_names_hidden_patient(tape.root(), visible, resolve),
         Err(_) => true,
     }
 }
@@ -32,50 +31,20 @@ pub fn names_hidden_patient(resource: &str, visible: &dyn Fn(&str) -> bool, reso
 /// fhirwall knows; `None` when unknown or ambiguous.
 pub type Resolve<'a> = &'a dyn Fn(Option<&str>, &str) -> Option<String>;
 
-/// [`names_hidden_patient`] on a resource already read as its top-level
-/// members (`object` is `resource` parsed).
-pub fn object_names_hidden_patient(
-    resource: &str,
-    object: &crate::fhir::bundle::RawObject<'_>,
+/// [`names_hidden_patient`] on a resource already on a tape: every member
+/// but the payer-only links, at any depth.
+pub fn node_names_hidden_patient(
+    resource: Node<'_, '_>,
     visible: &dyn Fn(&str) -> bool,
     resolve: Resolve<'_>,
 ) -> bool {
-    // Fast path: the top-level members raw, their references read without a
-    // tree. Identifier-only references (an `identifier` object) and escapes
-    // take the tree walk.
-    {
-        let mut fast = true;
-        for (key, value) in &object.members {
-            if PAYER_LINKS.contains(&key.as_ref()) {
-                continue;
-            }
-            let text = value.get();
-            if has_identifier_object(text) {
-                fast = false;
-                break;
-            }
-            match super::raw_reference_values(text) {
-                Some(values) => {
-                    let hidden = values
-                        .iter()
-                        .filter_map(|r| crate::fhir::normalize_reference(r))
-                        .any(|key| key.strip_prefix("Patient/").is_some_and(|id| !visible(id)));
-                    if hidden {
-                        return true;
-                    }
-                }
-                None => {
-                    fast = false;
-                    break;
-                }
-            }
-        }
-        if fast {
-            return false;
-        }
+    if resource.kind() != Kind::Object {
+        return true;
     }
-    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(resource) else { return true };
-    map.iter().filter(|(key, _)| !PAYER_LINKS.contains(&key.as_str())).any(|(_, v)| walk(v, visible, resolve))
+    resource
+        .children()
+        .filter(|member| !PAYER_LINKS.iter().any(|link| member.key_is(link)))
+        .any(|member| walk(member, visible, resolve))
 }
 
 /// The stage: withholds a record that names a hidden patient, or a
@@ -94,16 +63,14 @@ impl super::stage::Stage for NamesStage<'_> {
         items
             .iter()
             .map(|item| {
-                let object = match (item.untouched(), item.text()) {
-                    (Some(node), _) => node.object(),
-                    (None, Some(text)) => crate::fhir::bundle::RawObject::parse(text).ok(),
-                    (None, None) => None,
-                };
-                let named = match (object, item.text()) {
-                    (Some(object), Some(text)) => {
-                        object_names_hidden_patient(text, &object, self.visible, self.resolve)
-                    }
-                    _ => true,
+                // The upstream's resource on the tape, even when a stage
+                // rewrote it: every rewrite only removes (redaction; a
+                // plugin's replacement must narrow), so what the rewritten
+                // text names the original names too.
+                let named = match (item.node, item.text()) {
+                    (Some(node), _) => node_names_hidden_patient(node, self.visible, self.resolve),
+                    (None, Some(text)) => names_hidden_patient(text, self.visible, self.resolve),
+                    (None, None) => true,
                 };
                 if named {
                     disclosure.withhold(Reason::Attribution);
@@ -116,72 +83,51 @@ impl super::stage::Stage for NamesStage<'_> {
     }
 }
 
-/// Does the raw text hold an `"identifier"` member whose value is an object
-/// (a Reference's identifier, not a resource's identifier list)?
-fn has_identifier_object(text: &str) -> bool {
-    const KEY: &str = "\"identifier\"";
-    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(KEY));
-    for at in FINDER.find_iter(text.as_bytes()) {
-        let from = at + KEY.len();
-        if let Some(rest) = text[from..].trim_start().strip_prefix(':')
-            && rest.trim_start().starts_with('{')
-        {
-            return true;
-        }
-    }
-    false
-}
-
-fn walk(value: &Value, visible: &dyn Fn(&str) -> bool, resolve: Resolve<'_>) -> bool {
-    match value {
-        Value::Object(map) => {
-            if let Some(Value::String(reference)) = map.get("reference")
-                && let Some(key) = crate::fhir::normalize_reference(reference)
+fn walk(value: Node<'_, '_>, visible: &dyn Fn(&str) -> bool, resolve: Resolve<'_>) -> bool {
+    match value.kind() {
+        Kind::Object => {
+            let reference = value.get("reference");
+            if let Some(reference) = reference.and_then(|r| r.str())
+                && let Some(key) = crate::fhir::normalize_reference(&reference)
                 && let Some(id) = key.strip_prefix("Patient/")
                 && !visible(id)
             {
                 return true;
             }
-            if !map.contains_key("reference")
-                && let Some(Value::Object(identifier)) = map.get("identifier")
-                && names_a_patient(map.get("type"), identifier)
+            if reference.is_none()
+                && let Some(identifier) = value.get("identifier").filter(|i| i.kind() == Kind::Object)
+                && names_a_patient(value.get("type"), identifier)
             {
-                let system = identifier.get("system").and_then(Value::as_str);
-                let patient =
-                    identifier.get("value").and_then(Value::as_str).and_then(|v| resolve(system, v));
+                let system = identifier.get_str("system");
+                let patient = identifier.get_str("value").and_then(|v| resolve(system.as_deref(), &v));
                 if !patient.is_some_and(|id| visible(&id)) {
                     return true;
                 }
             }
-            map.values().any(|v| walk(v, visible, resolve))
+            value.children().any(|member| walk(member, visible, resolve))
         }
-        Value::Array(items) => items.iter().any(|v| walk(v, visible, resolve)),
+        Kind::Array => value.children().any(|item| walk(item, visible, resolve)),
         _ => false,
     }
 }
 
 /// An identifier-only Reference that points at a patient: typed `Patient`,
 /// or an identifier of a member/patient kind.
-fn names_a_patient(reference_type: Option<&Value>, identifier: &serde_json::Map<String, Value>) -> bool {
-    if reference_type.and_then(Value::as_str) == Some("Patient") {
+fn names_a_patient(reference_type: Option<Node<'_, '_>>, identifier: Node<'_, '_>) -> bool {
+    if reference_type.and_then(|t| t.str()).as_deref() == Some("Patient") {
         return true;
     }
-    if identifier
-        .get("system")
-        .and_then(Value::as_str)
-        .is_some_and(|s| s.to_ascii_lowercase().contains("member"))
-    {
+    if identifier.get_str("system").is_some_and(|s| s.to_ascii_lowercase().contains("member")) {
         return true;
     }
     identifier
         .get("type")
         .and_then(|t| t.get("coding"))
-        .and_then(Value::as_array)
+        .filter(|c| c.kind() == Kind::Array)
         .into_iter()
-        .flatten()
-        .filter_map(|c| c.get("code").and_then(Value::as_str))
-        .any(|code| PATIENT_IDENTIFIER_TYPES.contains(&code))
+        .flat_map(|codings| codings.children())
+        .filter_map(|coding| coding.get_str("code"))
+        .any(|code| PATIENT_IDENTIFIER_TYPES.contains(&code.as_ref()))
 }
 
 #[cfg(test)]

@@ -173,7 +173,10 @@ impl FhirHandler {
                 },
                 None => (EntryMode::Match, None),
             };
-            let key = match item.untouched() {
+            // The upstream's resource on the tape names it even when a stage
+            // rewrote it: redaction never touches `resourceType` or `id`, and
+            // a plugin's replacement that changes either is dropped.
+            let key = match item.node {
                 Some(node) => match (node.get_str("resourceType"), node.get_str("id")) {
                     (Some(resource_type), Some(id)) => Some(format!("{resource_type}/{id}")),
                     _ => None,
