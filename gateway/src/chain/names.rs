@@ -63,14 +63,19 @@ impl super::stage::Stage for NamesStage<'_> {
         items
             .iter()
             .map(|item| {
-                // The upstream's resource on the tape, even when a stage
-                // rewrote it: every rewrite only removes (redaction; a
-                // plugin's replacement must narrow), so what the rewritten
-                // text names the original names too.
-                let named = match (item.node, item.text()) {
-                    (Some(node), _) => node_names_hidden_patient(node, self.visible, self.resolve),
-                    (None, Some(text)) => names_hidden_patient(text, self.visible, self.resolve),
-                    (None, None) => true,
+                // A rewrite only removes (redaction, the access stage's
+                // narrowing of a Group, a plugin's narrowing replacement):
+                // when the upstream's resource on the tape names no hidden
+                // patient, neither does the rewritten one, which is then not
+                // read again. When it does, the rewritten text decides.
+                let named = match (item.untouched(), item.node, item.text()) {
+                    (Some(node), _, _) => node_names_hidden_patient(node, self.visible, self.resolve),
+                    (None, Some(original), Some(text)) => {
+                        node_names_hidden_patient(original, self.visible, self.resolve)
+                            && names_hidden_patient(text, self.visible, self.resolve)
+                    }
+                    (None, None, Some(text)) => names_hidden_patient(text, self.visible, self.resolve),
+                    (None, _, None) => true,
                 };
                 if named {
                     disclosure.withhold(Reason::Attribution);
@@ -141,6 +146,30 @@ mod tests {
     /// p1's member id is M1 in the payer's system; X1 is nobody fhirwall knows.
     fn resolve(system: Option<&str>, value: &str) -> Option<String> {
         (system == Some("http://payer/member-id") && value == "M1").then(|| "p1".to_owned())
+    }
+
+    /// The stage judges what leaves: a Group the access stage narrowed to
+    /// visible members stays; a rewrite that kept a hidden patient does not.
+    #[test]
+    fn a_rewritten_resource_is_judged_as_rewritten() {
+        use crate::chain::stage::{Item, Stage};
+        let original = r#"{"resourceType":"Group","id":"g","member":[{"entity":{"reference":"Patient/p1"}},{"entity":{"reference":"Patient/p2"}}]}"#;
+        let tape = crate::chain::strict::read(original).unwrap();
+        let stage = NamesStage { visible: &visible, resolve: &resolve };
+        for (rewritten, kept) in [
+            (r#"{"resourceType":"Group","id":"g","member":[{"entity":{"reference":"Patient/p1"}}]}"#, true),
+            (r#"{"resourceType":"Group","id":"g","member":[{"entity":{"reference":"Patient/p2"}}]}"#, false),
+        ] {
+            let item = Item {
+                entry: None,
+                node: Some(tape.root()),
+                original: Some(original),
+                rewritten: Some(rewritten.to_owned()),
+                withheld: false,
+            };
+            let verdicts = stage.judge(&[&item], &mut Disclosure::default());
+            assert_eq!(matches!(verdicts[0], Verdict::Keep), kept, "{rewritten}");
+        }
     }
 
     #[test]
