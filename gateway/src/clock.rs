@@ -53,6 +53,52 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Milliseconds since the Unix epoch of a FHIR `instant`
+/// (`YYYY-MM-DDThh:mm:ss(.f+)?(Z|±hh:mm)`); `None` for anything else.
+pub fn instant_unix_ms(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let digits = |from: usize, len: usize| -> Option<i64> {
+        let part = text.get(from..from + len)?;
+        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
+    let (h, mi, s) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let mut at = 19;
+    let mut millis = 0;
+    if b.get(at) == Some(&b'.') {
+        let start = at + 1;
+        at = start;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        if at == start {
+            return None;
+        }
+        let fraction = &text[start..at.min(start + 3)];
+        millis = fraction.parse::<i64>().ok()? * 10_i64.pow(3 - fraction.len() as u32);
+    }
+    let offset_min = match &text[at..] {
+        "Z" => 0,
+        zone if zone.len() == 6 && (zone.starts_with('+') || zone.starts_with('-')) && &zone[3..4] == ":" => {
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = (digits(at + 1, 2)?, digits(at + 4, 2)?);
+            if oh > 14 || om > 59 {
+                return None;
+            }
+            sign * (oh * 60 + om)
+        }
+        _ => return None,
+    };
+    let seconds = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s - offset_min * 60;
+    Some(seconds * 1000 + millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +116,17 @@ mod tests {
         assert_eq!(today_utc().len(), 10);
         let now = now_rfc3339();
         assert!(now.len() == 20 && now.ends_with('Z') && now.starts_with(&today_utc()), "{now}");
+    }
+
+    #[test]
+    fn instants_are_read_with_their_zone() {
+        assert_eq!(instant_unix_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(instant_unix_ms("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(instant_unix_ms("1970-01-01T00:00:01.5Z"), Some(1500));
+        assert_eq!(instant_unix_ms("2026-12-05T10:00:00.123-05:00"), Some(1_796_482_800_123));
+        for bad in ["2026-12-05", "2026-12-05T10:00:00", "2026-13-05T10:00:00Z", "2026-12-05T10:00:00.Z", "x"]
+        {
+            assert_eq!(instant_unix_ms(bad), None, "{bad}");
+        }
     }
 }

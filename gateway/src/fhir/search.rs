@@ -744,7 +744,7 @@ fn is_element_name(value: &str) -> bool {
 }
 
 /// Bulk `_outputFormat`: NDJSON only.
-fn is_ndjson(value: &str) -> bool {
+pub fn is_ndjson(value: &str) -> bool {
     let essence = value.trim().to_ascii_lowercase().replace(' ', "+");
     matches!(essence.as_str(), "application/fhir+ndjson" | "application/ndjson" | "ndjson")
 }

@@ -4,7 +4,9 @@
 //!   through the configured `matcher` plugin.
 //! - `consent`: whether the Consent a request carries can be honoured (HRex).
 //! - `throttle`: the brute-force budget every `$member-match` attempt is counted against.
+//! - `export`: bulk export of a Group (the kick-off so far; jobs follow).
 
 pub mod consent;
+pub mod export;
 pub mod member_match;
 pub mod throttle;
