@@ -111,3 +111,44 @@ async fn two_nodes_on_one_postgres_behave_as_one() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Export jobs on PostgreSQL, as two nodes see them: both race for one job
+/// and exactly one wins; after its lease runs out the other takes over from
+/// the checkpoint, and the first node's late writes are refused.
+#[tokio::test]
+async fn export_jobs_are_claimed_once_and_fenced_across_nodes() {
+    use fhirwall::ops::export::jobs::{JobError, JobState, Jobs, NewJob};
+    let pg = Postgres::start();
+    let node_1 = Jobs::open(fhirwall::store::Store::open(&pg.url()).await.unwrap()).await.unwrap();
+    let node_2 = Jobs::open(fhirwall::store::Store::open(&pg.url()).await.unwrap()).await.unwrap();
+    let job = NewJob {
+        client_id: CLIENT.into(),
+        organization: "Organization/org-grace".into(),
+        group_id: "grp-grace".into(),
+        request: "{}".into(),
+        kickoff_url: "http://lb/fhir/Group/grp-grace/$export".into(),
+        transaction_time: "2026-12-05T10:00:00Z".into(),
+    };
+    let id = node_1.create(&job, 4, 100).await.unwrap();
+    let (a, b) = tokio::join!(node_1.claim("node-1", 100, 130), node_2.claim("node-2", 100, 130));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.is_some() != b.is_some(), "exactly one node claims the job: {a:?} {b:?}");
+    let (first, first_jobs, second_jobs) = match a {
+        Some(claim) => (claim, &node_1, &node_2),
+        None => (b.unwrap(), &node_2, &node_1),
+    };
+    first_jobs.checkpoint(&first, "{\"batch\":1}", 1, 2, 110).await.unwrap();
+    let second = second_jobs.claim("late-taker", 131, 160).await.unwrap().expect("the lease ran out");
+    assert_eq!(second.fence, first.fence + 1);
+    assert!(matches!(
+        first_jobs.checkpoint(&first, "{\"batch\":2}", 2, 2, 132).await,
+        Err(JobError::LeaseLost(_))
+    ));
+    let seen = first_jobs.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (seen.state, seen.checkpoint.as_deref(), seen.done_units),
+        (JobState::Running, Some("{\"batch\":1}"), 1)
+    );
+    second_jobs.complete(&second, "{\"output\":[]}", 1000, 150).await.unwrap();
+    assert_eq!(first_jobs.get(&id).await.unwrap().unwrap().state, JobState::Done);
+}
