@@ -528,7 +528,7 @@ fn operation(level: Level<'_>, segment: &str, verb: Verb) -> Result<Route, Gatew
 }
 
 /// Caller text safe to repeat in an error message: short and printable ASCII.
-fn shown(text: &str) -> String {
+pub(crate) fn shown(text: &str) -> String {
     text.chars().take(64).map(|c| if c.is_ascii_graphic() { c } else { '?' }).collect()
 }
 

@@ -271,19 +271,7 @@ impl Jobs {
         expires_at: i64,
         now: i64,
     ) -> Result<(), JobError> {
-        let done = sqlx::query(
-            "UPDATE fhirwall_export_jobs
-             SET state = 'done', manifest = $1, expires_at = $2, updated_at = $3, lease_owner = NULL
-             WHERE job_id = $4 AND fence = $5 AND state = 'running'",
-        )
-        .bind(manifest)
-        .bind(expires_at)
-        .bind(now)
-        .bind(&claim.job_id)
-        .bind(claim.fence)
-        .execute(self.store.pool())
-        .await?;
-        fenced(done.rows_affected(), claim)
+        self.end(claim, Ending::Done { manifest }, expires_at, now).await
     }
 
     /// The job failed as a whole (`failure` is caller-safe text).
@@ -294,18 +282,35 @@ impl Jobs {
         expires_at: i64,
         now: i64,
     ) -> Result<(), JobError> {
-        let done = sqlx::query(
+        self.end(claim, Ending::Failed { failure }, expires_at, now).await
+    }
+
+    async fn end(
+        &self,
+        claim: &Claim,
+        ending: Ending<'_>,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), JobError> {
+        let (state, column, text) = match ending {
+            Ending::Done { manifest } => (JobState::Done, "manifest", manifest),
+            Ending::Failed { failure } => (JobState::Failed, "failure", failure),
+        };
+        // `column` is one of two names above, never caller text.
+        let statement = format!(
             "UPDATE fhirwall_export_jobs
-             SET state = 'failed', failure = $1, expires_at = $2, updated_at = $3, lease_owner = NULL
-             WHERE job_id = $4 AND fence = $5 AND state = 'running'",
-        )
-        .bind(failure)
-        .bind(expires_at)
-        .bind(now)
-        .bind(&claim.job_id)
-        .bind(claim.fence)
-        .execute(self.store.pool())
-        .await?;
+             SET state = $1, {column} = $2, expires_at = $3, updated_at = $4, lease_owner = NULL
+             WHERE job_id = $5 AND fence = $6 AND state = 'running'"
+        );
+        let done = sqlx::query(&statement)
+            .bind(state.as_str())
+            .bind(text)
+            .bind(expires_at)
+            .bind(now)
+            .bind(&claim.job_id)
+            .bind(claim.fence)
+            .execute(self.store.pool())
+            .await?;
         fenced(done.rows_affected(), claim)
     }
 
@@ -329,6 +334,12 @@ impl Jobs {
         .await?;
         rows.iter().map(|row| row.try_get("job_id").map_err(JobError::from)).collect()
     }
+}
+
+/// How a running job ends.
+enum Ending<'a> {
+    Done { manifest: &'a str },
+    Failed { failure: &'a str },
 }
 
 fn fenced(rows: u64, claim: &Claim) -> Result<(), JobError> {
@@ -430,5 +441,13 @@ mod tests {
         assert!(!jobs.remove(&a1).await.unwrap());
         // A slot is free again.
         jobs.create(&new_job("a"), 2, 12).await.unwrap();
+        // A job that fails as a whole keeps its reason until it expires.
+        let claim = jobs.claim("node-1", 20, 50).await.unwrap().unwrap();
+        jobs.fail(&claim, "the upstream refused every search", 500, 21).await.unwrap();
+        let failed = jobs.get(&claim.job_id).await.unwrap().unwrap();
+        assert_eq!(
+            (failed.state, failed.failure.as_deref(), failed.manifest, failed.expires_at),
+            (JobState::Failed, Some("the upstream refused every search"), None, Some(500))
+        );
     }
 }

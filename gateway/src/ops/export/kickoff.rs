@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::GatewayError;
+use crate::fhir::request::shown;
 use crate::fhir::search::{ParamContext, SearchParams};
 
 /// RFC 7240 `Prefer` (not among `http`'s named headers).
@@ -389,11 +390,6 @@ fn patient_id(value: &str) -> Result<String, GatewayError> {
         )));
     }
     Ok(id.to_owned())
-}
-
-/// Caller text safe to repeat in a message: short and printable ASCII.
-fn shown(text: &str) -> String {
-    text.chars().take(64).map(|c| if c.is_ascii_graphic() { c } else { '?' }).collect()
 }
 
 #[cfg(test)]
