@@ -44,6 +44,9 @@ pub struct Config {
     pub member_match: MemberMatchConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Bulk export (`Group/{id}/$export`, `$davinci-data-export`).
+    #[serde(default)]
+    pub export: ExportConfig,
 }
 
 /// The public FHIR listener.
@@ -334,6 +337,94 @@ pub struct AuditConfig {
     pub rotate_bytes: u64,
 }
 
+/// Bulk export: where files go, how big they get, how long they live, and
+/// how hard exports may press the upstream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Where export files are kept: a directory (relative to the config
+    /// file), or `s3://bucket[/prefix]` for S3-compatible object storage
+    /// shared by several nodes (credentials from `AWS_ACCESS_KEY_ID` /
+    /// `AWS_SECRET_ACCESS_KEY`, or the `s3_*_env` variables named below).
+    #[serde(default = "defaults::export_storage")]
+    pub storage: String,
+    /// S3: endpoint of an S3-compatible server (MinIO, moto, Ceph...);
+    /// unset means AWS.
+    #[serde(default)]
+    pub s3_endpoint: Option<String>,
+    /// S3: region.
+    #[serde(default = "defaults::export_s3_region")]
+    pub s3_region: String,
+    /// S3: the environment variables holding the access key id and secret.
+    #[serde(default)]
+    pub s3_access_key_env: Option<String>,
+    #[serde(default)]
+    pub s3_secret_key_env: Option<String>,
+    /// S3: allow a plain-HTTP endpoint (test servers on loopback).
+    #[serde(default)]
+    pub s3_allow_http: bool,
+    /// An output file is cut once it holds this many bytes.
+    #[serde(default = "defaults::export_file_max_bytes")]
+    pub file_max_bytes: u64,
+    /// How long a finished export's files stay downloadable, seconds.
+    #[serde(default = "defaults::export_expire_s")]
+    pub expire_s: u64,
+    /// Patients per batch (one upstream search per type and batch:
+    /// `patient=a,b,...`); a checkpoint is written after each batch.
+    #[serde(default = "defaults::export_batch_patients")]
+    pub batch_patients: usize,
+    /// Upstream searches one job runs at once.
+    #[serde(default = "defaults::export_concurrency")]
+    pub concurrency: usize,
+    /// Upstream requests per second all exports on this node may make
+    /// together, so on-demand requests keep their latency.
+    #[serde(default = "defaults::export_upstream_rps")]
+    pub upstream_rps: u32,
+    /// Jobs one client may have queued or running (more: 429).
+    #[serde(default = "defaults::export_max_jobs_per_client")]
+    pub max_jobs_per_client: u32,
+    /// Jobs running at once on all nodes together.
+    #[serde(default = "defaults::export_max_running_jobs")]
+    pub max_running_jobs: u32,
+    /// The `Retry-After` a status poll is given while the job runs, seconds;
+    /// polling sooner is answered 429.
+    #[serde(default = "defaults::export_retry_after_s")]
+    pub retry_after_s: u64,
+    /// A running job's lease, seconds: a node that stops renewing it (crash,
+    /// kill -9) loses the job to another node (or its own restart) after this.
+    #[serde(default = "defaults::export_lease_s")]
+    pub lease_s: u64,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            storage: defaults::export_storage(),
+            s3_endpoint: None,
+            s3_region: defaults::export_s3_region(),
+            s3_access_key_env: None,
+            s3_secret_key_env: None,
+            s3_allow_http: false,
+            file_max_bytes: defaults::export_file_max_bytes(),
+            expire_s: defaults::export_expire_s(),
+            batch_patients: defaults::export_batch_patients(),
+            concurrency: defaults::export_concurrency(),
+            upstream_rps: defaults::export_upstream_rps(),
+            max_jobs_per_client: defaults::export_max_jobs_per_client(),
+            max_running_jobs: defaults::export_max_running_jobs(),
+            retry_after_s: defaults::export_retry_after_s(),
+            lease_s: defaults::export_lease_s(),
+        }
+    }
+}
+
+impl ExportConfig {
+    /// Is the storage an S3-compatible bucket (else a local directory)?
+    pub fn is_s3(&self) -> bool {
+        self.storage.starts_with("s3://")
+    }
+}
+
 /// Every default, in one place.
 mod defaults {
     use std::net::SocketAddr;
@@ -419,6 +510,39 @@ mod defaults {
     }
     pub fn audit_rotate_bytes() -> u64 {
         64 * 1024 * 1024
+    }
+    pub fn export_storage() -> String {
+        "data/exports".into()
+    }
+    pub fn export_s3_region() -> String {
+        "us-east-1".into()
+    }
+    pub fn export_file_max_bytes() -> u64 {
+        256 * 1024 * 1024
+    }
+    pub fn export_expire_s() -> u64 {
+        24 * 3600
+    }
+    pub fn export_batch_patients() -> usize {
+        50
+    }
+    pub fn export_concurrency() -> usize {
+        2
+    }
+    pub fn export_upstream_rps() -> u32 {
+        100
+    }
+    pub fn export_max_jobs_per_client() -> u32 {
+        2
+    }
+    pub fn export_max_running_jobs() -> u32 {
+        4
+    }
+    pub fn export_retry_after_s() -> u64 {
+        2
+    }
+    pub fn export_lease_s() -> u64 {
+        30
     }
 }
 
@@ -514,6 +638,9 @@ impl Config {
             resolve(p);
         }
         resolve(&mut self.audit.dir);
+        if !self.export.is_s3() && Path::new(&self.export.storage).is_relative() {
+            self.export.storage = dir.join(&self.export.storage).display().to_string();
+        }
         if let Some(rest) = self.state.url.strip_prefix("sqlite://") {
             let (file, query) = rest.split_once('?').map_or((rest, None), |(f, q)| (f, Some(q)));
             if !file.is_empty() && file != ":memory:" && Path::new(file).is_relative() {
@@ -536,6 +663,7 @@ impl Config {
         if self.audit.rotate_bytes < 4096 {
             return Err(invalid("audit.rotate_bytes", "must be at least 4096".into()));
         }
+        self.validate_export(&invalid)?;
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1".into()));
         }
@@ -587,6 +715,31 @@ impl Config {
         }
         if self.server.listen == self.admin.listen {
             return Err(invalid("admin.listen", "must differ from server.listen".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_export(&self, invalid: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        let e = &self.export;
+        let at_least_one = [
+            ("export.file_max_bytes", e.file_max_bytes == 0),
+            ("export.expire_s", e.expire_s == 0),
+            ("export.batch_patients", e.batch_patients == 0),
+            ("export.concurrency", e.concurrency == 0),
+            ("export.upstream_rps", e.upstream_rps == 0),
+            ("export.max_jobs_per_client", e.max_jobs_per_client == 0),
+            ("export.max_running_jobs", e.max_running_jobs == 0),
+            ("export.retry_after_s", e.retry_after_s == 0),
+            ("export.lease_s", e.lease_s < 2),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, zero)| *zero) {
+            return Err(invalid(key, "must be at least 1 (lease_s: at least 2)".into()));
+        }
+        if e.batch_patients > 500 {
+            return Err(invalid("export.batch_patients", "must be at most 500".into()));
+        }
+        if e.is_s3() && e.storage.trim_start_matches("s3://").split('/').next().unwrap_or("").is_empty() {
+            return Err(invalid("export.storage", "s3://BUCKET[/PREFIX] names no bucket".into()));
         }
         Ok(())
     }

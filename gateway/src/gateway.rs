@@ -50,6 +50,8 @@ pub struct Gateway {
     pub redactor: Arc<crate::redact::Redactor>,
     /// `$member-match` brute-force budgets (HREX-10), kept in the store.
     pub match_throttle: crate::ops::throttle::MatchThrottle,
+    /// Bulk export jobs, their files and the upstream budget they share.
+    pub exports: Arc<crate::ops::export::Exports>,
     /// Referenced resources already classified for Part 2 (`Type/id` ->
     /// withheld), shared by requests for [`PART2_TARGET_TTL`]: a record that
     /// becomes Part 2 upstream withholds its referrers within that time.
@@ -84,6 +86,10 @@ impl Gateway {
         )
         .await
         .context("state: member-match throttle")?;
+
+        let exports = crate::ops::export::Exports::open(&config.export, store.clone(), &public_base)
+            .await
+            .context("export")?;
 
         let (upstream_base, sandbox) = if config.upstream.is_sandbox() {
             let data = Arc::new(sandbox::Sandbox::builtin().context("loading the sandbox dataset")?);
@@ -134,6 +140,7 @@ impl Gateway {
             access,
             redactor,
             match_throttle,
+            exports: Arc::new(exports),
             part2_targets: moka::sync::Cache::builder()
                 .max_capacity(200_000)
                 .time_to_live(PART2_TARGET_TTL)

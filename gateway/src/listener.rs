@@ -8,8 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -32,7 +30,7 @@ pub trait Handler: Send + Sync + 'static {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
-    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+    ) -> impl Future<Output = Response<crate::respond::Body>> + Send;
 }
 
 /// How one listener behaves.
@@ -59,8 +57,11 @@ struct Connection {
 impl Connection {
     async fn serve<S>(self, stream: TcpStream, service: S, watcher: Watcher, permit: OwnedSemaphorePermit)
     where
-        S: hyper::service::Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
-            + Clone
+        S: hyper::service::Service<
+                Request<Incoming>,
+                Response = Response<crate::respond::Body>,
+                Error = Infallible,
+            > + Clone
             + Send
             + 'static,
         S::Future: Send + 'static,

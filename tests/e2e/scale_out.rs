@@ -130,7 +130,7 @@ async fn export_jobs_are_claimed_once_and_fenced_across_nodes() {
         transaction_time: "2026-12-05T10:00:00Z".into(),
     };
     let id = node_1.create(&job, 4, 100).await.unwrap();
-    let (a, b) = tokio::join!(node_1.claim("node-1", 100, 130), node_2.claim("node-2", 100, 130));
+    let (a, b) = tokio::join!(node_1.claim("node-1", 100, 130, 8), node_2.claim("node-2", 100, 130, 8));
     let (a, b) = (a.unwrap(), b.unwrap());
     assert!(a.is_some() != b.is_some(), "exactly one node claims the job: {a:?} {b:?}");
     let (first, first_jobs, second_jobs) = match a {
@@ -138,7 +138,7 @@ async fn export_jobs_are_claimed_once_and_fenced_across_nodes() {
         None => (b.unwrap(), &node_2, &node_1),
     };
     first_jobs.checkpoint(&first, "{\"batch\":1}", 1, 2, 110).await.unwrap();
-    let second = second_jobs.claim("late-taker", 131, 160).await.unwrap().expect("the lease ran out");
+    let second = second_jobs.claim("late-taker", 131, 160, 8).await.unwrap().expect("the lease ran out");
     assert_eq!(second.fence, first.fence + 1);
     assert!(matches!(
         first_jobs.checkpoint(&first, "{\"batch\":2}", 2, 2, 132).await,

@@ -139,6 +139,9 @@ pub fn plan(
         Interaction::Operation(Operation::SystemExport) => {
             Err(GatewayError::forbidden("system-level $export is not offered"))
         }
+        Interaction::Operation(Operation::PatientExport) => Err(GatewayError::forbidden(
+            "Patient-level $export is not offered: Provider Access exports a Group",
+        )),
         Interaction::Operation(Operation::MemberMatch | Operation::ProviderMemberMatch) => {
             Ok(Plan::mode(Mode::Other))
         }

@@ -168,6 +168,24 @@ impl Policy {
         self.rules.get(resource_type).unwrap_or(&UNLISTED)
     }
 
+    /// The search parameter that scopes `resource_type` to patients for a
+    /// bulk export (`_id` for Patient); `None`: not exportable.
+    pub fn export_link(&self, resource_type: &str) -> Option<String> {
+        match self.rule(resource_type) {
+            TypeRule::Patient => Some("_id".into()),
+            TypeRule::Compartment(links) => links.narrow.clone(),
+            _ => None,
+        }
+    }
+
+    /// Every exportable type, sorted (Patient first).
+    pub fn exportable_types(&self) -> Vec<String> {
+        let mut types: Vec<String> =
+            self.rules.keys().filter(|t| self.export_link(t).is_some()).cloned().collect();
+        types.sort_by(|a, b| (a != "Patient", a).cmp(&(b != "Patient", b)));
+        types
+    }
+
     /// Can search parameter `name` of `resource_type` name a Patient? `patient`
     /// and `subject` count everywhere, whatever the table says.
     pub fn is_patient_param(&self, resource_type: &str, name: &str) -> bool {

@@ -109,31 +109,31 @@ pub async fn list_opt_outs(store: &Store) -> Result<Vec<OptOut>, StoreError> {
 
 /// Record (or update the reason of) an opt-out; returns whether it is new.
 pub async fn put_opt_out(store: &Store, patient: &str, reason: Option<&str>) -> Result<bool, StoreError> {
+    // Write first: an SQLite transaction that reads and then writes cannot
+    // wait for a concurrent writer (SQLITE_BUSY at once); one that starts by
+    // writing waits its turn like any writer.
     let mut tx = store.pool().begin().await?;
-    let existing = sqlx::query("SELECT patient_id FROM fhirwall_opt_outs WHERE patient_id = $1")
-        .bind(patient)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if existing.is_some() {
+    let inserted = sqlx::query(
+        "INSERT INTO fhirwall_opt_outs (patient_id, reason, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (patient_id) DO NOTHING",
+    )
+    .bind(patient)
+    .bind(reason.map(str::to_owned))
+    .bind(unix_now_s())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        > 0;
+    if !inserted {
         sqlx::query("UPDATE fhirwall_opt_outs SET reason = $1 WHERE patient_id = $2")
             .bind(reason.map(str::to_owned))
             .bind(patient)
             .execute(&mut *tx)
             .await?;
-    } else {
-        sqlx::query(
-            "INSERT INTO fhirwall_opt_outs (patient_id, reason, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (patient_id) DO NOTHING",
-        )
-        .bind(patient)
-        .bind(reason.map(str::to_owned))
-        .bind(unix_now_s())
-        .execute(&mut *tx)
-        .await?;
     }
     bump(&mut tx, "opt-outs").await?;
     tx.commit().await?;
-    Ok(existing.is_none())
+    Ok(inserted)
 }
 
 /// Remove an opt-out; returns whether there was one.

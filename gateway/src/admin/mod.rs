@@ -135,7 +135,7 @@ impl Handler for AdminHandler {
                 {
                     record.detail("client", id);
                 }
-                response = Response::from_parts(parts, http_body_util::Full::new(bytes));
+                response = Response::from_parts(parts, respond::full(bytes));
             }
             if let Err(e) = self.gw.audit.record(&record).await {
                 response = respond::error(&crate::audit::fail_closed(&e));

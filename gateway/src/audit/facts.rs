@@ -166,6 +166,7 @@ pub fn operation_code(op: &Operation) -> &'static str {
         Operation::DavinciDataExport { .. } => "davinci-data-export",
         Operation::GroupExport { .. } => "export",
         Operation::SystemExport => "system-export",
+        Operation::PatientExport => "patient-export",
     }
 }
 

@@ -105,6 +105,31 @@ impl Principal {
     }
 }
 
+/// What a background job keeps of the principal that started it, to act
+/// as that client again later (bulk export batches): only while the client
+/// is still registered under the same registration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Delegation {
+    pub client_id: String,
+    pub organization: String,
+    pub npi: Option<String>,
+    /// The token's granted scopes.
+    pub scopes: String,
+    reg: String,
+}
+
+impl Principal {
+    pub fn delegation(&self) -> Delegation {
+        Delegation {
+            client_id: self.client_id.clone(),
+            organization: self.organization.clone(),
+            npi: self.npi.clone(),
+            scopes: self.scopes.to_string(),
+            reg: self.reg.clone(),
+        }
+    }
+}
+
 /// 403 with RFC 6750 `insufficient_scope`.
 fn insufficient_scope(message: &str) -> GatewayError {
     GatewayError::forbidden(message.to_owned()).with_header(
@@ -502,6 +527,51 @@ impl Auth {
             _ => return Err(invalid_token("the access token's client is no longer registered")),
         }
         Ok(principal)
+    }
+
+    /// Does the client's registration (not its token) allow `perm` on
+    /// `resource_type`? Exports check read on Group this way.
+    pub async fn registered_allows(
+        &self,
+        client_id: &str,
+        resource_type: &str,
+        perm: Perms,
+    ) -> Result<bool, GatewayError> {
+        let client = self
+            .registry
+            .get(client_id)
+            .await
+            .map_err(|e| GatewayError::policy_failure(format!("client registry unavailable: {e}")))?;
+        Ok(client.is_some_and(|c| c.scopes.allows(resource_type, perm)))
+    }
+
+    /// A job's principal again (see [`Delegation`]); refused once the client
+    /// is deleted or registered anew.
+    pub async fn resume(&self, delegation: &Delegation) -> Result<Arc<Principal>, GatewayError> {
+        let client = self
+            .registry
+            .get(&delegation.client_id)
+            .await
+            .map_err(|e| GatewayError::policy_failure(format!("client registry unavailable: {e}")))?;
+        match client {
+            Some(client) if client.reg == delegation.reg => {}
+            _ => {
+                return Err(GatewayError::forbidden(
+                    "the client that started this job is no longer registered",
+                ));
+            }
+        }
+        let scopes = ScopeSet::parse_strict(&delegation.scopes)
+            .map_err(|_| GatewayError::internal("a stored job's scopes do not parse"))?;
+        Ok(Arc::new(Principal {
+            client_id: delegation.client_id.clone(),
+            organization: delegation.organization.clone(),
+            npi: delegation.npi.clone(),
+            scopes,
+            token_id: "export-job".into(),
+            expires_at: i64::MAX,
+            reg: delegation.reg.clone(),
+        }))
     }
 
     /// The token check without the registry: signature, issuer, audience,

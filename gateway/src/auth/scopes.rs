@@ -382,14 +382,17 @@ impl ScopeSet {
             Interaction::Operation(Operation::ProviderMemberMatch) => {
                 need("Group", Perms::R, "$provider-member-match (read)")
             }
-            Interaction::Operation(Operation::DavinciDataExport { .. }) => {
-                need("Group", Perms::R, "$davinci-data-export (read)")
-            }
-            Interaction::Operation(Operation::GroupExport { .. }) => {
-                need("Group", Perms::R, "$export (read)")
+            // Exports: read on every exported type is checked against the
+            // token at the kick-off, read on Group against the client's
+            // registration (bulk clients ask only for the types they export).
+            Interaction::Operation(Operation::DavinciDataExport { .. } | Operation::GroupExport { .. }) => {
+                Ok(())
             }
             Interaction::Operation(Operation::SystemExport) => {
                 Err(Denied("system-level $export is not offered".into()))
+            }
+            Interaction::Operation(Operation::PatientExport) => {
+                Err(Denied("Patient-level $export is not offered: Provider Access exports a Group".into()))
             }
             Interaction::Create { resource_type } => need(resource_type, Perms::C, "create"),
             Interaction::Update { resource_type, .. } | Interaction::Patch { resource_type, .. } => {
@@ -689,7 +692,9 @@ mod tests {
             ("system/Patient.read", op(Operation::ProviderMemberMatch), false),
             ("system/Group.read", op(Operation::GroupExport { group: "g".into() }), true),
             ("system/Group.read", op(Operation::DavinciDataExport { group: "g".into() }), true),
-            ("system/Patient.read", op(Operation::DavinciDataExport { group: "g".into() }), false),
+            // The kick-off checks the types (token) and Group (registration).
+            ("system/Patient.read", op(Operation::DavinciDataExport { group: "g".into() }), true),
+            ("system/*.*", op(Operation::PatientExport), false),
             ("system/*.*", op(Operation::SystemExport), false),
             ("system/*.read", request(Interaction::Create { resource_type: "Patient".into() }, ""), false),
             ("system/*.cruds", request(Interaction::Create { resource_type: "Patient".into() }, ""), true),

@@ -71,6 +71,9 @@ pub enum Operation {
     GroupExport { group: String },
     /// `$export` at the system level: parsed so it can be refused with 403.
     SystemExport,
+    /// `Patient/$export` and `Patient/{id}/$export`: refused with 403 too
+    /// (Provider Access exports a Group).
+    PatientExport,
 }
 
 /// One FHIR REST interaction.
@@ -505,6 +508,9 @@ fn operation(level: Level<'_>, segment: &str, verb: Verb) -> Result<Route, Gatew
     let body = if verb == Verb::Post { BodyRule::Json } else { BodyRule::Empty };
     let (operation, context) = match (level, name) {
         (Level::System, "export") if get_or_post => (Operation::SystemExport, ParamContext::Export),
+        (Level::Type("Patient") | Level::Instance("Patient", _), "export") if get_or_post => {
+            (Operation::PatientExport, ParamContext::Export)
+        }
         (Level::Type("Patient"), "member-match") if verb == Verb::Post => {
             (Operation::MemberMatch, ParamContext::Operation)
         }
@@ -778,7 +784,8 @@ mod tests {
             ("GET", "Patient/$member-match", None, Status(400)),
             ("POST", "Group/g1/$member-match", None, Status(400)),
             ("POST", "Group/$export", None, Status(400)),
-            ("POST", "Patient/$export", None, Status(400)),
+            ("POST", "Patient/$export", None, Is(op(Operation::PatientExport))),
+            ("GET", "Patient/p1/$export", None, Is(op(Operation::PatientExport))),
             ("GET", "Group/g1/$davinci-data-export", None, Status(400)),
             ("POST", "Patient/p1/$davinci-data-export", None, Status(400)),
             ("HEAD", "Group/g1/$export", None, Status(400)),

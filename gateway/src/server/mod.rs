@@ -66,6 +66,11 @@ pub async fn run_until(
         "fhirwall listening"
     );
 
+    let handler = Arc::new(pipeline::FhirHandler::new(gateway.clone()));
+    // The export runner claims jobs through the same handler the listener
+    // serves, so a batch runs the chain an on-demand search runs.
+    let runner =
+        crate::ops::export::runner::Runner::new(handler.clone(), gateway.exports.clone()).spawn(stop.clone());
     let fhir = listener::serve(
         fhir_listener,
         listener::ListenerSettings {
@@ -75,7 +80,7 @@ pub async fn run_until(
             grace,
             metrics: gateway.metrics.clone(),
         },
-        Arc::new(pipeline::FhirHandler::new(gateway.clone())),
+        handler,
         stop.clone(),
     );
     let admin = listener::serve(
@@ -92,6 +97,9 @@ pub async fn run_until(
     );
     gateway.mark_ready();
     tokio::join!(fhir, admin);
+    // A job stopped mid-batch resumes from its checkpoint (here or on
+    // another node) once its lease runs out.
+    runner.abort();
     if let Err(e) = gateway.audit.record(&crate::audit::AuditRecord::application(false)).await {
         tracing::error!(error = %e, "audit: cannot record the stop");
     }

@@ -30,6 +30,7 @@ use crate::proxy::UpstreamRequest;
 use crate::respond::{self, Body};
 
 mod answer;
+mod export;
 mod identifiers;
 mod plugin_stage;
 
@@ -75,6 +76,10 @@ struct RequestCtx {
     part2_targets: std::sync::Mutex<std::collections::HashMap<String, bool>>,
     /// The caller's visible patients' identifiers (`identifiers`), once loaded.
     member_ids: std::sync::OnceLock<std::sync::Arc<identifiers::MemberIds>>,
+    /// Export batches: the upstream budget their requests wait for.
+    limiter: Option<Arc<crate::ops::export::limiter::RateLimiter>>,
+    /// The request's `Prefer` (an export kick-off reads it).
+    prefer: crate::ops::export::kickoff::Prefer,
 }
 
 pub struct FhirHandler {
@@ -106,6 +111,8 @@ impl RequestCtx {
             policy: std::sync::Mutex::new(policy),
             part2_targets: std::sync::Mutex::default(),
             member_ids: std::sync::OnceLock::new(),
+            limiter: None,
+            prefer: crate::ops::export::kickoff::Prefer::default(),
         }
     }
 }
@@ -187,6 +194,10 @@ impl FhirHandler {
         };
         if let Some(principal) = &principal {
             record.set_principal(principal);
+            // The Bulk Data endpoints around an export job.
+            if let Some(answered) = self.export_endpoint(&req, &below_base, principal, record).await {
+                return answered;
+            }
         }
         record.set_interaction("unparsed");
         let (parts, body) = req.into_parts();
@@ -233,7 +244,8 @@ impl FhirHandler {
             Ok(run) => run,
             Err(err) => return (name, Err(err)),
         };
-        let ctx = RequestCtx::new(request_id, Caller::new(principal), self_url, access, subset, policy);
+        let mut ctx = RequestCtx::new(request_id, Caller::new(principal), self_url, access, subset, policy);
+        ctx.prefer = crate::ops::export::kickoff::Prefer::of(&parts.headers);
         let content_type = parts.headers.get(CONTENT_TYPE).cloned();
         let (head, chained) = (fhir.head, fhir.interaction.is_chained());
         let result = self.dispatch(&ctx, fhir, body, content_type).await;
@@ -248,7 +260,7 @@ impl FhirHandler {
         if req.uri().path() == crate::auth::TOKEN_PATH {
             let (response, token) = gw.auth.token_endpoint(req).await;
             record.set_token(token);
-            return FrontDoor::Answered("token", Ok(response));
+            return FrontDoor::Answered("token", Ok(respond::from_full(response)));
         }
         let Some(below_base) = below_base(req.uri().path(), &gw.base_path) else {
             return FrontDoor::Answered(
@@ -261,7 +273,7 @@ impl FhirHandler {
             record.set_interaction("smart-configuration");
             return FrontDoor::Answered(
                 "smart-configuration",
-                Ok(gw.auth.smart_configuration_response(req.method())),
+                Ok(respond::from_full(gw.auth.smart_configuration_response(req.method()))),
             );
         }
         let principal = if below_base == "metadata" {
@@ -299,7 +311,7 @@ impl FhirHandler {
         };
         let result = result.map(|mut response| {
             if head {
-                *response.body_mut() = http_body_util::Full::new(Bytes::new());
+                *response.body_mut() = respond::full(Bytes::new());
             }
             response
         });
@@ -352,6 +364,16 @@ impl FhirHandler {
                 return Err(GatewayError::forbidden(
                     "system-level $export is not offered: Provider Access exports a Group (Group/{id}/$export)",
                 ));
+            }
+            Interaction::Operation(Operation::PatientExport) => {
+                return Err(GatewayError::forbidden(
+                    "Patient-level $export is not offered: Provider Access exports a Group (Group/{id}/$export)",
+                ));
+            }
+            Interaction::Operation(
+                op @ (Operation::GroupExport { .. } | Operation::DavinciDataExport { .. }),
+            ) => {
+                return self.export_kickoff(ctx, op, &fhir.params, &body).await;
             }
             // plugins: HRex $member-match through the matcher plugin.
             Interaction::Operation(Operation::MemberMatch) => return self.member_match(ctx, &body).await,

@@ -35,7 +35,9 @@ const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS fhirwall_export_jobs (
         fence BIGINT NOT NULL,
         checkpoint TEXT,
         manifest TEXT,
-        failure TEXT
+        failure TEXT,
+        plan TEXT,
+        polled_at BIGINT NOT NULL DEFAULT 0
     )"];
 
 /// Where a job is in its life.
@@ -104,6 +106,8 @@ pub struct Job {
     pub checkpoint: Option<String>,
     pub manifest: Option<String>,
     pub failure: Option<String>,
+    /// What the job runs over (its members), fixed by the first runner.
+    pub plan: Option<String>,
 }
 
 /// The right to write one job's state, until another node claims it.
@@ -194,7 +198,26 @@ impl Jobs {
     /// Claim the oldest job that is queued, or running under a lease that
     /// ran out, for `owner` until `lease_until`. Two nodes racing for one
     /// job: the conditional update lets exactly one win.
-    pub async fn claim(&self, owner: &str, now: i64, lease_until: i64) -> Result<Option<Claim>, JobError> {
+    /// `max_running`: no claim while that many jobs run under a live lease
+    /// (on all nodes together; two nodes claiming at the same instant may
+    /// both get one, a bound off by at most one per node).
+    pub async fn claim(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        max_running: u32,
+    ) -> Result<Option<Claim>, JobError> {
+        let running: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM fhirwall_export_jobs WHERE state = 'running' AND lease_until >= $1",
+        )
+        .bind(now)
+        .fetch_one(self.store.pool())
+        .await?
+        .try_get("n")?;
+        if running >= i64::from(max_running) {
+            return Ok(None);
+        }
         let candidates = sqlx::query(
             "SELECT job_id FROM fhirwall_export_jobs
              WHERE state IN ('queued', 'running') AND lease_until < $1
@@ -222,6 +245,43 @@ impl Jobs {
             }
         }
         Ok(None)
+    }
+
+    /// Fix what the job runs over (written once, by its first runner).
+    pub async fn set_plan(
+        &self,
+        claim: &Claim,
+        plan: &str,
+        total_units: i64,
+        now: i64,
+    ) -> Result<(), JobError> {
+        let done = sqlx::query(
+            "UPDATE fhirwall_export_jobs SET plan = $1, total_units = $2, updated_at = $3
+             WHERE job_id = $4 AND fence = $5 AND state = 'running'",
+        )
+        .bind(plan)
+        .bind(total_units)
+        .bind(now)
+        .bind(&claim.job_id)
+        .bind(claim.fence)
+        .execute(self.store.pool())
+        .await?;
+        fenced(done.rows_affected(), claim)
+    }
+
+    /// A status poll at `now_ms`: `false` when the previous accepted poll
+    /// was less than `min_gap_ms` ago (the caller is then told to wait).
+    /// One conditional update, so two nodes polled at once agree.
+    pub async fn poll(&self, job_id: &str, now_ms: i64, min_gap_ms: i64) -> Result<bool, JobError> {
+        let done = sqlx::query(
+            "UPDATE fhirwall_export_jobs SET polled_at = $1 WHERE job_id = $2 AND polled_at <= $3",
+        )
+        .bind(now_ms)
+        .bind(job_id)
+        .bind(now_ms - min_gap_ms)
+        .execute(self.store.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Extend a claim's lease.
@@ -364,6 +424,7 @@ fn job_of(row: &AnyRow) -> Result<Job, JobError> {
         checkpoint: row.try_get("checkpoint")?,
         manifest: row.try_get("manifest")?,
         failure: row.try_get("failure")?,
+        plan: row.try_get("plan")?,
     })
 }
 
@@ -392,13 +453,13 @@ mod tests {
     async fn one_node_claims_a_job_and_a_stale_claim_writes_nothing() {
         let (jobs, _dir) = jobs().await;
         let id = jobs.create(&new_job("a"), 4, 100).await.unwrap();
-        let first = jobs.claim("node-1", 100, 130).await.unwrap().unwrap();
+        let first = jobs.claim("node-1", 100, 130, 8).await.unwrap().unwrap();
         assert_eq!(first, Claim { job_id: id.clone(), fence: 1 });
         // Leased: nobody else gets it.
-        assert_eq!(jobs.claim("node-2", 110, 140).await.unwrap(), None);
+        assert_eq!(jobs.claim("node-2", 110, 140, 8).await.unwrap(), None);
         jobs.checkpoint(&first, "{\"next\":1}", 1, 3, 115).await.unwrap();
         // node-1 stalls past its lease; node-2 takes over from the checkpoint.
-        let second = jobs.claim("node-2", 131, 160).await.unwrap().unwrap();
+        let second = jobs.claim("node-2", 131, 160, 8).await.unwrap().unwrap();
         assert_eq!(second.fence, 2);
         let job = jobs.get(&id).await.unwrap().unwrap();
         assert_eq!(
@@ -420,7 +481,7 @@ mod tests {
             (JobState::Done, Some("{\"output\":[]}"), Some(1000))
         );
         // Done jobs are not claimed again.
-        assert_eq!(jobs.claim("node-3", 2000, 2030).await.unwrap(), None);
+        assert_eq!(jobs.claim("node-3", 2000, 2030, 8).await.unwrap(), None);
         assert_eq!(jobs.expired(999).await.unwrap(), Vec::<String>::new());
         assert_eq!(jobs.expired(1000).await.unwrap(), vec![id.clone()]);
     }
@@ -433,7 +494,7 @@ mod tests {
         assert!(matches!(jobs.create(&new_job("a"), 2, 3).await, Err(JobError::TooMany)));
         // Another client is not affected.
         jobs.create(&new_job("b"), 2, 4).await.unwrap();
-        let claim = jobs.claim("node-1", 10, 40).await.unwrap().unwrap();
+        let claim = jobs.claim("node-1", 10, 40, 8).await.unwrap().unwrap();
         assert_eq!(claim.job_id, a1, "oldest first");
         assert!(jobs.remove(&a1).await.unwrap());
         assert!(jobs.get(&a1).await.unwrap().is_none());
@@ -442,7 +503,7 @@ mod tests {
         // A slot is free again.
         jobs.create(&new_job("a"), 2, 12).await.unwrap();
         // A job that fails as a whole keeps its reason until it expires.
-        let claim = jobs.claim("node-1", 20, 50).await.unwrap().unwrap();
+        let claim = jobs.claim("node-1", 20, 50, 8).await.unwrap().unwrap();
         jobs.fail(&claim, "the upstream refused every search", 500, 21).await.unwrap();
         let failed = jobs.get(&claim.job_id).await.unwrap().unwrap();
         assert_eq!(

@@ -27,6 +27,16 @@ pub enum ExportOperation {
     Davinci,
 }
 
+impl ExportOperation {
+    /// The operation's code (audit).
+    pub fn code(self) -> &'static str {
+        match self {
+            ExportOperation::Bulk => "export",
+            ExportOperation::Davinci => "davinci-data-export",
+        }
+    }
+}
+
 /// PDex's `exportType`: what the provider asked for. Snapshot and download
 /// both export everything visible (within `_since`/`_until`); a delta is
 /// what changed since `_since`, which it therefore requires.

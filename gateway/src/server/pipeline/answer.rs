@@ -101,6 +101,9 @@ impl FhirHandler {
         request: UpstreamRequest,
     ) -> Result<UpstreamResponse, GatewayError> {
         let request = UpstreamRequest { request_id: ctx.request_id.clone(), ..request };
+        if let Some(limiter) = &ctx.limiter {
+            limiter.acquire().await;
+        }
         let started = std::time::Instant::now();
         let result = self.gw.upstream.send(request).await;
         self.gw.metrics.record_upstream(started.elapsed(), result.is_ok());
@@ -223,6 +226,19 @@ impl FhirHandler {
         Ok((self.entries_of(items, history)?, upstream_next))
     }
 
+    /// One upstream search page, judged and read through the stages
+    /// before Part 2 by reference and the plugins: its entries and the
+    /// upstream's next link.
+    pub(super) fn search_page(
+        &self,
+        ctx: &RequestCtx,
+        upstream: &UpstreamResponse,
+    ) -> Result<(Vec<Entry>, Option<String>), GatewayError> {
+        judged(upstream)?;
+        let tape = strict_tape(upstream)?;
+        self.chain_page(ctx, &tape, false)
+    }
+
     /// The upstream's `next` link, below its base. A link elsewhere, or one
     /// that is not a string, is the upstream's fault.
     fn upstream_next(&self, bundle: Node<'_, '_>) -> Result<Option<String>, GatewayError> {
@@ -259,7 +275,7 @@ impl FhirHandler {
     /// pages. Targets that are not in `entries` are read from the upstream
     /// (one `_id` search per type) and classified by the data-scope stage.
     /// One hop: a target's own references are not followed.
-    async fn withhold_part2_referrers(
+    pub(super) async fn withhold_part2_referrers(
         &self,
         ctx: &RequestCtx,
         entries: Vec<Entry>,
@@ -400,7 +416,7 @@ impl FhirHandler {
 
     /// Policy plugins over the entries of one page: every plugin's verdict
     /// on each resource, reached on a blocking thread, then applied as a stage.
-    async fn plugin_entries(
+    pub(super) async fn plugin_entries(
         &self,
         ctx: &RequestCtx,
         entries: Vec<Entry>,

@@ -149,5 +149,5 @@ impl FhirHandler {
 }
 
 fn respond_body(bytes: Bytes) -> Body {
-    http_body_util::Full::new(bytes)
+    crate::respond::full(bytes)
 }

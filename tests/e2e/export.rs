@@ -1,0 +1,445 @@
+//! Bulk export end to end: the real `fhirwall serve` in front of the built-in
+//! sandbox (the synthetic payer dataset), provider clients with tokens from
+//! `fhirwall token`, every kick-off parameter and refusal, the status,
+//! manifest, download, cancel and expiry endpoints, an opt-out set while a
+//! job runs, and kill -9 in the middle of a job.
+//!
+//! The ground truth of an export is what the same client gets from
+//! on-demand searches (`Type?patient=Patient/X`, every page) for each member
+//! it may see: the export must return exactly those resources, each once,
+//! and the raw bytes of every file are searched for what never leaves
+//! (Part 2 codes and program, withheld record ids, money). Facts about the
+//! dataset come from examples/dataset/facts.json, not from fhirwall.
+
+use fhirwall_testkit as support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const GRACE: (&str, &str) = ("org-grace", "1417987256");
+const HOPKINS: (&str, &str) = ("org-hopkins", "1526347814");
+
+/// Types exported in the comparisons (payer and clinical).
+const TYPES: [&str; 6] =
+    ["Patient", "Coverage", "ExplanationOfBenefit", "Condition", "Observation", "Encounter"];
+
+/// Bytes that never leave (see tests/e2e/redact.rs): SUD codes and the program.
+const NEVER: [&str; 8] = [
+    "\"code\":\"F10.",
+    "\"code\":\"F11.",
+    "\"code\":\"H0001\"",
+    "\"code\":\"H0020\"",
+    "1234567893",
+    "org-recovery",
+    "Harbor Recovery",
+    "\"unitPrice\"",
+];
+
+fn facts() -> Value {
+    let text = std::fs::read_to_string(repo_root().join("examples/dataset/facts.json")).expect("facts.json");
+    serde_json::from_str(&text).expect("facts.json is JSON")
+}
+
+fn list(v: &Value) -> BTreeSet<String> {
+    v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_owned)).collect()
+}
+
+fn visible(facts: &Value, org: &str) -> BTreeSet<String> {
+    list(&facts["attribution"][org]["visible"])
+}
+
+/// Ids withheld from every answer (Part 2, pre-2016 service dates).
+fn withheld(facts: &Value) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for category in ["labelled", "program", "program_npi_only", "sud_code_unlabelled"] {
+        out.extend(list(&facts["part2"][category]));
+    }
+    out.extend(list(&facts["pre_2016"]));
+    out
+}
+
+struct Run {
+    gw: Gateway,
+    grace: String,
+    hopkins: String,
+}
+
+/// A gateway in front of the sandbox with two provider clients; `export`
+/// is TOML for the `[export]` table.
+fn start(export: &str) -> Run {
+    let config = GatewayConfig::new("sandbox")
+        .extra_toml(
+            "[policy]\npart2 = \"exclude\"\npart2_programs = [\"Organization/org-recovery\", \"1234567893\"]\n",
+        )
+        .extra_toml(&format!("[export]\n{export}\n"))
+        .client("grace-ehr", "Organization/org-grace", GRACE.1, &["system/*.read"])
+        .client("hopkins-ehr", "Organization/org-hopkins", HOPKINS.1, &["system/*.read"]);
+    let gw = Gateway::start(config);
+    let grace = gw.token("grace-ehr", "system/*.read");
+    let hopkins = gw.token("hopkins-ehr", "system/*.read");
+    Run { gw, grace, hopkins }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn kickoff(gw: &Gateway, token: &str, path_and_query: &str) -> Resp {
+    let auth = bearer(token);
+    request(
+        "GET",
+        &gw.url(path_and_query),
+        &[("Authorization", &auth), ("Prefer", "respond-async"), ("Accept", "application/fhir+json")],
+        None,
+    )
+    .await
+}
+
+/// Poll a status URL as a well-behaved client (honouring Retry-After)
+/// until the manifest arrives; returns it and the response.
+async fn wait_for_manifest(status_url: &str, token: &str) -> (Value, Resp) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let auth = bearer(token);
+    loop {
+        let resp = request("GET", status_url, &[("Authorization", &auth)], None).await;
+        match resp.status {
+            200 => return (resp.json(), resp),
+            202 | 429 => {
+                let wait: u64 = resp.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After");
+                assert!((1..=10).contains(&wait), "a short Retry-After: {wait}");
+                assert!(Instant::now() < deadline, "the export did not finish in time");
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+            other => panic!("status {other}: {}", resp.text()),
+        }
+    }
+}
+
+/// Every file of a manifest's `output`, as (type, raw text).
+async fn download_all(manifest: &Value, token: &str) -> Vec<(String, String)> {
+    let auth = bearer(token);
+    let mut out = Vec::new();
+    for file in manifest["output"].as_array().expect("output") {
+        let url = file["url"].as_str().expect("url");
+        let resp = request("GET", url, &[("Authorization", &auth)], None).await;
+        resp.assert_status(200);
+        assert_eq!(resp.content_type(), Some("application/fhir+ndjson"));
+        let text = resp.text();
+        let lines = text.lines().count() as u64;
+        assert_eq!(file["count"].as_u64(), Some(lines), "count matches the lines of {url}");
+        out.push((file["type"].as_str().unwrap().to_owned(), text));
+    }
+    out
+}
+
+/// The resources of the files by `Type/id`; panics on a line twice or a
+/// line of another type than its file says.
+fn by_key(files: &[(String, String)]) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for (resource_type, text) in files {
+        for line in text.lines() {
+            let resource: Value = serde_json::from_str(line).expect("each line is one JSON resource");
+            assert_eq!(resource["resourceType"].as_str(), Some(resource_type.as_str()));
+            let key = format!("{resource_type}/{}", resource["id"].as_str().unwrap());
+            assert!(out.insert(key.clone(), resource).is_none(), "{key} written twice");
+        }
+    }
+    out
+}
+
+/// What on-demand searches give `token` for each of `patients`, per type.
+async fn on_demand(
+    gw: &Gateway,
+    token: &str,
+    types: &[&str],
+    patients: &BTreeSet<String>,
+) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for patient in patients {
+        for t in types {
+            let mut url = if *t == "Patient" {
+                gw.url(&format!("Patient?_id={patient}&_count=200"))
+            } else {
+                gw.url(&format!("{t}?patient=Patient/{patient}&_count=200"))
+            };
+            loop {
+                let resp = get_bearer(&url, token).await;
+                resp.assert_status(200);
+                let bundle = resp.json();
+                for resource in bundle_resources(&bundle) {
+                    let key = format!(
+                        "{}/{}",
+                        resource["resourceType"].as_str().unwrap(),
+                        resource["id"].as_str().unwrap()
+                    );
+                    out.insert(key, resource);
+                }
+                match bundle_link(&bundle, "next") {
+                    Some(next) => url = next,
+                    None => break,
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Files below `dir` (an object store leaves empty directories behind).
+fn files_under(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.flatten().map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 }).sum()
+}
+
+fn assert_clean(what: &str, text: &str, withheld: &BTreeSet<String>) {
+    for never in NEVER {
+        assert!(!text.contains(never), "{what}: {never:?} left");
+    }
+    for id in withheld {
+        let id = id.split('/').nth(1).unwrap_or(id);
+        assert!(!text.contains(&format!("\"id\":\"{id}\"")), "{what}: withheld {id} left");
+    }
+}
+
+#[tokio::test]
+async fn an_export_returns_exactly_what_on_demand_searches_return_and_nothing_hidden() {
+    let facts = facts();
+    let run = start("batch_patients = 20\nfile_max_bytes = 65536");
+    let types = TYPES.join(",");
+    let resp = kickoff(&run.gw, &run.grace, &format!("Group/grp-grace/$export?_type={types}")).await;
+    resp.assert_status(202);
+    let status_url = resp.header("content-location").expect("Content-Location").to_owned();
+    assert!(status_url.starts_with(&run.gw.base_url()), "{status_url}");
+    let (manifest, done) = wait_for_manifest(&status_url, &run.grace).await;
+    assert!(
+        done.header("expires").is_some_and(|e| e.ends_with(" GMT")),
+        "Expires: {:?}",
+        done.header("expires")
+    );
+    assert_eq!(manifest["requiresAccessToken"], true);
+    assert!(manifest["request"].as_str().unwrap().contains("Group/grp-grace/$export"));
+    assert!(manifest["transactionTime"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(manifest["error"], serde_json::json!([]), "{manifest}");
+
+    let files = download_all(&manifest, &run.grace).await;
+    // Cut at 64 KiB: some type needs more than one file.
+    let observation_files = files.iter().filter(|(t, _)| t == "Observation").count();
+    assert!(observation_files > 1, "Observation files: {observation_files}");
+    let withheld = withheld(&facts);
+    for (t, text) in &files {
+        assert_clean(t, text, &withheld);
+    }
+    let exported = by_key(&files);
+    let visible = visible(&facts, GRACE.0);
+    let truth = on_demand(&run.gw, &run.grace, &TYPES, &visible).await;
+    let exported_keys: BTreeSet<&String> = exported.keys().collect();
+    let truth_keys: BTreeSet<&String> = truth.keys().collect();
+    assert_eq!(
+        exported_keys.difference(&truth_keys).collect::<Vec<_>>(),
+        Vec::<&&String>::new(),
+        "exported, not on demand"
+    );
+    assert_eq!(
+        truth_keys.difference(&exported_keys).collect::<Vec<_>>(),
+        Vec::<&&String>::new(),
+        "on demand, not exported"
+    );
+    for (key, resource) in &truth {
+        assert_eq!(&exported[key], resource, "{key}: the same text as on demand");
+    }
+    let patients: BTreeSet<String> =
+        exported.keys().filter_map(|k| k.strip_prefix("Patient/")).map(str::to_owned).collect();
+    assert_eq!(patients, visible, "exactly the visible members' Patient resources");
+
+    // gzip on request, decoding to the same bytes.
+    let first = manifest["output"][0]["url"].as_str().unwrap();
+    let auth = bearer(&run.grace);
+    let gz = request("GET", first, &[("Authorization", &auth), ("Accept-Encoding", "gzip")], None).await;
+    gz.assert_status(200);
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz.body[..]), &mut text).unwrap();
+    assert_eq!(text, files[0].1);
+
+    // Another client, or no token: the job and its files do not exist.
+    let other = bearer(&run.hopkins);
+    assert_eq!(request("GET", &status_url, &[("Authorization", &other)], None).await.status, 404);
+    assert_eq!(request("GET", first, &[("Authorization", &other)], None).await.status, 404);
+    assert_eq!(request("DELETE", &status_url, &[("Authorization", &other)], None).await.status, 404);
+    assert_eq!(request("GET", first, &[], None).await.status, 401);
+
+    // The audit log names the export's patients in its completion record.
+    let audit = run.gw.admin("GET", "/admin/audit?client=grace-ehr", None).await;
+    let text = audit.text();
+    let complete = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l.to_string().contains("export-complete"))
+        .expect("a completion record");
+    for patient in visible.iter().take(5) {
+        assert!(complete.to_string().contains(patient), "{patient} in the completion record");
+    }
+
+    // Cancel: 202, then the status is 404 and every file is gone.
+    let cancelled = request("DELETE", &status_url, &[("Authorization", &auth)], None).await;
+    cancelled.assert_status(202);
+    assert_eq!(request("GET", &status_url, &[("Authorization", &auth)], None).await.status, 404);
+    assert_eq!(request("GET", first, &[("Authorization", &auth)], None).await.status, 404);
+    let job = status_url.rsplit('/').next().unwrap();
+    assert_eq!(files_under(&run.gw.dir().join("data/exports").join(job)), 0, "the job's files are removed");
+}
+
+#[tokio::test]
+async fn kick_off_refusals() {
+    let run = start("max_jobs_per_client = 1\nupstream_rps = 5");
+    let gw = &run.gw;
+    let auth = bearer(&run.grace);
+    let status = |path: &'static str, prefer: &'static str| {
+        let auth = auth.clone();
+        async move { request("GET", &gw.url(path), &[("Authorization", &auth), ("Prefer", prefer)], None).await }
+    };
+    // No Prefer: respond-async.
+    assert_eq!(status("Group/grp-grace/$export", "").await.status, 400);
+    // Unknown exportType, delta without _since, an unreadable _since, another format.
+    for bad in [
+        "Group/grp-grace/$export?exportType=provider-everything",
+        "Group/grp-grace/$export?exportType=provider-delta",
+        "Group/grp-grace/$export?_since=yesterday",
+        "Group/grp-grace/$export?_outputFormat=text/csv",
+        "Group/grp-grace/$export?_typeFilter=Observation%3Fsubject%3DPatient%2Fpat-0001",
+    ] {
+        let resp = status(bad, "respond-async").await;
+        assert_eq!(resp.status, 400, "{bad}: {}", resp.text());
+        assert_operation_outcome(&resp);
+    }
+    // Another organization's Group, system and Patient level.
+    assert_eq!(status("Group/grp-hopkins/$export", "respond-async").await.status, 404);
+    assert_eq!(status("$export", "respond-async").await.status, 403);
+    assert_eq!(status("Patient/$export", "respond-async").await.status, 403);
+    // A type outside the token's scopes.
+    let narrow = run.gw.token("grace-ehr", "system/Patient.read");
+    let resp = kickoff(gw, &narrow, "Group/grp-grace/$export?_type=Observation").await;
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    // A token with only the exported types (no Group) may export: Group is
+    // checked against the registration, as smart-fetch asks for types only.
+    let first = kickoff(gw, &narrow, "Group/grp-grace/$export?_type=Patient").await;
+    first.assert_status(202);
+    // One job per client here: a second is 429 with Retry-After.
+    let second = kickoff(gw, &run.grace, "Group/grp-grace/$export?_type=Patient").await;
+    assert_eq!(second.status, 429, "{}", second.text());
+    assert!(second.header("retry-after").is_some());
+    // Polling sooner than Retry-After: 429.
+    let url = first.header("content-location").unwrap();
+    let narrow_auth = bearer(&narrow);
+    let a = request("GET", url, &[("Authorization", &narrow_auth)], None).await;
+    if a.status == 202 {
+        assert!(a.header("x-progress").is_some(), "X-Progress");
+        let b = request("GET", url, &[("Authorization", &narrow_auth)], None).await;
+        assert_eq!(b.status, 429, "{}", b.text());
+        assert!(b.header("retry-after").is_some());
+    }
+    // The same client's other token (the job belongs to the client).
+    let (manifest, _) = wait_for_manifest(url, &run.grace).await;
+    let files = download_all(&manifest, &narrow).await;
+    assert!(files.iter().all(|(t, _)| t == "Patient"));
+}
+
+#[tokio::test]
+async fn an_opt_out_set_while_the_job_runs_holds_from_the_next_batch() {
+    let facts = facts();
+    let run = start("batch_patients = 5\nupstream_rps = 20");
+    let visible = visible(&facts, GRACE.0);
+    let last = visible.iter().next_back().unwrap().clone();
+    let resp =
+        kickoff(&run.gw, &run.grace, "Group/grp-grace/$davinci-data-export?_type=Patient,Observation").await;
+    // $davinci-data-export takes POST only.
+    assert_eq!(resp.status, 400);
+    let auth = bearer(&run.grace);
+    let body = serde_json::json!({
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "exportType", "valueCode": "hl7.fhir.us.davinci-pdex#provider-download"},
+            {"name": "_type", "valueString": "Patient,Observation"}
+        ]
+    });
+    let resp = post_json(
+        &run.gw.url("Group/grp-grace/$davinci-data-export"),
+        &[("Authorization", &auth), ("Prefer", "respond-async")],
+        &body,
+    )
+    .await;
+    resp.assert_status(202);
+    let status_url = resp.header("content-location").unwrap().to_owned();
+    // The last member (sorted: the last batch) opts out after the kick-off.
+    run.gw.admin("PUT", &format!("/admin/opt-outs/{last}"), None).await.assert_status(204);
+    let (manifest, _) = wait_for_manifest(&status_url, &run.grace).await;
+    let files = download_all(&manifest, &run.grace).await;
+    let exported = by_key(&files);
+    assert!(!exported.contains_key(&format!("Patient/{last}")), "the opted-out member's Patient left");
+    let all: String = files.iter().map(|(_, t)| t.as_str()).collect();
+    assert!(!all.contains(&format!("Patient/{last}\"")), "a record of the opted-out member left");
+    assert_eq!(exported.keys().filter(|k| k.starts_with("Patient/")).count(), visible.len() - 1);
+}
+
+#[tokio::test]
+async fn a_job_killed_mid_export_resumes_with_nothing_missing_or_twice() {
+    let facts = facts();
+    let mut run = start("batch_patients = 5\nupstream_rps = 25\nlease_s = 2");
+    let types = "Patient,Coverage,Observation";
+    let resp = kickoff(&run.gw, &run.grace, &format!("Group/grp-grace/$export?_type={types}")).await;
+    resp.assert_status(202);
+    let status_url = resp.header("content-location").unwrap().to_owned();
+    let auth = bearer(&run.grace);
+    // Wait until some batches are checkpointed, then kill -9.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = request("GET", &status_url, &[("Authorization", &auth)], None).await;
+        if resp.status == 202
+            && let Some(done) = resp.header("x-progress").and_then(|p| p.strip_prefix("patients "))
+            && done.split('/').next().and_then(|d| d.parse::<u32>().ok()).is_some_and(|d| d >= 15)
+        {
+            break;
+        }
+        assert_ne!(resp.status, 200, "finished before it could be killed");
+        assert!(Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let pid = run.gw.pid().unwrap();
+    let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let started = Instant::now();
+    run.gw.restart();
+    let grace = run.gw.token("grace-ehr", "system/*.read");
+    let (manifest, _) = wait_for_manifest(&status_url, &grace).await;
+    eprintln!("resumed and finished {:?} after the restart", started.elapsed());
+    let files = download_all(&manifest, &grace).await;
+    let exported = by_key(&files);
+    let visible = visible(&facts, GRACE.0);
+    let truth = on_demand(&run.gw, &grace, &["Patient", "Coverage", "Observation"], &visible).await;
+    assert_eq!(exported.keys().collect::<Vec<_>>(), truth.keys().collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn finished_exports_expire_and_their_files_go() {
+    let run = start("expire_s = 5");
+    let resp = kickoff(&run.gw, &run.grace, "Group/grp-grace/$export?_type=Patient").await;
+    resp.assert_status(202);
+    let status_url = resp.header("content-location").unwrap().to_owned();
+    let (manifest, _) = wait_for_manifest(&status_url, &run.grace).await;
+    let file = manifest["output"][0]["url"].as_str().unwrap().to_owned();
+    let job = status_url.rsplit('/').next().unwrap().to_owned();
+    let dir = run.gw.dir().join("data/exports").join(&job);
+    assert!(files_under(&dir) > 0);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let auth = bearer(&run.grace);
+    assert_eq!(request("GET", &status_url, &[("Authorization", &auth)], None).await.status, 404);
+    assert_eq!(request("GET", &file, &[("Authorization", &auth)], None).await.status, 404);
+    // The sweeper removes the files.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while files_under(&dir) > 0 {
+        assert!(Instant::now() < deadline, "expired files are still there");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
