@@ -9,7 +9,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STEPS=(node medplum jwt_clients postgres openssl plugins)
+STEPS=(node medplum jwt_clients s3 postgres openssl plugins)
 
 log() { printf 'setup-test-deps: %s\n' "$*"; }
 die() { printf 'setup-test-deps: error: %s\n' "$*" >&2; exit 1; }
@@ -81,6 +81,32 @@ step_jwt_clients() {
   "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req"
   cp "$req" "$venv/requirements.installed"
   log "jwt_clients: installed $("$venv/bin/python" -c 'import jwt, cryptography; print("PyJWT", jwt.__version__, "cryptography", cryptography.__version__)')"
+}
+
+# A Python venv outside the repo from a pinned requirements file, skipped when
+# its stamp matches the file: venv NAME REQUIREMENTS.
+venv() {
+  local name="$1" req="$2"
+  local dir="${XDG_CACHE_HOME:-$HOME/.cache}/fhirwall-test-clients/$name"
+  if [ -x "$dir/bin/python" ] && cmp -s "$req" "$dir/requirements.installed"; then
+    log "$name: $dir matches $(basename "$req"), pip skipped"
+    return
+  fi
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+  fi
+  log "$name: creating $dir from $(basename "$req")"
+  rm -rf "$dir"
+  mkdir -p "$(dirname "$dir")"
+  python3 -m venv "$dir"
+  "$dir/bin/python" -m pip install --disable-pip-version-check -q -r "$req"
+  cp "$req" "$dir/requirements.installed"
+}
+
+# moto's S3 server: the S3-compatible export storage of the multi-node tests
+# (the harness starts it: tests/support/src/s3.rs).
+step_s3() {
+  venv s3-venv "$ROOT/tests/clients/s3-requirements.txt"
 }
 
 # Debian's PostgreSQL server binaries, for the multi-node tests (the tests run

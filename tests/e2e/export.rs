@@ -70,7 +70,11 @@ struct Run {
 /// A gateway in front of the sandbox with two provider clients; `export`
 /// is TOML for the `[export]` table.
 fn start(export: &str) -> Run {
-    let config = GatewayConfig::new("sandbox")
+    start_on("sandbox", export)
+}
+
+fn start_on(upstream: &str, export: &str) -> Run {
+    let config = GatewayConfig::new(upstream)
         .extra_toml(
             "[policy]\npart2 = \"exclude\"\npart2_programs = [\"Organization/org-recovery\", \"1234567893\"]\n",
         )
@@ -205,8 +209,21 @@ fn assert_clean(what: &str, text: &str, withheld: &BTreeSet<String>) {
 
 #[tokio::test]
 async fn an_export_returns_exactly_what_on_demand_searches_return_and_nothing_hidden() {
-    let facts = facts();
     let run = start("batch_patients = 20\nfile_max_bytes = 65536");
+    export_equals_on_demand(&run).await;
+}
+
+/// The same against Medplum's engine (a server nobody here wrote), loaded
+/// with the same dataset.
+#[tokio::test]
+async fn an_export_from_medplum_returns_exactly_what_on_demand_searches_return() {
+    let up = Upstream::medplum(&[&payer_dataset()]);
+    let run = start_on(up.base_url(), "batch_patients = 20\nfile_max_bytes = 65536");
+    export_equals_on_demand(&run).await;
+}
+
+async fn export_equals_on_demand(run: &Run) {
+    let facts = facts();
     let types = TYPES.join(",");
     let resp = kickoff(&run.gw, &run.grace, &format!("Group/grp-grace/$export?_type={types}")).await;
     resp.assert_status(202);

@@ -152,3 +152,106 @@ async fn export_jobs_are_claimed_once_and_fenced_across_nodes() {
     second_jobs.complete(&second, "{\"output\":[]}", 1000, 150).await.unwrap();
     assert_eq!(first_jobs.get(&id).await.unwrap().unwrap().state, JobState::Done);
 }
+
+/// Two nodes on one PostgreSQL and one S3-compatible bucket: an export
+/// kicked off on A is polled, downloaded and cancelled through B; when A is
+/// killed (-9) in the middle of a job, B takes it over after the lease and
+/// finishes it with every member's data, each resource once.
+#[tokio::test]
+async fn an_export_on_two_nodes_with_shared_storage() {
+    let pg = Postgres::start();
+    let s3 = support::s3::S3Server::start("fhirwall-exports");
+    let up = Upstream::sandbox();
+    let key = Key::new("ES384");
+    let client = toml_client(CLIENT, "Organization/org-grace", "1417987256", &key.jwks(), &["system/*.read"]);
+    let shared = format!(
+        "[state]\nurl = {:?}\n[export]\n{}batch_patients = 5\nupstream_rps = 25\nlease_s = 3\n",
+        pg.url(),
+        s3.export_toml("jobs")
+    );
+    let node = |extra: &str| {
+        let mut config =
+            GatewayConfig::new(up.base_url()).extra_toml(&shared).extra_toml(&client).extra_toml(extra);
+        for (k, v) in support::s3::S3Server::env() {
+            config = config.env(k, v);
+        }
+        Gateway::start(config)
+    };
+    let mut a = node("");
+    let public = format!("[server]\nbase_url = {:?}\n", a.base_url());
+    let b = node(&public);
+    let resp = ask_token(&a, &key.assertion(CLIENT, &a.token_url(), &[])).await;
+    let token = resp.json()["access_token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+    let kickoff = |node: &Gateway| {
+        let url = node.url("Group/grp-grace/$export?_type=Patient,Coverage,Condition");
+        let bearer = bearer.clone();
+        async move { request("GET", &url, &[("Authorization", &bearer), ("Prefer", "respond-async")], None).await }
+    };
+
+    // Kicked off on A, polled on B until some batches are checkpointed.
+    let started = kickoff(&a).await;
+    started.assert_status(202);
+    let status_url = started.header("content-location").unwrap().to_owned();
+    // Both serve A's public base; B is reached at its own address.
+    let (a_origin, b_origin) = (format!("http://{}", a.listen_addr()), format!("http://{}", b.listen_addr()));
+    let on_b = |url: &str| url.replacen(&a_origin, &b_origin, 1);
+    let poll = |url: String| {
+        let bearer = bearer.clone();
+        async move { request("GET", &url, &[("Authorization", &bearer)], None).await }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = poll(on_b(&status_url)).await;
+        assert_ne!(resp.status, 200, "finished before a node could be killed");
+        if let Some(done) = resp.header("x-progress").and_then(|p| p.strip_prefix("patients "))
+            && done.split('/').next().and_then(|d| d.parse::<u32>().ok()).is_some_and(|d| d >= 10)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {} {:?}", resp.status, resp.header("x-progress"));
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+    }
+    // A dies; B takes the job over after the lease and finishes it.
+    let pid = a.pid().unwrap();
+    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let manifest = loop {
+        let resp = poll(on_b(&status_url)).await;
+        match resp.status {
+            200 => break resp.json(),
+            202 | 429 => {}
+            other => panic!("status {other}: {}", resp.text()),
+        }
+        assert!(Instant::now() < deadline, "B did not finish A's job");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+    };
+    a.stop();
+    // Downloaded through B: every visible member's Patient once, no line twice.
+    let mut keys = std::collections::BTreeSet::new();
+    let mut patients = 0;
+    for file in manifest["output"].as_array().unwrap() {
+        let url = on_b(file["url"].as_str().unwrap());
+        let resp = poll(url).await;
+        resp.assert_status(200);
+        for line in resp.text().lines() {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            let k = format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap());
+            patients += usize::from(k.starts_with("Patient/"));
+            assert!(keys.insert(k.clone()), "{k} twice after the takeover");
+        }
+    }
+    let facts: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("examples/dataset/facts.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(patients, facts["attribution"]["org-grace"]["visible"].as_array().unwrap().len());
+    let job = status_url.rsplit('/').next().unwrap().to_owned();
+    assert!(s3.keys().iter().any(|k| k.starts_with(&format!("jobs/{job}/"))), "files are in the bucket");
+
+    // Cancelled through B: 202, then 404 and the bucket holds none of its files.
+    let cancel = request("DELETE", &on_b(&status_url), &[("Authorization", &bearer)], None).await;
+    cancel.assert_status(202);
+    assert_eq!(poll(on_b(&status_url)).await.status, 404);
+    assert!(!s3.keys().iter().any(|k| k.starts_with(&format!("jobs/{job}/"))), "files left in the bucket");
+}

@@ -131,9 +131,13 @@ fn resource_entry(resource_type: &str, upstream: &Value, served: &Served<'_>) ->
             Some(json!({ "name": name, "type": kind }))
         })
         .collect();
-    if !params.is_empty() {
-        entry.insert("searchParam".into(), Value::Array(params));
+    // Exports filter on `_lastUpdated` (`_since`, `_until`), and bulk
+    // clients look for it: declared on every type fhirwall serves.
+    let mut params = params;
+    if !params.iter().any(|p| p["name"] == "_lastUpdated") {
+        params.push(json!({ "name": "_lastUpdated", "type": "date" }));
     }
+    entry.insert("searchParam".into(), Value::Array(params));
     let operations: Vec<Value> = OPERATIONS
         .iter()
         .filter(|(t, name, _)| *t == resource_type && (served.offers)(name))
@@ -204,6 +208,14 @@ mod tests {
             group["operation"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
         assert_eq!(ops, ["provider-member-match", "davinci-data-export"]);
         assert_eq!(cs["implementation"]["url"], "https://gw/fhir");
+        let observation = resources.iter().find(|r| r["type"] == "Observation").unwrap();
+        let params: Vec<&str> = observation["searchParam"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(params, ["code", "_lastUpdated"], "exports filter on _lastUpdated: declared");
     }
 
     #[test]

@@ -37,7 +37,8 @@
 //! - `http`: the HTTP client and its [`Resp`];
 //! - `fhir`: OperationOutcome and Bundle helpers;
 //! - [`postgres`]: a private PostgreSQL server for the multi-node tests;
-//! - [`pyjwt`]: the independent PyJWT client for tests of authentication.
+//! - [`pyjwt`]: the independent PyJWT client for tests of authentication;
+//! - [`s3`]: an S3-compatible server (moto) for export storage shared by nodes.
 
 mod fhir;
 mod gateway;
@@ -49,6 +50,7 @@ mod upstream;
 
 pub mod postgres;
 pub mod pyjwt;
+pub mod s3;
 
 pub use fhir::{assert_operation_outcome, bundle_link, bundle_refs, bundle_resources};
 pub use gateway::{Gateway, GatewayConfig, assert_config_refused};

@@ -646,7 +646,11 @@ impl FhirHandler {
         let policy = self.gw.access.policy();
         let serves = |t: &str| !matches!(policy.rule(t), crate::access::policy::TypeRule::Unlisted);
         let matcher = self.gw.plugins.current().matcher.is_some();
-        let offers = |op: &str| op == "member-match" && matcher;
+        let offers = |op: &str| match op {
+            "member-match" => matcher,
+            "export" | "davinci-data-export" => true,
+            _ => false,
+        };
         let served =
             chain::capability::Served { serves: &serves, offers: &offers, public_base: &self.gw.public_base };
         let statement =
