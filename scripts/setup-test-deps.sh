@@ -9,7 +9,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STEPS=(node medplum jwt_clients s3 postgres openssl plugins)
+STEPS=(node medplum jwt_clients s3 bulk_client postgres openssl plugins)
 
 log() { printf 'setup-test-deps: %s\n' "$*"; }
 die() { printf 'setup-test-deps: error: %s\n' "$*" >&2; exit 1; }
@@ -107,6 +107,12 @@ venv() {
 # (the harness starts it: tests/support/src/s3.rs).
 step_s3() {
   venv s3-venv "$ROOT/tests/clients/s3-requirements.txt"
+}
+
+# smart-fetch (PyPI, needs Python >= 3.11): the third-party Bulk Data client
+# of tests/e2e/export.rs, driven by tests/clients/smart_fetch_export.sh.
+step_bulk_client() {
+  venv smart-fetch-venv "$ROOT/tests/clients/smart-fetch-requirements.txt"
 }
 
 # Debian's PostgreSQL server binaries, for the multi-node tests (the tests run

@@ -161,13 +161,25 @@ async fn on_demand(
     types: &[&str],
     patients: &BTreeSet<String>,
 ) -> BTreeMap<String, Value> {
+    on_demand_where(gw, token, types, patients, &|_| String::new()).await
+}
+
+/// [`on_demand`] with more criteria per type (`&name=value...`).
+async fn on_demand_where(
+    gw: &Gateway,
+    token: &str,
+    types: &[&str],
+    patients: &BTreeSet<String>,
+    criteria: &dyn Fn(&str) -> String,
+) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for patient in patients {
         for t in types {
+            let extra = criteria(t);
             let mut url = if *t == "Patient" {
-                gw.url(&format!("Patient?_id={patient}&_count=200"))
+                gw.url(&format!("Patient?_id={patient}&_count=200{extra}"))
             } else {
-                gw.url(&format!("{t}?patient=Patient/{patient}&_count=200"))
+                gw.url(&format!("{t}?patient=Patient/{patient}&_count=200{extra}"))
             };
             loop {
                 let resp = get_bearer(&url, token).await;
@@ -459,4 +471,82 @@ async fn finished_exports_expire_and_their_files_go() {
         assert!(Instant::now() < deadline, "expired files are still there");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// What the third-party bulk client smart-fetch (PyPI) writes, as
+/// (type, text) per file it wrote.
+fn smart_fetch_run(
+    run: &Run,
+    types: &str,
+    since: Option<&str>,
+    type_filters: &[&str],
+) -> Vec<(String, String)> {
+    let out = tempfile::Builder::new().prefix("fhirwall-smart-fetch-").tempdir().unwrap();
+    let keys = run.gw.dir().join("keys");
+    let status = std::process::Command::new("bash")
+        .arg(repo_root().join("tests/clients/smart_fetch_export.sh"))
+        .env("SMART_FETCH", support::venvs::smart_fetch())
+        .env("FHIR_URL", run.gw.base_url())
+        .env("CLIENT_ID", "grace-ehr")
+        .env("KEY_PEM", keys.join("grace-ehr.key.pem"))
+        .env("JWKS_PATH", keys.join("grace-ehr.jwks.json"))
+        .env("GROUP", "grp-grace")
+        .env("TYPES", types)
+        .env("SINCE", since.unwrap_or(""))
+        .env("TYPE_FILTER", type_filters.join("\n"))
+        .env("OUT_DIR", out.path().join("export"))
+        .status()
+        .expect("running smart-fetch");
+    assert!(status.success(), "smart-fetch failed: {status}\ngateway log:\n{}", run.gw.log());
+    let mut files: Vec<(String, String)> = Vec::new();
+    for entry in std::fs::read_dir(out.path().join("export")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // {Type}.NNN.ndjson; smart-fetch's own log.ndjson is not data.
+        if let Some(stem) = name.strip_suffix(".ndjson")
+            && name.starts_with(|c: char| c.is_ascii_uppercase())
+        {
+            let resource_type = stem.split('.').next().unwrap().to_owned();
+            files.push((resource_type, std::fs::read_to_string(entry.path()).unwrap()));
+        }
+    }
+    assert!(!out.path().join("export/error").exists(), "smart-fetch got an error file");
+    files
+}
+
+#[tokio::test]
+async fn smart_fetch_exports_exactly_what_the_client_may_see() {
+    let facts = facts();
+    let run = start("batch_patients = 25");
+    let visible = visible(&facts, GRACE.0);
+    let types = ["Patient", "Condition", "Observation", "Encounter"];
+    let withheld = withheld(&facts);
+
+    // Everything of four clinical types.
+    let files = smart_fetch_run(&run, &types.join(","), None, &[]);
+    for (t, text) in &files {
+        assert_clean(t, text, &withheld);
+    }
+    let exported = by_key(&files);
+    let truth = on_demand(&run.gw, &run.grace, &types, &visible).await;
+    assert_eq!(exported.keys().collect::<Vec<_>>(), truth.keys().collect::<Vec<_>>());
+    assert_eq!(exported, truth, "the lines smart-fetch wrote are the resources on-demand reads return");
+
+    // With _since and two _typeFilters (the client encodes the filter twice).
+    let since = "2021-06-01T00:00:00Z";
+    let filters = ["Encounter?class=EMER,IMP", "Observation?code=2085-9,4548-4"];
+    let files = smart_fetch_run(&run, &types.join(","), Some(since), &filters);
+    let exported = by_key(&files);
+    let criteria = |t: &str| {
+        let filter = match t {
+            "Encounter" => "&class=EMER,IMP",
+            "Observation" => "&code=2085-9,4548-4",
+            _ => "",
+        };
+        format!("&_lastUpdated=ge{since}{filter}")
+    };
+    let truth = on_demand_where(&run.gw, &run.grace, &types, &visible, &criteria).await;
+    assert!(truth.keys().any(|k| k.starts_with("Encounter/")), "the filter leaves some Encounters");
+    assert_eq!(exported.keys().collect::<Vec<_>>(), truth.keys().collect::<Vec<_>>());
+    // smart-fetch cancels (DELETE) after downloading: nothing stays stored.
+    assert_eq!(files_under(&run.gw.dir().join("data/exports")), 0, "smart-fetch's DELETE removed the files");
 }

@@ -38,7 +38,8 @@
 //! - `fhir`: OperationOutcome and Bundle helpers;
 //! - [`postgres`]: a private PostgreSQL server for the multi-node tests;
 //! - [`pyjwt`]: the independent PyJWT client for tests of authentication;
-//! - [`s3`]: an S3-compatible server (moto) for export storage shared by nodes.
+//! - [`s3`]: an S3-compatible server (moto) for export storage shared by nodes;
+//! - [`venvs`]: third-party Python tools (smart-fetch, moto) in their venvs.
 
 mod fhir;
 mod gateway;
@@ -51,6 +52,7 @@ mod upstream;
 pub mod postgres;
 pub mod pyjwt;
 pub mod s3;
+pub mod venvs;
 
 pub use fhir::{assert_operation_outcome, bundle_link, bundle_refs, bundle_resources};
 pub use gateway::{Gateway, GatewayConfig, assert_config_refused};

@@ -3,7 +3,6 @@
 //! `scripts/setup-test-deps.sh s3`) on a free loopback port, with one bucket.
 //! Stopped on drop.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -17,23 +16,6 @@ pub struct S3Server {
     bucket: String,
 }
 
-/// The venv `scripts/setup-test-deps.sh s3` makes (run first when missing).
-fn moto_server() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-    let bin = cache.join("fhirwall-test-clients/s3-venv/bin/moto_server");
-    if !bin.is_file() {
-        let status = Command::new("bash")
-            .arg(crate::paths::repo_root().join("scripts/setup-test-deps.sh"))
-            .arg("s3")
-            .status()
-            .expect("running scripts/setup-test-deps.sh s3");
-        assert!(status.success(), "scripts/setup-test-deps.sh s3 failed");
-    }
-    bin
-}
-
 impl S3Server {
     /// Start moto and create `bucket`.
     pub fn start(bucket: &str) -> S3Server {
@@ -41,7 +23,7 @@ impl S3Server {
         let port = free_port();
         let log_path = dir.path().join("moto.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(moto_server())
+        let child = Command::new(crate::venvs::moto_server())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

@@ -95,13 +95,16 @@ pub fn build(ctx: &Context<'_>, segments: &[Segment], errors: Option<Segment>) -
     Stored { manifest, files }
 }
 
-/// One OperationOutcome per line, one line per problem.
-pub fn outcome_lines(problems: &[String]) -> Vec<u8> {
+/// One OperationOutcome per line: what was skipped under lenient handling
+/// (severity `warning`: the export is whole without it), then what failed
+/// (severity `error`: data may be missing).
+pub fn outcome_lines(skipped: &[String], failed: &[String]) -> Vec<u8> {
     let mut out = Vec::new();
-    for problem in problems {
+    let problems = skipped.iter().map(|p| ("warning", p)).chain(failed.iter().map(|p| ("error", p)));
+    for (severity, problem) in problems {
         let outcome = json!({
             "resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": "processing", "diagnostics": problem}],
+            "issue": [{"severity": severity, "code": "processing", "diagnostics": problem}],
         });
         out.extend(outcome.to_string().bytes());
         out.push(b'\n');
@@ -172,9 +175,11 @@ mod tests {
 
     #[test]
     fn outcome_lines_are_one_outcome_each() {
-        let text = String::from_utf8(outcome_lines(&["a".into(), "b \"q\"".into()])).unwrap();
+        let text = String::from_utf8(outcome_lines(&["a".into()], &["b \"q\"".into()])).unwrap();
         let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["issue"][0]["severity"], "warning");
+        assert_eq!(lines[1]["issue"][0]["severity"], "error");
         assert_eq!(lines[1]["issue"][0]["diagnostics"], "b \"q\"");
         assert_eq!(
             key_of_line(br#"{"resourceType":"Patient","id":"p1","x":1}"#).as_deref(),

@@ -470,18 +470,18 @@ impl<H: ExportHost> Runner<H> {
         spec: &JobSpec,
         progress: &Progress,
     ) -> Result<(), Stop> {
-        let mut errors = spec.request.skipped.clone();
-        errors.extend(progress.errors.iter().cloned());
+        let (skipped, failed) = (&spec.request.skipped, &progress.errors);
+        let problems = skipped.len() + failed.len();
         let mut error_segment = None;
-        if !errors.is_empty() {
+        if problems > 0 {
             let key = format!("{}/errors-{}.ndjson", claim.job_id, claim.fence);
-            let body = manifest::outcome_lines(&errors);
+            let body = manifest::outcome_lines(skipped, failed);
             let bytes = body.len() as u64;
             self.exports.files.put(&key, Bytes::from(body)).await.map_err(|e| Stop::Failed(e.to_string()))?;
             error_segment = Some(Segment {
                 resource_type: "OperationOutcome".into(),
                 key,
-                count: errors.len() as u64,
+                count: problems as u64,
                 bytes,
             });
         }
