@@ -23,8 +23,8 @@ const GRACE: (&str, &str) = ("org-grace", "1417987256");
 const HOPKINS: (&str, &str) = ("org-hopkins", "1526347814");
 
 /// Types exported in the comparisons (payer and clinical).
-const TYPES: [&str; 6] =
-    ["Patient", "Coverage", "ExplanationOfBenefit", "Condition", "Observation", "Encounter"];
+const TYPES: [&str; 7] =
+    ["Patient", "Coverage", "ExplanationOfBenefit", "Claim", "Condition", "Observation", "Encounter"];
 
 /// Bytes that never leave (see tests/e2e/redact.rs): SUD codes and the program.
 const NEVER: [&str; 8] = [
@@ -549,4 +549,61 @@ async fn smart_fetch_exports_exactly_what_the_client_may_see() {
     assert_eq!(exported.keys().collect::<Vec<_>>(), truth.keys().collect::<Vec<_>>());
     // smart-fetch cancels (DELETE) after downloading: nothing stays stored.
     assert_eq!(files_under(&run.gw.dir().join("data/exports")), 0, "smart-fetch's DELETE removed the files");
+}
+
+#[tokio::test]
+async fn patients_narrow_to_members_and_lenient_handling_reports_what_it_skipped() {
+    let facts = facts();
+    let run = start("");
+    let grace = visible(&facts, GRACE.0);
+    let member = grace.iter().next().unwrap().clone();
+    // A patient of another organization only: ignored, as PDex says.
+    let other = visible(&facts, HOPKINS.0).difference(&grace).next().unwrap().clone();
+    let auth = bearer(&run.grace);
+    let url = run.gw.url(&format!(
+        "Group/grp-grace/$export?_type=Patient,Observation&patient=Patient/{member}&patient=Patient/{other}\
+         &_typeFilter=Observation%3Fsubject%3DPatient%2F{other}"
+    ));
+    let strict = request("GET", &url, &[("Authorization", &auth), ("Prefer", "respond-async")], None).await;
+    assert_eq!(strict.status, 400, "{}", strict.text());
+    let resp = request(
+        "GET",
+        &url,
+        &[("Authorization", &auth), ("Prefer", "respond-async, handling=lenient")],
+        None,
+    )
+    .await;
+    resp.assert_status(202);
+    let (manifest, _) = wait_for_manifest(resp.header("content-location").unwrap(), &run.grace).await;
+    let files = download_all(&manifest, &run.grace).await;
+    let exported = by_key(&files);
+    let patients: Vec<&String> = exported.keys().filter(|k| k.starts_with("Patient/")).collect();
+    assert_eq!(patients, [&format!("Patient/{member}")]);
+    let all: String = files.iter().map(|(_, t)| t.as_str()).collect();
+    assert!(!all.contains(&other), "the other organization's patient left");
+    let truth = on_demand(&run.gw, &run.grace, &["Patient", "Observation"], &BTreeSet::from([member])).await;
+    assert_eq!(exported, truth);
+    // The skipped filter is a warning in the error file.
+    let errors = manifest["error"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{manifest}");
+    let text =
+        request("GET", errors[0]["url"].as_str().unwrap(), &[("Authorization", &auth)], None).await.text();
+    let outcomes: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(outcomes.len(), 1, "{text}");
+    assert!(outcomes.iter().all(|o| o["issue"][0]["severity"] == "warning"), "{text}");
+    assert!(!text.contains(&other), "the error file repeats no patient id: {text}");
+
+    // Kick-off, status and download are audited; the CapabilityStatement declares both operations.
+    let audit = run.gw.admin("GET", "/admin/audit?client=grace-ehr", None).await.text();
+    for interaction in ["\"export-status\"", "\"export-download\"", "\"export-batch\"", "\"export-complete\""]
+    {
+        assert!(audit.contains(interaction), "{interaction} not audited");
+    }
+    let metadata = get(&run.gw.url("metadata")).await.text();
+    for definition in [
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+        "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/davinci-data-export",
+    ] {
+        assert!(metadata.contains(definition), "{definition} not declared");
+    }
 }

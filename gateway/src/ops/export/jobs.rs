@@ -450,6 +450,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn no_claim_beyond_the_global_limit_of_running_jobs() {
+        let (jobs, _dir) = jobs().await;
+        for client in ["a", "b", "c"] {
+            jobs.create(&new_job(client), 4, 100).await.unwrap();
+        }
+        assert!(jobs.claim("node-1", 100, 130, 2).await.unwrap().is_some());
+        assert!(jobs.claim("node-2", 100, 130, 2).await.unwrap().is_some());
+        assert_eq!(jobs.claim("node-3", 101, 131, 2).await.unwrap(), None, "two run already");
+        // Leases that ran out do not count: their jobs are claimable again.
+        assert!(jobs.claim("node-3", 131, 160, 2).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
     async fn one_node_claims_a_job_and_a_stale_claim_writes_nothing() {
         let (jobs, _dir) = jobs().await;
         let id = jobs.create(&new_job("a"), 4, 100).await.unwrap();

@@ -221,9 +221,12 @@ pub fn read(
         match type_filter(&filter, &request.types, rules) {
             Ok(filter) => request.type_filters.push(filter),
             Err(err) if prefer.lenient && err.status == http::StatusCode::BAD_REQUEST => {
+                // Only the type: the criteria may carry ids or values, and
+                // the error file should not repeat them.
+                let resource_type = filter.split('?').next().unwrap_or("");
                 request.skipped.push(format!(
-                    "_typeFilter {} was not applied: {}",
-                    shown(&filter),
+                    "a _typeFilter on {} was not applied: {}",
+                    shown(resource_type),
                     err.message
                 ));
             }
