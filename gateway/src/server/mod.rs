@@ -68,9 +68,15 @@ pub async fn run_until(
 
     let handler = Arc::new(pipeline::FhirHandler::new(gateway.clone()));
     // The export runner claims jobs through the same handler the listener
-    // serves, so a batch runs the chain an on-demand search runs.
-    let runner =
-        crate::ops::export::runner::Runner::new(handler.clone(), gateway.exports.clone()).spawn(stop.clone());
+    // serves, so a batch runs the chain an on-demand search runs. It runs on
+    // its own one-thread runtime: however much work exports have, they hold
+    // at most one core, and on-demand requests never queue behind them.
+    let exports = export_runtime()?;
+    let runner = crate::ops::export::runner::Runner::new(handler.clone(), gateway.exports.clone());
+    let runner = {
+        let _entered = exports.enter();
+        runner.spawn(stop.clone())
+    };
     let fhir = listener::serve(
         fhir_listener,
         listener::ListenerSettings {
@@ -100,11 +106,22 @@ pub async fn run_until(
     // A job stopped mid-batch resumes from its checkpoint (here or on
     // another node) once its lease runs out.
     runner.abort();
+    exports.shutdown_background();
     if let Err(e) = gateway.audit.record(&crate::audit::AuditRecord::application(false)).await {
         tracing::error!(error = %e, "audit: cannot record the stop");
     }
     tracing::info!("fhirwall stopped");
     Ok(())
+}
+
+/// The runtime export jobs run on (see `run_until`).
+fn export_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("fhirwall-export")
+        .enable_all()
+        .build()
+        .context("starting the export runtime")
 }
 
 async fn wait_for_signal() {
