@@ -296,5 +296,75 @@ async fn differential(kind: Kind) {
         report(&differences)
     );
     eprintln!("non-interference: {} requests, {compared} answers compared, identical", corpus.len());
+    let files = export_differential(kind, [(&gw_a, &token_a), (&gw_b, &token_b)], &hidden_tokens).await;
+    eprintln!("non-interference: a bulk export of every exportable type, {files} files identical");
     let _ = Path::new(&data_a);
+}
+
+/// A bulk export of every exportable type of the client's Group through both
+/// gateways: the manifests (after what is volatile: the job id, the kick-off
+/// time) and every file must be identical, and B's files hold no hidden token.
+/// Returns the number of files compared.
+async fn export_differential(
+    kind: Kind,
+    gateways: [(&Gateway, &String); 2],
+    hidden_tokens: &[String],
+) -> usize {
+    let mut exports = Vec::new();
+    for (gw, token) in gateways {
+        let auth = format!("Bearer {token}");
+        let kickoff = request(
+            "GET",
+            &gw.url("Group/grp-grace/$export"),
+            &[("Authorization", &auth), ("Prefer", "respond-async")],
+            None,
+        )
+        .await;
+        kickoff.assert_status(202);
+        let status = kickoff.header("content-location").unwrap().to_owned();
+        let job = status.rsplit('/').next().unwrap().to_owned();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        let manifest = loop {
+            let resp = request("GET", &status, &[("Authorization", &auth)], None).await;
+            match resp.status {
+                200 => break resp.json(),
+                202 | 429 => {}
+                other => panic!("export status {other}: {}", resp.text()),
+            }
+            assert!(std::time::Instant::now() < deadline, "the export did not finish");
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        };
+        let mut files = Vec::new();
+        for list in ["output", "error"] {
+            for file in manifest[list].as_array().unwrap() {
+                let resp =
+                    request("GET", file["url"].as_str().unwrap(), &[("Authorization", &auth)], None).await;
+                resp.assert_status(200);
+                let mut text = normalise(&resp.text(), &gw.base_url());
+                if kind == Kind::Medplum {
+                    text = server_assigned(&text);
+                }
+                files.push((file["type"].as_str().unwrap().to_owned(), text));
+            }
+        }
+        let mut manifest = manifest;
+        manifest["transactionTime"] = serde_json::json!("~");
+        let manifest = normalise(&manifest.to_string(), &gw.base_url()).replace(&job, "JOB");
+        exports.push((manifest, files));
+    }
+    let (a, b) = (&exports[0], &exports[1]);
+    assert_eq!(a.0, b.0, "the export manifests differ");
+    assert!(a.1.iter().any(|(t, _)| t == "Patient"), "the export has Patient data");
+    for ((type_a, text_a), (_, text_b)) in a.1.iter().zip(&b.1) {
+        assert!(text_a == text_b, "{type_a} export files differ:\n{}", first_difference(text_a, text_b));
+    }
+    for (resource_type, text) in &b.1 {
+        for token in hidden_tokens {
+            assert!(
+                !text.contains(token.as_str()),
+                "hidden token {token:?} in B's {resource_type} export file"
+            );
+        }
+    }
+    a.1.len()
 }
