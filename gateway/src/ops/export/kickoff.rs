@@ -143,6 +143,32 @@ impl Prefer {
     }
 }
 
+/// The `_typeFilter`s, checked; under lenient handling one fhirwall cannot
+/// apply safely is skipped and said so.
+fn add_type_filters(
+    request: &mut ExportRequest,
+    filters: Vec<String>,
+    rules: &KickoffRules<'_>,
+) -> Result<(), GatewayError> {
+    for filter in filters {
+        match type_filter(&filter, &request.types, rules) {
+            Ok(filter) => request.type_filters.push(filter),
+            Err(err) if request.lenient && err.status == http::StatusCode::BAD_REQUEST => {
+                // Only the type: the criteria may carry ids or values, and
+                // the error file should not repeat them.
+                let resource_type = filter.split('?').next().unwrap_or("");
+                request.skipped.push(format!(
+                    "a _typeFilter on {} was not applied: {}",
+                    shown(resource_type),
+                    err.message
+                ));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
 /// Read a kick-off: `params` from the query (and a GET's form), `body` a
 /// POST's `Parameters` (empty for GET).
 pub fn read(
@@ -217,22 +243,7 @@ pub fn read(
         return Err(GatewayError::bad_request("_until is before _since"));
     }
     check_types(&mut request, rules)?;
-    for filter in filters {
-        match type_filter(&filter, &request.types, rules) {
-            Ok(filter) => request.type_filters.push(filter),
-            Err(err) if prefer.lenient && err.status == http::StatusCode::BAD_REQUEST => {
-                // Only the type: the criteria may carry ids or values, and
-                // the error file should not repeat them.
-                let resource_type = filter.split('?').next().unwrap_or("");
-                request.skipped.push(format!(
-                    "a _typeFilter on {} was not applied: {}",
-                    shown(resource_type),
-                    err.message
-                ));
-            }
-            Err(err) => return Err(err),
-        }
-    }
+    add_type_filters(&mut request, filters, rules)?;
     request.patients.sort();
     request.patients.dedup();
     Ok(request)

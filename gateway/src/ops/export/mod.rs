@@ -11,6 +11,8 @@
 //! - `files`: segments in the object store (a directory, or S3).
 //! - `manifest`: files, the manifest and the `error` file.
 //! - `limiter`: the upstream request budget all jobs of a node share.
+//! - `segments`: a job's output as it is written, every resource once.
+//! - `records`: the audit records of a running export.
 //!
 //! This module answers the Bulk Data endpoints around a job: status
 //! (`{base}/_export/{job}`: 202 + `X-Progress`, 429 when polled sooner than
@@ -24,7 +26,9 @@ pub mod jobs;
 pub mod kickoff;
 pub mod limiter;
 pub mod manifest;
+mod records;
 pub mod runner;
+mod segments;
 
 use std::io::Write as _;
 use std::sync::Arc;

@@ -24,9 +24,10 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use super::files::SEGMENT_MAX_BYTES;
 use super::jobs::{Claim, Job, JobError};
 use super::manifest::{self, Segment};
+use super::records::{batch_record, completion_record};
+use super::segments::{SegmentWriter, key_hash};
 use super::{Exports, JobSpec, limiter::RateLimiter};
 use crate::access::Scope;
 use crate::audit::AuditRecord;
@@ -537,57 +538,6 @@ fn per_type(err: &GatewayError) -> bool {
     matches!(err.blame, Blame::Upstream | Blame::Caller)
 }
 
-/// Lines of one type buffered into segments of at most [`SEGMENT_MAX_BYTES`].
-struct SegmentWriter<'a> {
-    files: &'a super::files::Files,
-    prefix: String,
-    resource_type: String,
-    buffer: Vec<u8>,
-    count: u64,
-    segments: Vec<Segment>,
-    seen: HashSet<u128>,
-    added: Vec<u128>,
-}
-
-impl SegmentWriter<'_> {
-    async fn write(&mut self, page: Vec<Exported>) -> Result<(), GatewayError> {
-        for exported in page {
-            let hash = key_hash(&exported.key);
-            if !self.seen.insert(hash) {
-                continue; // reached from another member already
-            }
-            self.added.push(hash);
-            // NDJSON: one resource per line. Raw line breaks in valid JSON
-            // are whitespace between tokens (strings escape theirs).
-            self.buffer.extend(exported.resource.bytes().filter(|b| *b != b'\n' && *b != b'\r'));
-            self.buffer.push(b'\n');
-            self.count += 1;
-            if self.buffer.len() >= SEGMENT_MAX_BYTES {
-                self.flush().await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), GatewayError> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let key = format!("{}-{:03}.ndjson", self.prefix, self.segments.len());
-        let bytes = Bytes::from(std::mem::take(&mut self.buffer));
-        let size = bytes.len() as u64;
-        self.files.put(&key, bytes).await.map_err(|e| GatewayError::internal(e.to_string()))?;
-        self.segments.push(Segment {
-            resource_type: self.resource_type.clone(),
-            key,
-            count: self.count,
-            bytes: size,
-        });
-        self.count = 0;
-        Ok(())
-    }
-}
-
 /// The searches of one type for one batch: the patient link set to the
 /// batch's members, `_since`/`_until` as `_lastUpdated` bounds, and each
 /// `_typeFilter` of the type as one search (their results are united).
@@ -624,63 +574,10 @@ fn search_params(spec: &JobSpec, resource_type: &str, link: &str, members: &[Str
         .collect()
 }
 
-/// 128 bits of SHA-256 of a `Type/id`: the dedup set holds these.
-fn key_hash(key: &str) -> u128 {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(key.as_bytes());
-    u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"))
-}
-
 async fn wait_true(mut flag: watch::Receiver<bool>) {
     while !*flag.borrow() {
         if flag.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
-    }
-}
-
-fn job_record(job: &Job, spec: &JobSpec, interaction: &'static str) -> AuditRecord {
-    let mut record = AuditRecord::new(
-        crate::audit::Kind::Rest { interaction, operation: Some(spec.request.operation.code()) },
-        crate::audit::event::new_event_id(),
-    );
-    record.who.client_id = Some(job.client_id.clone());
-    record.who.organization = Some(job.organization.clone());
-    record.who.npi = spec.delegation.npi.clone();
-    record.who.authenticated = true;
-    record.status = 200;
-    record.resources.insert(format!("Group/{}", job.group_id));
-    record.resource_types.extend(spec.request.types.iter().cloned());
-    record.detail("export.job", job.id.clone());
-    record
-}
-
-/// One batch's record: the patients it searched and what the chain let out
-/// and withheld.
-fn batch_record(job: &Job, spec: &JobSpec, batch: usize, disclosure: &Disclosure) -> AuditRecord {
-    let mut record = job_record(job, spec, "export-batch");
-    record.detail("export.batch", (batch + 1).to_string());
-    record.set_disclosure(disclosure);
-    record
-}
-
-/// The completion record: which client exported which patients.
-fn completion_record(job: &Job, spec: &JobSpec, progress: &Progress) -> AuditRecord {
-    let mut record = job_record(job, spec, "export-complete");
-    let disclosure = Disclosure { patients: progress.patients.clone(), ..Disclosure::default() };
-    record.set_disclosure(&disclosure);
-    record.detail("export.left-out-patients", progress.left_out.to_string());
-    record.detail("export.errors", progress.errors.len().to_string());
-    record
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_hash_apart() {
-        assert_ne!(key_hash("Patient/1"), key_hash("Patient/11"));
-        assert_eq!(key_hash("Observation/a"), key_hash("Observation/a"));
     }
 }
