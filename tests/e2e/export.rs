@@ -607,3 +607,46 @@ async fn patients_narrow_to_members_and_lenient_handling_reports_what_it_skipped
         assert!(metadata.contains(definition), "{definition} not declared");
     }
 }
+
+#[tokio::test]
+async fn an_upstream_failing_searches_is_retried_then_reported_in_the_error_file() {
+    let facts = facts();
+    let up = Upstream::sandbox();
+    let run = start_on(up.base_url(), "");
+    let fault = |query: &str| {
+        let url = format!("{}/_sandbox/fault{query}", up.base_url().trim_end_matches("/fhir"));
+        async move { request(if url.ends_with("fault") { "DELETE" } else { "POST" }, &url, &[], None).await }
+    };
+    let export = || async {
+        let resp = kickoff(&run.gw, &run.grace, "Group/grp-grace/$export?_type=Patient,Observation").await;
+        resp.assert_status(202);
+        wait_for_manifest(resp.header("content-location").unwrap(), &run.grace).await.0
+    };
+    // Two failures: tried again, nothing missing, nothing reported.
+    fault("?fault=error&path=Observation&times=2").await.assert_status(200);
+    let manifest = export().await;
+    fault("").await.assert_status(200);
+    assert_eq!(manifest["error"], serde_json::json!([]), "{manifest}");
+    let exported = by_key(&download_all(&manifest, &run.grace).await);
+    let truth = on_demand(&run.gw, &run.grace, &["Patient", "Observation"], &visible(&facts, GRACE.0)).await;
+    assert_eq!(exported.keys().collect::<Vec<_>>(), truth.keys().collect::<Vec<_>>());
+
+    // The upstream keeps failing Observation searches: the Patients are all
+    // there, and the error file says which type of which batch is missing.
+    fault("?fault=error&path=Observation&times=1000").await.assert_status(200);
+    let manifest = export().await;
+    fault("").await.assert_status(200);
+    let exported = by_key(&download_all(&manifest, &run.grace).await);
+    assert!(!exported.keys().any(|k| k.starts_with("Observation/")));
+    assert_eq!(exported.len(), visible(&facts, GRACE.0).len());
+    let errors = manifest["error"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{manifest}");
+    let auth = bearer(&run.grace);
+    let text =
+        request("GET", errors[0]["url"].as_str().unwrap(), &[("Authorization", &auth)], None).await.text();
+    assert!(
+        !text.is_empty()
+            && text.lines().all(|l| l.contains("\"severity\":\"error\"") && l.contains("Observation")),
+        "{text}"
+    );
+}

@@ -45,6 +45,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// A batch failing closed (store or policy unavailable) is tried again this
 /// many times, with growing pauses, before the job fails.
 const BATCH_ATTEMPTS: u32 = 5;
+/// A type's searches of one batch are tried this many times while the
+/// upstream fails them (5xx, timeouts) before the failure is reported in
+/// the manifest's `error`.
+const TYPE_ATTEMPTS: u32 = 3;
 
 /// One resource that passed the chain: its `Type/id` and its JSON.
 pub struct Exported {
@@ -425,9 +429,47 @@ impl<H: ExportHost> Runner<H> {
             seen,
             added: Vec::new(),
         };
+        let mut attempt = 1;
+        let (disclosure, failure) = loop {
+            let (disclosure, failure) =
+                self.type_searches(claim, spec, who, batch, members, &link, &mut writer).await;
+            match failure {
+                // A failing upstream (5xx, timeout) is tried again from the
+                // start of the type's searches; a refusal (4xx) is not.
+                Some(e) if e.blame == Blame::Upstream && attempt < TYPE_ATTEMPTS => {
+                    tracing::info!(job = %claim.job_id, batch, resource_type = %resource_type, attempt, error = %e.message, "export search failed upstream; retrying");
+                    writer.undo();
+                    tokio::time::sleep(Duration::from_secs(attempt as u64)).await;
+                    attempt += 1;
+                }
+                failure => break (disclosure, failure),
+            }
+        };
+        TypeOutcome {
+            resource_type,
+            seen: writer.seen,
+            added: writer.added,
+            segments: writer.segments,
+            disclosure,
+            failure,
+        }
+    }
+
+    /// One attempt at a type's searches for a batch, written through `writer`.
+    #[allow(clippy::too_many_arguments)]
+    async fn type_searches(
+        &self,
+        claim: &Claim,
+        spec: &JobSpec,
+        who: &Arc<Principal>,
+        batch: usize,
+        members: &[String],
+        link: &str,
+        writer: &mut SegmentWriter<'_>,
+    ) -> (Disclosure, Option<GatewayError>) {
+        let resource_type = writer.resource_type.clone();
         let mut disclosure = Disclosure::default();
-        let mut failure = None;
-        for (i, params) in search_params(spec, &resource_type, &link, members).into_iter().enumerate() {
+        for (i, params) in search_params(spec, &resource_type, link, members).into_iter().enumerate() {
             let query = BatchQuery {
                 resource_type: resource_type.clone(),
                 params,
@@ -443,23 +485,13 @@ impl<H: ExportHost> Runner<H> {
             };
             let (searched, written) = tokio::join!(search, write);
             match (searched, written) {
-                (_, Err(e)) | (Err(e), _) => {
-                    failure = Some(e);
-                    break;
-                }
+                (_, Err(e)) | (Err(e), _) => return (disclosure, Some(e)),
                 (Ok(d), Ok(())) => disclosure.merge(d),
             }
         }
-        if let Err(e) = writer.flush().await {
-            failure.get_or_insert(e);
-        }
-        TypeOutcome {
-            resource_type,
-            seen: writer.seen,
-            added: writer.added,
-            segments: writer.segments,
-            disclosure,
-            failure,
+        match writer.flush().await {
+            Ok(()) => (disclosure, None),
+            Err(e) => (disclosure, Some(e)),
         }
     }
 

@@ -47,6 +47,18 @@ impl SegmentWriter<'_> {
         Ok(())
     }
 
+    /// Forget this batch's writing (a failed attempt): its keys leave
+    /// `seen`, its segments are not listed (the next attempt writes them
+    /// again under the same names).
+    pub fn undo(&mut self) {
+        for key in self.added.drain(..) {
+            self.seen.remove(&key);
+        }
+        self.segments.clear();
+        self.buffer.clear();
+        self.count = 0;
+    }
+
     pub async fn flush(&mut self) -> Result<(), GatewayError> {
         if self.buffer.is_empty() {
             return Ok(());

@@ -39,22 +39,19 @@ impl FhirHandler {
             return Ok(());
         }
         let organization = decision.scope.organization().to_owned();
-        let map = match self.gw.member_ids.get(&organization).await {
-            Some(map) => map,
-            None => match self.read_member_ids(ctx).await {
-                Ok(map) => {
-                    let map = Arc::new(map);
-                    self.gw.member_ids.insert(organization, map.clone()).await;
-                    map
-                }
-                // Still fail closed: with no identifier known, every
-                // identifier-only patient link withholds its record. Not
-                // kept, so the next request tries again.
-                Err(e) => {
-                    tracing::warn!(request_id = %ctx.request_id, detail = ?e.detail, "visible patients' identifiers could not be read");
-                    Arc::new(MemberIds::new())
-                }
-            },
+        // One read per organization however many requests miss at once
+        // (concurrent export searches, a burst after the entry expired):
+        // the others wait for it.
+        let read = async { self.read_member_ids(ctx).await.map(Arc::new) };
+        let map = match self.gw.member_ids.try_get_with(organization, read).await {
+            Ok(map) => map,
+            // Still fail closed: with no identifier known, every
+            // identifier-only patient link withholds its record. Not
+            // kept, so the next request tries again.
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, detail = ?e.detail, "visible patients' identifiers could not be read");
+                Arc::new(MemberIds::new())
+            }
         };
         let _ = ctx.member_ids.set(map);
         Ok(())
