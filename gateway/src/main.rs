@@ -462,6 +462,8 @@ part2_programs = ["Organization/org-recovery", "1234567893"]
          \n  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/ExplanationOfBenefit?patient=Patient/pat-0001&_count=2'\
          \n  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/Patient/pat-0001/Coverage'\
          \n  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/Patient?_has:Observation:patient:code=1'   # refused: 400\
+         \n  curl -s -i -H \"Authorization: Bearer $TOKEN\" -H 'Prefer: respond-async' '{base}/Group/grp-grace/$export?_type=Patient,Coverage'   # 202 + Content-Location\
+         \n  curl -s -H \"Authorization: Bearer $TOKEN\" CONTENT_LOCATION   # the manifest; its file URLs download with the same token\
          \n  curl -s http://127.0.0.1:{admin_port}/metrics | head\
          \n  curl -s -H \"Authorization: Bearer {admin_token}\" 'http://127.0.0.1:{admin_port}/admin/audit?patient=pat-0001'\
          \n  fhirwall audit verify --dir {audit}\
