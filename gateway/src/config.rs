@@ -301,6 +301,32 @@ pub struct MemberMatchConfig {
     /// The sliding window of both budgets, seconds.
     #[serde(default = "defaults::match_failure_window_s")]
     pub failure_window_s: u64,
+    /// `$provider-member-match`: how long a MatchedMembers Group (and the
+    /// attribution it gives) lives, days.
+    #[serde(default = "defaults::group_ttl_days")]
+    pub group_ttl_days: u32,
+    /// `$provider-member-match`: most MemberBundles in one request (more: 400).
+    #[serde(default = "defaults::provider_match_max_members")]
+    pub max_members: usize,
+    /// `$provider-member-match`: most members a request without `Prefer:
+    /// respond-async` may carry (answered at once with 200); more need async.
+    #[serde(default = "defaults::provider_match_sync_max_members")]
+    pub sync_max_members: usize,
+    /// `$provider-member-match`: requests one organization may have running
+    /// at once, over all its clients and all nodes (more: 429).
+    #[serde(default = "defaults::provider_match_max_jobs")]
+    pub max_jobs_per_organization: u32,
+    /// `$provider-member-match`: the member directory (every covered member,
+    /// read from the upstream) is read again when older than this, seconds.
+    #[serde(default = "defaults::directory_refresh_s")]
+    pub directory_refresh_s: u64,
+    /// `$provider-member-match`: how long a finished request's answer can be
+    /// fetched from its status URL, seconds.
+    #[serde(default = "defaults::provider_match_result_ttl_s")]
+    pub result_ttl_s: u64,
+    /// `$provider-member-match`: `Retry-After` of a running request's status, seconds.
+    #[serde(default = "defaults::provider_match_retry_after_s")]
+    pub retry_after_s: u64,
 }
 
 impl Default for MemberMatchConfig {
@@ -312,6 +338,13 @@ impl Default for MemberMatchConfig {
             max_failures_per_subject: defaults::match_failures_per_subject(),
             max_failures_per_client: defaults::match_failures_per_client(),
             failure_window_s: defaults::match_failure_window_s(),
+            group_ttl_days: defaults::group_ttl_days(),
+            max_members: defaults::provider_match_max_members(),
+            sync_max_members: defaults::provider_match_sync_max_members(),
+            max_jobs_per_organization: defaults::provider_match_max_jobs(),
+            directory_refresh_s: defaults::directory_refresh_s(),
+            result_ttl_s: defaults::provider_match_result_ttl_s(),
+            retry_after_s: defaults::provider_match_retry_after_s(),
         }
     }
 }
@@ -502,6 +535,27 @@ mod defaults {
     pub fn match_failure_window_s() -> u64 {
         3600
     }
+    pub fn group_ttl_days() -> u32 {
+        30
+    }
+    pub fn provider_match_max_members() -> usize {
+        1000
+    }
+    pub fn provider_match_sync_max_members() -> usize {
+        10
+    }
+    pub fn provider_match_max_jobs() -> u32 {
+        2
+    }
+    pub fn directory_refresh_s() -> u64 {
+        300
+    }
+    pub fn provider_match_result_ttl_s() -> u64 {
+        86_400
+    }
+    pub fn provider_match_retry_after_s() -> u64 {
+        2
+    }
     pub fn member_identifier_type() -> super::MemberIdentifierType {
         super::MemberIdentifierType::Mb
     }
@@ -674,6 +728,21 @@ impl Config {
                 "member_match budgets and failure_window_s must be at least 1 (the brute-force defence cannot be switched off)"
                     .into(),
             ));
+        }
+        for (key, value) in [
+            ("member_match.group_ttl_days", u64::from(mm.group_ttl_days)),
+            ("member_match.max_members", mm.max_members as u64),
+            ("member_match.max_jobs_per_organization", u64::from(mm.max_jobs_per_organization)),
+            ("member_match.directory_refresh_s", mm.directory_refresh_s),
+            ("member_match.result_ttl_s", mm.result_ttl_s),
+            ("member_match.retry_after_s", mm.retry_after_s),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if mm.group_ttl_days > 3650 {
+            return Err(invalid("member_match.group_ttl_days", "must be at most 3650".into()));
         }
         self.validate_upstream(&invalid)?;
         if !(self.state.url.starts_with("sqlite:") || self.state.url.starts_with("postgres")) {

@@ -52,6 +52,8 @@ pub struct Gateway {
     pub match_throttle: crate::ops::throttle::MatchThrottle,
     /// Bulk export jobs, their files and the upstream budget they share.
     pub exports: Arc<crate::ops::export::Exports>,
+    /// `$provider-member-match` jobs, stored Groups and the member directory.
+    pub provider_matches: Arc<crate::ops::provider_match::ProviderMatches>,
     /// Referenced resources already classified for Part 2 (`Type/id` ->
     /// withheld), shared by requests for [`PART2_TARGET_TTL`]: a record that
     /// becomes Part 2 upstream withholds its referrers within that time.
@@ -101,6 +103,19 @@ impl Gateway {
             (config.upstream.url.clone(), None)
         };
         let upstream = Upstream::new(&config.upstream, &upstream_base, &public_base)?;
+        let provider_matches = crate::ops::provider_match::ProviderMatches {
+            jobs: crate::ops::provider_match::jobs::MatchJobs::open(store.clone())
+                .await
+                .context("state: provider-member-match jobs")?,
+            directory: crate::ops::provider_match::directory::MemberDirectory::new(
+                upstream.clone(),
+                crate::ops::provider_match::directory_refresh(&config.member_match),
+            ),
+            settings: config.member_match.clone(),
+            reveal_opt_out: config.policy.reveal_opt_out,
+            public_base: public_base.clone(),
+            node: format!("{}-{}", std::process::id(), crate::audit::event::new_event_id()),
+        };
         // access: attribution is loaded per organization on first
         // use and refreshed every attribution.refresh_s in the background.
         let access = crate::access::Access::new(&config, store.clone(), upstream.clone(), &public_base)
@@ -141,6 +156,7 @@ impl Gateway {
             redactor,
             match_throttle,
             exports: Arc::new(exports),
+            provider_matches: Arc::new(provider_matches),
             part2_targets: moka::sync::Cache::builder()
                 .max_capacity(200_000)
                 .time_to_live(PART2_TARGET_TTL)

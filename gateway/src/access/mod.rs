@@ -330,7 +330,7 @@ impl Access {
     }
 
     /// Make the next request re-read the store (after a local write).
-    async fn invalidate_snapshot(&self) -> Result<(), GatewayError> {
+    pub(crate) async fn invalidate_snapshot(&self) -> Result<(), GatewayError> {
         {
             let mut guard = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
             let current = guard.clone();

@@ -77,6 +77,7 @@ pub async fn run_until(
         let _entered = exports.enter();
         runner.spawn(stop.clone())
     };
+    let match_sweeper = pipeline::spawn_match_sweeper(gateway.clone());
     let fhir = listener::serve(
         fhir_listener,
         listener::ListenerSettings {
@@ -106,6 +107,7 @@ pub async fn run_until(
     // A job stopped mid-batch resumes from its checkpoint (here or on
     // another node) once its lease runs out.
     runner.abort();
+    match_sweeper.abort();
     exports.shutdown_background();
     if let Err(e) = gateway.audit.record(&crate::audit::AuditRecord::application(false)).await {
         tracing::error!(error = %e, "audit: cannot record the stop");

@@ -33,6 +33,9 @@ mod answer;
 mod export;
 mod identifiers;
 mod plugin_stage;
+mod provider_match;
+
+pub use provider_match::spawn_sweeper as spawn_match_sweeper;
 
 /// Search query strings longer than this go upstream as POST `_search`.
 const MAX_GET_QUERY: usize = 4096;
@@ -80,6 +83,8 @@ struct RequestCtx {
     limiter: Option<Arc<crate::ops::export::limiter::RateLimiter>>,
     /// The request's `Prefer` (an export kick-off reads it).
     prefer: crate::ops::export::kickoff::Prefer,
+    /// Details an operation adds to the audit record (counts, job ids).
+    audit_details: std::sync::Mutex<Vec<(&'static str, String)>>,
 }
 
 pub struct FhirHandler {
@@ -113,6 +118,7 @@ impl RequestCtx {
             member_ids: std::sync::OnceLock::new(),
             limiter: None,
             prefer: crate::ops::export::kickoff::Prefer::default(),
+            audit_details: std::sync::Mutex::default(),
         }
     }
 }
@@ -196,6 +202,10 @@ impl FhirHandler {
             record.set_principal(principal);
             // The Bulk Data endpoints around an export job.
             if let Some(answered) = self.export_endpoint(&req, &below_base, principal, record).await {
+                return answered;
+            }
+            // The status URL of a $provider-member-match request.
+            if let Some(answered) = self.match_endpoint(&req, &below_base, principal, record).await {
                 return answered;
             }
         }
@@ -316,6 +326,9 @@ impl FhirHandler {
             response
         });
         // What the stages decided, for the audit record.
+        for (name, value) in ctx.audit_details.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            record.detail(name, value);
+        }
         let disclosure = ctx.disclosure();
         if ctx.access.is_some() || !disclosure.is_clean() {
             record.set_disclosure(&disclosure);
@@ -377,11 +390,9 @@ impl FhirHandler {
             }
             // plugins: HRex $member-match through the matcher plugin.
             Interaction::Operation(Operation::MemberMatch) => return self.member_match(ctx, &body).await,
-            Interaction::Operation(op) => {
-                return Err(GatewayError::of(
-                    Kind::NotImplemented,
-                    format!("{op:?} is not available in this version of fhirwall"),
-                ));
+            // PDex v2: attested members matched into a Group the caller may export.
+            Interaction::Operation(Operation::ProviderMemberMatch) => {
+                return self.provider_member_match(ctx, &body).await;
             }
             Interaction::Create { resource_type } => {
                 write(Method::POST, resource_type.clone(), body, content_type)
