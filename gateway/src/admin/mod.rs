@@ -81,6 +81,26 @@ impl AdminHandler {
             (_, path) if crate::access::admin::handles(path) => {
                 crate::access::admin::route(&self.gw.access, req).await
             }
+            // $provider-member-match: the stored MatchedMembers Groups.
+            (&Method::GET, "/admin/provider-member-match/groups") => {
+                let groups = self.gw.provider_matches.jobs.groups().await.map_err(state_unavailable)?;
+                Ok(respond::json(StatusCode::OK, serde_json::json!({ "groups": groups }).to_string()))
+            }
+            (&Method::DELETE, path) if path.starts_with("/admin/provider-member-match/groups/") => {
+                let raw = &path["/admin/provider-member-match/groups/".len()..];
+                let id = raw.strip_prefix("Group/").unwrap_or(raw);
+                if !crate::fhir::search::is_fhir_id(id) {
+                    return Err(GatewayError::bad_request("not a Group id"));
+                }
+                let removed =
+                    self.gw.provider_matches.jobs.delete_group(id).await.map_err(state_unavailable)?;
+                self.gw.access.invalidate_snapshot().await?;
+                if removed {
+                    Ok(respond::empty(StatusCode::NO_CONTENT))
+                } else {
+                    Err(GatewayError::not_found("no such MatchedMembers Group"))
+                }
+            }
             // audit
             (&Method::GET, "/admin/audit") => audit_query(&self.gw, req.uri().query()).await,
             // The last durable record, to keep outside this host as an anchor
@@ -210,4 +230,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn state_unavailable(e: impl std::fmt::Display) -> GatewayError {
+    GatewayError::of(Kind::Unavailable, "the state store is unavailable").with_detail(e.to_string())
 }
