@@ -255,3 +255,131 @@ async fn an_export_on_two_nodes_with_shared_storage() {
     assert_eq!(poll(on_b(&status_url)).await.status, 404);
     assert!(!s3.keys().iter().any(|k| k.starts_with(&format!("jobs/{job}/"))), "files left in the bucket");
 }
+
+/// `$provider-member-match` on one node, its answer, Group, attribution and
+/// export on the other (the Group and the job live in PostgreSQL).
+#[tokio::test]
+async fn a_provider_member_match_made_on_one_node_serves_on_the_other() {
+    use serde_json::{Value, json};
+    let pg = Postgres::start();
+    let up = Upstream::sandbox();
+    let key = Key::new("ES384");
+    let client = toml_client(CLIENT, "Organization/org-grace", "1417987256", &key.jwks(), &["system/*.read"]);
+    let files = tempfile::tempdir().unwrap();
+    let matcher = repo_root().join("plugins/dist/default_matcher.wasm");
+    assert!(matcher.is_file(), "build the plugins first (plugins/build.sh)");
+    let shared = format!(
+        "[state]\nurl = {:?}\n[export]\nstorage = {:?}\n\
+         [[plugins]]\nname = \"matcher\"\nworld = \"matcher\"\npath = {:?}\n",
+        pg.url(),
+        files.path().display().to_string(),
+        matcher.display().to_string()
+    );
+    let a = Gateway::start(GatewayConfig::new(up.base_url()).extra_toml(&shared).extra_toml(&client));
+    let public = format!("[server]\nbase_url = {:?}\n", a.base_url());
+    let b = Gateway::start(
+        GatewayConfig::new(up.base_url()).extra_toml(&shared).extra_toml(&client).extra_toml(&public),
+    );
+    let token = ask_token(&a, &key.assertion(CLIENT, &a.token_url(), &[])).await.json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bearer = format!("Bearer {token}");
+    let (a_origin, b_origin) = (format!("http://{}", a.listen_addr()), format!("http://{}", b.listen_addr()));
+    let on_b = |url: &str| url.replacen(&a_origin, &b_origin, 1);
+
+    // A member grace is not attributed to, as the provider's EHR has them.
+    let facts: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("examples/dataset/facts.json")).unwrap(),
+    )
+    .unwrap();
+    let visible: Vec<&str> = facts["attribution"]["org-grace"]["visible"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let dataset = std::fs::read_to_string(payer_dataset()).unwrap();
+    let member: Value = dataset
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["resourceType"] == "Patient" && r["id"] == "pat-0004")
+        .unwrap();
+    assert!(!visible.contains(&"pat-0004"));
+    let npi = json!({"system": "http://hl7.org/fhir/sid/us-npi", "value": "1417987256"});
+    let body = json!({"resourceType": "Parameters", "parameter": [{"name": "MemberBundle", "part": [
+        {"name": "MemberPatient", "resource": {"resourceType": "Patient", "id": "local-1", "name": member["name"],
+            "gender": member["gender"], "birthDate": member["birthDate"], "address": member["address"]}},
+        {"name": "CoverageToMatch", "resource": {"resourceType": "Coverage", "status": "active",
+            "beneficiary": {"reference": "Patient/local-1"}, "payor": [{"display": "Fhirwall Example Health Plan"}]}},
+        {"name": "Consent", "resource": {"resourceType": "Consent", "status": "active",
+            "patient": {"reference": "Patient/local-1"}, "performer": [{"identifier": npi}],
+            "provision": {"type": "permit", "period": {"start": "2025-01-01"},
+                "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                           "reference": {"identifier": npi}}]}}}
+    ]}]});
+    assert_eq!(get_bearer(&b.url("Patient/pat-0004"), &token).await.status, 404);
+    let kickoff = request(
+        "POST",
+        &a.url("Group/$provider-member-match"),
+        &[("Authorization", &bearer), ("Prefer", "respond-async"), ("Content-Type", "application/fhir+json")],
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    kickoff.assert_status(202);
+    let status_url = on_b(kickoff.header("content-location").unwrap());
+    let poll_until_done = |url: String| {
+        let bearer = bearer.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let resp = request("GET", &url, &[("Authorization", &bearer)], None).await;
+                match resp.status {
+                    200 => return resp,
+                    202 | 429 => {}
+                    other => panic!("status {other}: {}", resp.text()),
+                }
+                assert!(Instant::now() < deadline, "not done in time");
+                tokio::time::sleep(Duration::from_millis(2100)).await;
+            }
+        }
+    };
+    let answer = poll_until_done(status_url).await.json();
+    let group = &answer["parameter"][0]["resource"];
+    assert_eq!(group["member"][0]["entity"]["reference"], "Patient/pat-0004", "{answer}");
+    let group_id = group["id"].as_str().unwrap();
+    // B: the Group, the member's data, an export of the Group.
+    get_bearer(&b.url(&format!("Group/{group_id}")), &token).await.assert_status(200);
+    get_bearer(&b.url("Patient/pat-0004"), &token).await.assert_status(200);
+    let export = request(
+        "GET",
+        &b.url(&format!("Group/{group_id}/$export?_type=Patient,Coverage")),
+        &[("Authorization", &bearer), ("Prefer", "respond-async")],
+        None,
+    )
+    .await;
+    export.assert_status(202);
+    let manifest = poll_until_done(on_b(export.header("content-location").unwrap())).await.json();
+    let mut patients = Vec::new();
+    for file in manifest["output"].as_array().unwrap() {
+        let text = request("GET", &on_b(file["url"].as_str().unwrap()), &[("Authorization", &bearer)], None)
+            .await
+            .text();
+        for line in text.lines() {
+            let r: Value = serde_json::from_str(line).unwrap();
+            if r["resourceType"] == "Patient" {
+                patients.push(r["id"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert_eq!(patients, ["pat-0004"]);
+    // Removed through A's admin API: B hides the member again within seconds.
+    a.admin("DELETE", &format!("/admin/provider-member-match/groups/{group_id}"), None)
+        .await
+        .assert_status(204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_bearer(&b.url("Patient/pat-0004"), &token).await.status != 404 {
+        assert!(Instant::now() < deadline, "B still shows the member");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
