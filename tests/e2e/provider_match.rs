@@ -573,3 +573,62 @@ async fn provider_member_match_works_against_medplum() {
 async fn get_as(url: &str, headers: &[(&str, &str)]) -> Resp {
     request("GET", url, headers, None).await
 }
+
+/// A matcher that traps, loops or lies fails the whole request closed: the
+/// status answers 500, no Group is stored, nobody becomes visible.
+#[tokio::test]
+async fn a_failing_matcher_fails_the_request_closed() {
+    let facts = facts();
+    let (patients, cards) = dataset();
+    let hostile = repo_root().join("plugins/dist/hostile_matcher.wasm");
+    assert!(hostile.is_file(), "build the plugins first (plugins/build.sh)");
+    let gw = Gateway::start(
+        GatewayConfig::new("sandbox")
+            .extra_toml(&format!(
+                "[[plugins]]\nname = \"hostile\"\nworld = \"matcher\"\npath = {:?}\nmemory_mb = 32\ntimeout_ms = 200\n",
+                hostile.display().to_string()
+            ))
+            .client(GRACE.0, GRACE.1, GRACE.2, &["system/*.read"]),
+    );
+    let grace = gw.token(GRACE.0, "system/*.read");
+    let auth = bearer(&grace);
+    let a = &unattributed(&facts, 1)[0];
+    for family in ["Trap", "Liar", "Loop"] {
+        let mut patient = patients[a].clone();
+        patient["name"] = json!([{"family": family, "given": ["X"]}]);
+        let body = parameters(vec![
+            member_bundle("ok", &patients[a], Some(&cards[a]), Some(attestation("ok", GRACE.2, current()))),
+            member_bundle("bad", &patient, Some(&cards[a]), Some(attestation("bad", GRACE.2, current()))),
+        ]);
+        let kickoff = provider_match(&gw, &grace, &body, true).await;
+        kickoff.assert_status(202);
+        let url = kickoff.header("content-location").unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let failed = loop {
+            let resp = get_as(&url, &[("Authorization", &auth)]).await;
+            if !matches!(resp.status, 202 | 429) {
+                break resp;
+            }
+            assert!(Instant::now() < deadline, "{family}: no answer");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert_eq!(failed.status, 500, "{family}: {}", failed.text());
+        assert_operation_outcome(&failed);
+        assert!(!failed.text().contains(a.as_str()), "{family}: a payer id left");
+    }
+    let groups = gw.admin("GET", "/admin/provider-member-match/groups", None).await.json();
+    assert_eq!(groups["groups"], json!([]), "no Group from a failed request");
+    assert_eq!(get_as(&gw.url(&format!("Patient/{a}")), &[("Authorization", &auth)]).await.status, 404);
+    // The sync form answers the failure itself.
+    let mut patient = patients[a].clone();
+    patient["name"] = json!([{"family": "Trap", "given": ["X"]}]);
+    let sync = provider_match(
+        &gw,
+        &grace,
+        &parameters(vec![member_bundle("bad", &patient, None, Some(attestation("bad", GRACE.2, current())))]),
+        false,
+    )
+    .await;
+    assert!(sync.status >= 500, "{}", sync.status);
+    assert_operation_outcome(&sync);
+}

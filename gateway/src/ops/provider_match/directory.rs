@@ -2,8 +2,9 @@
 //! covered member (Patient + the Coverages whose beneficiary it is), read
 //! from the upstream by paging `Coverage` and `Patient` searches, indexed in
 //! memory ([`MemberIndex`], the same index and query semantics as
-//! `fhirwall match`), and re-read once older than
-//! `member_match.directory_refresh_s`.
+//! `fhirwall match`), and re-read in the background once older than
+//! `member_match.directory_refresh_s` (requests meanwhile use the copy
+//! they have; only the very first read makes a request wait).
 //!
 //! Why not ask the upstream per member, as `$member-match` does: a request
 //! carries up to a thousand members and each takes several candidate
@@ -36,25 +37,71 @@ const PAGE_SIZE: &str = "1000";
 const MAX_PAGES: usize = 10_000;
 
 pub struct MemberDirectory {
-    upstream: Upstream,
+    reader: Arc<Reader>,
     refresh: Duration,
-    current: tokio::sync::Mutex<Option<(Instant, Arc<MemberIndex>)>>,
+    current: Arc<std::sync::RwLock<Option<(Instant, Arc<MemberIndex>)>>>,
+    /// Held while a read runs: one read at a time.
+    reading: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Reads the directory from the upstream.
+struct Reader {
+    upstream: Upstream,
 }
 
 impl MemberDirectory {
     pub fn new(upstream: Upstream, refresh: Duration) -> MemberDirectory {
-        MemberDirectory { upstream, refresh, current: tokio::sync::Mutex::new(None) }
+        MemberDirectory {
+            reader: Arc::new(Reader { upstream }),
+            refresh,
+            current: Arc::default(),
+            reading: Arc::default(),
+        }
     }
 
-    /// The directory, read (again) when it is missing or too old. One
-    /// reader at a time: concurrent requests wait for the same read.
+    /// The directory. The first call reads it (concurrent callers wait for
+    /// that one read); once it is older than the refresh period, callers
+    /// get the copy they have while one read in the background replaces it
+    /// (a failed refresh keeps the old copy and is tried again on the next
+    /// call).
     pub async fn get(&self) -> Result<Arc<MemberIndex>, GatewayError> {
-        let mut slot = self.current.lock().await;
-        if let Some((at, index)) = slot.as_ref()
-            && at.elapsed() < self.refresh
-        {
-            return Ok(index.clone());
+        if let Some((at, index)) = self.snapshot() {
+            if at.elapsed() >= self.refresh
+                && let Ok(guard) = self.reading.clone().try_lock_owned()
+            {
+                let (reader, current) = (self.reader.clone(), self.current.clone());
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    match reader.read().await {
+                        Ok(fresh) => {
+                            *current.write().unwrap_or_else(|e| e.into_inner()) =
+                                Some((Instant::now(), fresh))
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, detail = ?e.detail, "member directory refresh failed; the previous copy stays")
+                        }
+                    }
+                });
+            }
+            return Ok(index);
         }
+        let _guard = self.reading.lock().await;
+        // Another caller may have read it while this one waited.
+        if let Some((_, index)) = self.snapshot() {
+            return Ok(index);
+        }
+        let index = self.reader.read().await?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), index.clone()));
+        Ok(index)
+    }
+
+    fn snapshot(&self) -> Option<(Instant, Arc<MemberIndex>)> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Reader {
+    async fn read(&self) -> Result<Arc<MemberIndex>, GatewayError> {
         let started = Instant::now();
         let mut lines = String::new();
         let coverages = self.read_all("Coverage", &mut lines).await?;
@@ -70,9 +117,7 @@ impl MemberDirectory {
             ms = started.elapsed().as_millis() as u64,
             "member directory read from the upstream"
         );
-        let index = Arc::new(index);
-        *slot = Some((Instant::now(), index.clone()));
-        Ok(index)
+        Ok(Arc::new(index))
     }
 
     /// Append every resource of `resource_type` as an NDJSON line; returns

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# $provider-member-match throughput (issue 13): one request of MEMBERS
+# MemberBundles against the member-match benchmark's population (100,000
+# covered members, bench/member-match/generate.py) served by the sandbox
+# upstream (`fhirwall sandbox --data`), through the release fhirwall with the
+# default matcher.
+#
+#   bench/provider-match.sh [MEMBERS]          (default 1000)
+#
+# Steps: generate the population and queries if missing (bench/member-match/run.sh
+# does the same); load them into the sandbox; start fhirwall (sync answers up to
+# MEMBERS, so a request's time is one HTTP exchange); then
+#  1. cold: the first request, which also reads the member directory from the
+#     upstream (100 pages of Coverage, 100 of Patient);
+#  2. warm: three more requests, answered at once (sync);
+#  3. async: one request kicked off with `Prefer: respond-async` and polled every 50 ms.
+# Each line reports seconds, members/s, matches, false positives against the
+# generator's truth, and recall; then fhirwall's peak and current RSS (the
+# directory of 100,000 members is held in memory). Needs python3, curl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+members=${1:-1000}
+bin=${FHIRWALL_BIN:-target/release/fhirwall}
+data=bench/member-match/data
+[ -f "$data/members.ndjson" ] || python3 bench/member-match/generate.py --members 100000 --queries 14000 --out "$data"
+[ -f plugins/dist/default_matcher.wasm ] || bash plugins/build.sh
+[ -x "$bin" ] || cargo build --release --locked -q
+bin=$(realpath "$bin")
+work=$(mktemp -d /tmp/fhirwall-pmm-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+log() { echo "[provider-match-bench $(date -u +%T)] $*" >&2; }
+wait_http() { # url seconds
+  local deadline=$((SECONDS + $2))
+  until curl -fs -o /dev/null "$1"; do
+    [ $SECONDS -lt $deadline ] || { log "timeout waiting for $1"; exit 1; }
+    sleep 0.5
+  done
+}
+client="python3 bench/provider-match-client.py"
+$client request --queries "$data/queries.ndjson" --truth "$data/truth.ndjson" --members "$members" --out "$work/request.json"
+
+t=$SECONDS
+"$bin" sandbox --listen 127.0.0.1:19400 --data "$data/members.ndjson" >"$work/sandbox.log" 2>&1 &
+pids+=("$!")
+wait_http http://127.0.0.1:19400/fhir/metadata 900
+log "sandbox loaded with $(grep -c '"Patient"' "$data/members.ndjson") patients in $((SECONDS - t)) s"
+
+"$bin" keygen --client-id bench-ehr --out "$work/keys" >/dev/null
+cat >"$work/fw.toml" <<TOML
+[server]
+listen = "127.0.0.1:19410"
+base_url = "http://127.0.0.1:19410/fhir"
+max_request_body_bytes = 67108864
+[admin]
+listen = "127.0.0.1:19411"
+[upstream]
+url = "http://127.0.0.1:19400/fhir"
+timeout_ms = 120000
+[state]
+url = "sqlite://state/fw.db"
+[audit]
+dir = "audit"
+[[clients]]
+client_id = "bench-ehr"
+organization = "Organization/org-grace"
+npi = "1417987256"
+jwks_path = "keys/bench-ehr.jwks.json"
+scopes = ["system/*.read"]
+[[plugins]]
+name = "default-matcher"
+world = "matcher"
+path = "$(realpath plugins/dist/default_matcher.wasm)"
+[member_match]
+sync_max_members = $members
+max_members = $members
+TOML
+FHIRWALL_LOG=warn "$bin" serve --config "$work/fw.toml" >"$work/fw.log" 2>&1 &
+fw_pid=$!; pids+=("$fw_pid")
+wait_http http://127.0.0.1:19411/readyz 60
+"$bin" token --client-id bench-ehr --key "$work/keys/bench-ehr.key.pem" \
+  --token-url http://127.0.0.1:19410/auth/token --scope 'system/*.read' >"$work/token"
+echo "# command: bench/provider-match.sh $members; machine: $(nproc) cores; $(date -u +%FT%TZ)"
+run() { $client run --base http://127.0.0.1:19410/fhir --token-file "$work/token" \
+  --request "$work/request.json" --truth "$data/truth.ndjson" "$@"; }
+echo "cold (reads the member directory): $(run)"
+for i in 1 2 3; do echo "warm $i: $(run)"; done
+echo "async: $(run --async)"
+echo "fhirwall memory: $(grep -E 'VmHWM|VmRSS' /proc/$fw_pid/status | tr -s ' \t' ' ' | paste -sd ';')"
