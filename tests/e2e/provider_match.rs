@@ -632,3 +632,64 @@ async fn a_failing_matcher_fails_the_request_closed() {
     assert!(sync.status >= 500, "{}", sync.status);
     assert_operation_outcome(&sync);
 }
+
+/// A job whose node died (its lease ran out) is taken over by a running
+/// node's sweeper and answered; the CapabilityStatement declares the operation.
+#[tokio::test]
+async fn an_abandoned_job_is_taken_over_and_the_operation_is_declared() {
+    let facts = facts();
+    let (patients, cards) = dataset();
+    let gw = Gateway::start(config("sandbox", ""));
+    let grace = gw.token(GRACE.0, "system/*.read");
+    let auth = bearer(&grace);
+    let metadata = get_as(&gw.url("metadata"), &[]).await.json();
+    let group =
+        metadata["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Group").unwrap();
+    assert!(
+        group["operation"].as_array().unwrap().iter().any(|o| o["name"] == "provider-member-match"
+            && o["definition"]
+                .as_str()
+                .unwrap()
+                .contains("davinci-pdex/OperationDefinition/provider-member-match")),
+        "{group}"
+    );
+
+    // A job a dead node had claimed: running, its lease long over.
+    let a = &unattributed(&facts, 1)[0];
+    let body = parameters(vec![member_bundle(
+        "t1",
+        &patients[a],
+        Some(&cards[a]),
+        Some(attestation("t1", GRACE.2, current())),
+    )]);
+    let spec =
+        json!({"client_id": GRACE.0, "organization": GRACE.1, "npi": GRACE.2, "body": body.to_string()});
+    let job = "0123456789abcdef0123456789abcdef";
+    let db = gw.dir().join("fhirwall.db");
+    let script = "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+        c.execute(\"INSERT INTO fhirwall_match_jobs VALUES (?, ?, ?, ?, 'running', 1, 1, 9223372036854775807, 0, 1, 'dead-node', 5, 1, 0, NULL, NULL)\", \
+        (sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])); c.commit()";
+    let status = std::process::Command::new("python3")
+        .args(["-c", script, db.to_str().unwrap(), job, GRACE.0, GRACE.1, &spec.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let done = wait_for(&gw.url(&format!("_match/{job}")), &grace).await;
+    assert_eq!(members_of(part(&done.json(), "MatchedMembers").unwrap()), [format!("Patient/{a}")]);
+    get_as(&gw.url(&format!("Patient/{a}")), &[("Authorization", &auth)]).await.assert_status(200);
+    assert!(gw.log().contains("taken over"), "the takeover is logged");
+}
+
+/// Without a matcher plugin the operation is not offered: 501 at once, and
+/// the CapabilityStatement does not declare it.
+#[tokio::test]
+async fn without_a_matcher_the_operation_is_501_and_not_declared() {
+    let gw =
+        Gateway::start(GatewayConfig::new("sandbox").client(GRACE.0, GRACE.1, GRACE.2, &["system/*.read"]));
+    let grace = gw.token(GRACE.0, "system/*.read");
+    let body = parameters(vec![json!({"name": "MemberBundle", "part": []})]);
+    let resp = provider_match(&gw, &grace, &body, true).await;
+    assert_eq!(resp.status, 501, "{}", resp.text());
+    assert_operation_outcome(&resp);
+    assert!(!get_as(&gw.url("metadata"), &[]).await.text().contains("provider-member-match"));
+}

@@ -647,7 +647,7 @@ impl FhirHandler {
         let serves = |t: &str| !matches!(policy.rule(t), crate::access::policy::TypeRule::Unlisted);
         let matcher = self.gw.plugins.current().matcher.is_some();
         let offers = |op: &str| match op {
-            "member-match" => matcher,
+            "member-match" | "provider-member-match" => matcher,
             "export" | "davinci-data-export" => true,
             _ => false,
         };

@@ -39,6 +39,12 @@ impl FhirHandler {
             .principal
             .as_ref()
             .ok_or_else(|| GatewayError::forbidden("an access token is required"))?;
+        if self.gw.plugins.current().matcher.is_none() {
+            return Err(GatewayError::of(
+                crate::error::Kind::NotImplemented,
+                "$provider-member-match needs a matcher plugin ([[plugins]] world = \"matcher\"), and none is configured",
+            ));
+        }
         let service = &self.gw.provider_matches;
         let settings = &service.settings;
         let members = request::parse(body, settings.max_members)?;
