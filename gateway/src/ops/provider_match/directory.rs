@@ -39,10 +39,13 @@ const MAX_PAGES: usize = 10_000;
 pub struct MemberDirectory {
     reader: Arc<Reader>,
     refresh: Duration,
-    current: Arc<std::sync::RwLock<Option<(Instant, Arc<MemberIndex>)>>>,
+    current: Arc<std::sync::RwLock<Held>>,
     /// Held while a read runs: one read at a time.
     reading: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// The copy held and when it was read.
+type Held = Option<(Instant, Arc<MemberIndex>)>;
 
 /// Reads the directory from the upstream.
 struct Reader {

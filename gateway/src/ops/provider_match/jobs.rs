@@ -120,6 +120,25 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
+/// A job to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewJob<'a> {
+    pub client_id: &'a str,
+    pub organization: &'a str,
+    /// What to run (serialised by the caller).
+    pub request: &'a str,
+    /// Members in the request.
+    pub total: i64,
+}
+
+/// Who runs a job, from when, until when (unix seconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    pub owner: &'a str,
+    pub now: i64,
+    pub until: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct MatchJobs {
     store: Store,
@@ -133,20 +152,17 @@ impl MatchJobs {
         Ok(MatchJobs { store })
     }
 
-    /// Store a job claimed by `owner` at once, unless the organization
+    /// Store a job claimed at once under `lease`, unless the organization
     /// already has `max_active` jobs queued or running (on any node; the
     /// insert comes first so concurrent requests count each other).
     pub async fn create_claimed(
         &self,
-        client_id: &str,
-        organization: &str,
-        request: &str,
-        total: i64,
-        owner: &str,
-        now: i64,
-        lease_until: i64,
+        job: &NewJob<'_>,
+        lease: &Lease<'_>,
         max_active: u32,
     ) -> Result<(String, Claim), JobError> {
+        let NewJob { client_id, organization, request, total } = *job;
+        let Lease { owner, now, until: lease_until } = *lease;
         let mut bytes = [0u8; 16];
         rand::rng().fill_bytes(&mut bytes);
         let id = hex::encode(bytes);
@@ -465,14 +481,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&format!("sqlite://{}/s.db", dir.path().display())).await.unwrap();
         let jobs = MatchJobs::open(store.clone()).await.unwrap();
-        let (id, claim) =
-            jobs.create_claimed("c", "Organization/o", "{}", 3, "node-a", 100, 130, 1).await.unwrap();
+        let job = |client_id, organization| NewJob { client_id, organization, request: "{}", total: 3 };
+        let lease = Lease { owner: "node-a", now: 100, until: 130 };
+        let (id, claim) = jobs.create_claimed(&job("c", "Organization/o"), &lease, 1).await.unwrap();
         assert!(matches!(
-            jobs.create_claimed("c2", "Organization/o", "{}", 3, "node-a", 100, 130, 1).await,
+            jobs.create_claimed(&job("c2", "Organization/o"), &lease, 1).await,
             Err(JobError::TooMany)
         ));
         // Another organization is not held back.
-        jobs.create_claimed("c3", "Organization/p", "{}", 3, "node-a", 100, 130, 1).await.unwrap();
+        jobs.create_claimed(&job("c3", "Organization/p"), &lease, 1).await.unwrap();
         jobs.progress(&claim, 2, 101, 131).await.unwrap();
         assert_eq!(jobs.get(&id).await.unwrap().unwrap().done_members, 2);
         // Node B takes over once the lease ran out; node A's writes are refused.

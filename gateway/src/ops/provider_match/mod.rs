@@ -92,19 +92,14 @@ impl ProviderMatches {
     pub async fn create(&self, spec: &JobSpec, members: usize) -> Result<Claim, GatewayError> {
         let now = crate::clock::unix_now_s();
         let text = serde_json::to_string(spec).map_err(|e| GatewayError::internal(e.to_string()))?;
-        match self
-            .jobs
-            .create_claimed(
-                &spec.client_id,
-                &spec.organization,
-                &text,
-                members as i64,
-                &self.node,
-                now,
-                now + LEASE_S,
-                self.settings.max_jobs_per_organization,
-            )
-            .await
+        let job = jobs::NewJob {
+            client_id: &spec.client_id,
+            organization: &spec.organization,
+            request: &text,
+            total: members as i64,
+        };
+        let lease = jobs::Lease { owner: &self.node, now, until: now + LEASE_S };
+        match self.jobs.create_claimed(&job, &lease, self.settings.max_jobs_per_organization).await
         {
             Ok((_, claim)) => Ok(claim),
             Err(JobError::TooMany) => Err(GatewayError::of(
