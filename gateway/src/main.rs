@@ -445,6 +445,20 @@ scopes = ["system/*.read"]
 part2_programs = ["Organization/org-recovery", "1234567893"]
 "#
     );
+    // The default matcher, when built (plugins/build.sh), serves
+    // $member-match and $provider-member-match; the example request asks for
+    // a member grace-ehr is not attributed to (Lucia Ximenez, pat-0004).
+    let matcher = std::env::current_dir()?.join("plugins/dist/default_matcher.wasm");
+    let config_text = if matcher.is_file() {
+        format!(
+            "{config_text}[[plugins]]\nname = \"default-matcher\"\nworld = \"matcher\"\npath = {:?}\n",
+            matcher.display().to_string()
+        )
+    } else {
+        config_text
+    };
+    let match_request = dir.path().join("provider-member-match.json");
+    std::fs::write(&match_request, DEMO_MATCH_REQUEST)?;
     let config_path = dir.path().join("fhirwall.toml");
     std::fs::write(&config_path, &config_text)?;
     let config = Config::load(&config_path)?;
@@ -464,6 +478,7 @@ part2_programs = ["Organization/org-recovery", "1234567893"]
          \n  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/Patient?_has:Observation:patient:code=1'   # refused: 400\
          \n  curl -s -i -H \"Authorization: Bearer $TOKEN\" -H 'Prefer: respond-async' '{base}/Group/grp-grace/$export?_type=Patient,Coverage'   # 202 + Content-Location\
          \n  curl -s -H \"Authorization: Bearer $TOKEN\" CONTENT_LOCATION   # the manifest; its file URLs download with the same token\
+         \n  curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/fhir+json' --data @{match_request} '{base}/Group/$provider-member-match'   # attested member -> MatchedMembers Group (needs plugins/build.sh)\
          \n  curl -s http://127.0.0.1:{admin_port}/metrics | head\
          \n  curl -s -H \"Authorization: Bearer {admin_token}\" 'http://127.0.0.1:{admin_port}/admin/audit?patient=pat-0001'\
          \n  fhirwall audit verify --dir {audit}\
@@ -471,9 +486,19 @@ part2_programs = ["Organization/org-recovery", "1234567893"]
         dir.path().display(),
         audit = config.audit.dir.display(),
         key = keys.key_path.display(),
+        match_request = match_request.display(),
     );
     runtime()?.block_on(fhirwall::server::run_with_admin_token(config, Some(admin_token)))
 }
+
+/// The demo's `$provider-member-match` request: one member grace-ehr treats
+/// (demographics as its EHR has them, no member id) with grace's attestation.
+const DEMO_MATCH_REQUEST: &str = r#"{"resourceType":"Parameters","parameter":[{"name":"MemberBundle","part":[
+{"name":"MemberPatient","resource":{"resourceType":"Patient","id":"ehr-77","name":[{"family":"Ximenez","given":["Lucia"]}],"gender":"female","birthDate":"1947-12-18"}},
+{"name":"CoverageToMatch","resource":{"resourceType":"Coverage","status":"active","beneficiary":{"reference":"Patient/ehr-77"},"payor":[{"display":"Fhirwall Example Health Plan"}]}},
+{"name":"Consent","resource":{"resourceType":"Consent","status":"active","patient":{"reference":"Patient/ehr-77"},
+ "provision":{"type":"permit","period":{"start":"2025-01-01"},"actor":[{"role":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ParticipationType","code":"IRCP"}]},
+ "reference":{"identifier":{"system":"http://hl7.org/fhir/sid/us-npi","value":"1417987256"}}}]}}}]}]}"#;
 
 fn hex_token() -> String {
     let bytes: [u8; 16] = rand_bytes();
