@@ -281,7 +281,7 @@ impl MatchJobs {
     ) -> Result<(), JobError> {
         let mut tx = self.store.pool().begin().await?;
         let n = sqlx::query(
-            "UPDATE fhirwall_match_jobs SET state = 'done', result = $1, expires_at = $2, updated_at = $3,
+            "UPDATE fhirwall_match_jobs SET state = 'done', result = $1, request = '', expires_at = $2, updated_at = $3,
                 done_members = total_members, lease_until = 0
              WHERE job_id = $4 AND fence = $5 AND state = 'running'",
         )
@@ -337,7 +337,7 @@ impl MatchJobs {
         expires_at: i64,
     ) -> Result<(), JobError> {
         sqlx::query(
-            "UPDATE fhirwall_match_jobs SET state = 'failed', failure = $1, expires_at = $2, updated_at = $3,
+            "UPDATE fhirwall_match_jobs SET state = 'failed', failure = $1, request = '', expires_at = $2, updated_at = $3,
                 lease_until = 0
              WHERE job_id = $4 AND fence = $5 AND state = 'running'",
         )
