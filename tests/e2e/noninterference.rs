@@ -69,6 +69,10 @@ fn gateway(upstream: &Upstream, facts: &serde_json::Value) -> Gateway {
             "[policy]\npart2 = \"exclude\"\npart2_programs = [{}]\nfinancial = \"strip\"\n\
              service_date_floor = \"2016-01-01\"\nmax_narrowed_patients = 100\n",
             programs.join(", ")
+        ))
+        .extra_toml(&format!(
+            "[[plugins]]\nname = \"matcher\"\nworld = \"matcher\"\npath = {:?}\n",
+            repo_root().join("plugins/dist/default_matcher.wasm").display().to_string()
         ));
     Gateway::start(config)
 }
@@ -296,8 +300,14 @@ async fn differential(kind: Kind) {
         report(&differences)
     );
     eprintln!("non-interference: {} requests, {compared} answers compared, identical", corpus.len());
-    let files = export_differential(kind, [(&gw_a, &token_a), (&gw_b, &token_b)], &hidden_tokens).await;
+    let pair = [(&gw_a, &token_a), (&gw_b, &token_b)];
+    let files = export_differential(kind, pair, ["grp-grace", "grp-grace"], &hidden_tokens).await;
     eprintln!("non-interference: a bulk export of every exportable type, {files} files identical");
+    let groups = match_differential(pair, &hidden_tokens).await;
+    let files = export_differential(kind, pair, [&groups[0], &groups[1]], &hidden_tokens).await;
+    eprintln!(
+        "non-interference: $provider-member-match answers identical; its Group's export, {files} files identical"
+    );
     let _ = Path::new(&data_a);
 }
 
@@ -308,14 +318,15 @@ async fn differential(kind: Kind) {
 async fn export_differential(
     kind: Kind,
     gateways: [(&Gateway, &String); 2],
+    groups: [&str; 2],
     hidden_tokens: &[String],
 ) -> usize {
     let mut exports = Vec::new();
-    for (gw, token) in gateways {
+    for ((gw, token), group) in gateways.into_iter().zip(groups) {
         let auth = format!("Bearer {token}");
         let kickoff = request(
             "GET",
-            &gw.url("Group/grp-grace/$export"),
+            &gw.url(&format!("Group/{group}/$export")),
             &[("Authorization", &auth), ("Prefer", "respond-async")],
             None,
         )
@@ -349,7 +360,8 @@ async fn export_differential(
         }
         let mut manifest = manifest;
         manifest["transactionTime"] = serde_json::json!("~");
-        let manifest = normalise(&manifest.to_string(), &gw.base_url()).replace(&job, "JOB");
+        let manifest =
+            normalise(&manifest.to_string(), &gw.base_url()).replace(&job, "JOB").replace(group, "GROUP");
         exports.push((manifest, files));
     }
     let (a, b) = (&exports[0], &exports[1]);
@@ -367,4 +379,77 @@ async fn export_differential(
         }
     }
     a.1.len()
+}
+
+/// `$provider-member-match` through both gateways for members of the
+/// dataset the client is not attributed to, matched on their demographics:
+/// the answers must be identical (after the job's own id and time), and B's
+/// holds no hidden token. Returns the MatchedMembers Group of each.
+async fn match_differential(gateways: [(&Gateway, &String); 2], hidden_tokens: &[String]) -> [String; 2] {
+    use serde_json::{Value, json};
+    let dataset_facts: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("examples/dataset/facts.json")).unwrap(),
+    )
+    .unwrap();
+    let visible: Vec<&str> = dataset_facts["attribution"]["org-grace"]["visible"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let text = std::fs::read_to_string(payer_dataset()).unwrap();
+    let members: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["resourceType"] == "Patient" && !visible.contains(&r["id"].as_str().unwrap_or("")))
+        .take(3)
+        .collect();
+    let npi = json!({"system": "http://hl7.org/fhir/sid/us-npi", "value": "1417987256"});
+    let bundles: Vec<Value> = members
+        .iter()
+        .enumerate()
+        .map(|(n, m)| {
+            let local = format!("ehr-{n}");
+            json!({"name": "MemberBundle", "part": [
+                {"name": "MemberPatient", "resource": {"resourceType": "Patient", "id": local, "name": m["name"],
+                    "gender": m["gender"], "birthDate": m["birthDate"]}},
+                {"name": "CoverageToMatch", "resource": {"resourceType": "Coverage", "status": "active",
+                    "beneficiary": {"reference": format!("Patient/{local}")}}},
+                {"name": "Consent", "resource": {"resourceType": "Consent", "status": "active",
+                    "patient": {"reference": format!("Patient/{local}")},
+                    "provision": {"type": "permit", "period": {"start": "2025-01-01"}, "actor": [{
+                        "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                        "reference": {"identifier": npi}}]}}}]})
+        })
+        .collect();
+    let body = json!({"resourceType": "Parameters", "parameter": bundles}).to_string();
+    let mut answers = Vec::new();
+    let mut groups = Vec::new();
+    for (gw, token) in gateways {
+        let resp = request(
+            "POST",
+            &gw.url("Group/$provider-member-match"),
+            &[("Authorization", &format!("Bearer {token}")), ("Content-Type", "application/fhir+json")],
+            Some(body.clone().into_bytes()),
+        )
+        .await;
+        resp.assert_status(200);
+        let mut answer = resp.json();
+        let group = answer["parameter"][0]["resource"]["id"].as_str().unwrap().to_owned();
+        let job = group.trim_start_matches("pmm-").to_owned();
+        answer["parameter"][0]["resource"]["meta"]["lastUpdated"] = json!("~");
+        groups.push(group);
+        answers.push(answer.to_string().replace(&job, "JOB"));
+    }
+    assert_eq!(answers[0], answers[1], "the $provider-member-match answers differ");
+    assert_eq!(
+        answers[0].matches("\"entity\":{\"extension\"").count(),
+        3,
+        "all three matched: {}",
+        answers[0]
+    );
+    for token in hidden_tokens {
+        assert!(!answers[1].contains(token.as_str()), "hidden token {token:?} in B's answer");
+    }
+    [groups.remove(0), groups.remove(0)]
 }

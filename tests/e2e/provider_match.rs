@@ -225,6 +225,12 @@ async fn attested_members_become_a_group_the_provider_can_export_and_nothing_els
     gw.admin("PUT", &format!("/admin/opt-outs/{opted}"), None).await.assert_status(204);
 
     let nobody = json!({"name": [{"family": "Zzyzx", "given": ["Nobody"]}], "gender": "male", "birthDate": "1931-02-03"});
+    // A former member: coverage ended (Coverage.period.end in the past).
+    let grace_visible = list(&facts["attribution"]["org-grace"]["visible"]);
+    let former = list(&facts["coverage_terminated"])
+        .into_iter()
+        .find(|p| !grace_visible.contains(p))
+        .expect("a former member");
     let body = parameters(vec![
         member_bundle(
             "prov-a",
@@ -264,6 +270,12 @@ async fn attested_members_become_a_group_the_provider_can_export_and_nothing_els
             Some(attestation("prov-g", GRACE.2, json!({"start": "2099-01-01"}))),
         ),
         member_bundle("prov-h", &nobody, Some("XX999999"), Some(attestation("prov-h", GRACE.2, current()))),
+        member_bundle(
+            "prov-i",
+            &patients[&former],
+            Some(&cards[&former]),
+            Some(attestation("prov-i", GRACE.2, current())),
+        ),
     ]);
     let kickoff = provider_match(&gw, &grace, &body, true).await;
     kickoff.assert_status(202);
@@ -300,14 +312,21 @@ async fn attested_members_become_a_group_the_provider_can_export_and_nothing_els
     echoed.sort();
     assert_eq!(
         echoed,
-        ["Patient/prov-c", "Patient/prov-d", "Patient/prov-e", "Patient/prov-g", "Patient/prov-h"]
+        [
+            "Patient/prov-c",
+            "Patient/prov-d",
+            "Patient/prov-e",
+            "Patient/prov-g",
+            "Patient/prov-h",
+            "Patient/prov-i"
+        ]
     );
     assert_eq!(members_of(constrained), ["Patient/prov-f"]);
     assert_eq!(constrained["code"]["coding"][0]["code"], "consentconstraint");
     // The payer's ids of members not matched never leave: not their
     // Patient ids, not their member ids.
     let raw = done.text();
-    for id in [other_npi, expired, missing, opted, not_yet] {
+    for id in [other_npi, expired, missing, opted, not_yet, &former] {
         assert!(!raw.contains(id.as_str()), "{id} left in the answer");
         let member_id = patients[id]["identifier"][0]["value"].as_str().unwrap();
         assert!(!raw.contains(member_id), "{member_id} left in the answer");
@@ -407,7 +426,7 @@ async fn attested_members_become_a_group_the_provider_can_export_and_nothing_els
     let text = completion.to_string();
     assert!(text.contains(b.as_str()), "both matched patients named");
     for (name, value) in
-        [("match.matched", "2"), ("match.non-matched", "5"), ("match.consent-constrained", "1")]
+        [("match.matched", "2"), ("match.non-matched", "6"), ("match.consent-constrained", "1")]
     {
         assert!(text.contains(name) && text.contains(&format!("\"{value}\"")), "{name} = {value} in {text}");
     }

@@ -16,7 +16,8 @@
 //! - `jobs`: jobs and stored Groups in the store (any node answers).
 //!
 //! Per member: an unverified attestation → NonMatchedMembers; else the
-//! matcher; no match, ambiguous, or a member without coverage in force →
+//! matcher; no match, ambiguous, or a member without coverage in force
+//! today (an `active` Coverage whose period covers today) →
 //! NonMatchedMembers; a matched member who opted out →
 //! ConsentConstrainedMembers (NonMatchedMembers when
 //! `policy.reveal_opt_out = false`); else MatchedMembers. A plugin failure
@@ -276,6 +277,7 @@ async fn match_slice(
         let members = members.clone();
         let source = source.clone();
         let mine: Vec<usize> = slice.iter().copied().skip(worker).step_by(workers).collect();
+        let today = crate::clock::today_utc();
         tasks.push(tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mut out = Vec::with_capacity(mine.len());
@@ -283,8 +285,7 @@ async fn match_slice(
                 let outcome = matcher.match_member(&members[n].input, source.clone())?;
                 let answer = match outcome.answer {
                     MatchAnswer::Match { member, .. } => {
-                        let covered =
-                            outcome.offered.get(&member).is_some_and(crate::ops::member_match::is_covered);
+                        let covered = outcome.offered.get(&member).is_some_and(|c| in_force(c, &today));
                         Answer::Matched { patient: member, covered }
                     }
                     MatchAnswer::NoMatch { .. } | MatchAnswer::Ambiguous { .. } => Answer::NotMatched,
@@ -306,6 +307,17 @@ async fn match_slice(
         out.push(next.unwrap_or(Answer::NotMatched));
     }
     Ok(out)
+}
+
+/// Is the member enrolled today? Provider Access serves current enrollees:
+/// a Coverage that is `active` and whose period covers today (a member
+/// whose coverage ended, was cancelled or is a draft is not matched).
+fn in_force(candidate: &crate::plugins::OfferedCandidate, today: &str) -> bool {
+    candidate.coverages.iter().any(|text| {
+        serde_json::from_str::<serde_json::Value>(text).is_ok_and(|c| {
+            c["status"] == "active" && crate::access::attribution::period_covers(c.get("period"), today)
+        })
+    })
 }
 
 fn state_error(e: JobError) -> GatewayError {
