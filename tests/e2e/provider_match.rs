@@ -568,12 +568,14 @@ async fn provider_member_match_works_against_medplum() {
     let up = Upstream::medplum(&[&payer_dataset()]);
     let gw = Gateway::start(config(up.base_url(), ""));
     let grace = gw.token(GRACE.0, "system/*.read");
-    let ids = unattributed(&facts, 3);
-    let (a, b, c) = (&ids[0], &ids[1], &ids[2]);
+    let ids = unattributed(&facts, 4);
+    let (a, b, c, d) = (&ids[0], &ids[1], &ids[2], &ids[3]);
+    gw.admin("PUT", &format!("/admin/opt-outs/{d}"), None).await.assert_status(204);
     let body = parameters(vec![
         member_bundle("m1", &patients[a], Some(&cards[a]), Some(attestation("m1", GRACE.2, current()))),
         member_bundle("m2", &patients[b], None, Some(attestation("m2", GRACE.2, current()))),
         member_bundle("m3", &patients[c], Some(&cards[c]), Some(attestation("m3", HOPKINS.2, current()))),
+        member_bundle("m4", &patients[d], Some(&cards[d]), Some(attestation("m4", GRACE.2, current()))),
     ]);
     let kickoff = provider_match(&gw, &grace, &body, true).await;
     kickoff.assert_status(202);
@@ -583,7 +585,8 @@ async fn provider_member_match_works_against_medplum() {
     got.sort();
     assert_eq!(got, vec![format!("Patient/{a}"), format!("Patient/{b}")]);
     assert_eq!(members_of(part(&answer, "NonMatchedMembers").unwrap()), ["Patient/m3"]);
-    assert!(!done.text().contains(c.as_str()));
+    assert_eq!(members_of(part(&answer, "ConsentConstrainedMembers").unwrap()), ["Patient/m4"]);
+    assert!(!done.text().contains(c.as_str()) && !done.text().contains(d.as_str()));
     let auth = bearer(&grace);
     get_as(&gw.url(&format!("Patient/{a}")), &[("Authorization", &auth)]).await.assert_status(200);
     assert_eq!(get_as(&gw.url(&format!("Patient/{c}")), &[("Authorization", &auth)]).await.status, 404);
