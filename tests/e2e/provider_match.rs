@@ -715,3 +715,39 @@ async fn without_a_matcher_the_operation_is_501_and_not_declared() {
     assert_operation_outcome(&resp);
     assert!(!get_as(&gw.url("metadata"), &[]).await.text().contains("provider-member-match"));
 }
+
+/// Guessing is throttled as for `$member-match`: attested members the
+/// matcher does not find count against the client's budget; once spent,
+/// the next request is 429 with Retry-After before anything runs.
+#[tokio::test]
+async fn members_without_a_match_spend_the_guessing_budget() {
+    let gw = Gateway::start(config("sandbox", "max_failures_per_client = 3\nfailure_window_s = 3600"));
+    let grace = gw.token(GRACE.0, "system/*.read");
+    let guess = |n: usize| {
+        let who = json!({"name": [{"family": "Guess", "given": [format!("Nobody{n}")]}], "gender": "male", "birthDate": "1931-02-03"});
+        let local = format!("g{n}");
+        member_bundle(&local, &who, Some("XX1234567"), Some(attestation(&local, GRACE.2, current())))
+    };
+    // Unattested members do not count: nothing was matched for them.
+    let unattested = parameters(
+        (0..5)
+            .map(|n| {
+                member_bundle(
+                    &format!("u{n}"),
+                    &json!({"name": [{"family": "Guess"}], "birthDate": "1931-02-03"}),
+                    None,
+                    None,
+                )
+            })
+            .collect(),
+    );
+    provider_match(&gw, &grace, &unattested, true).await.assert_status(202);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let first = provider_match(&gw, &grace, &parameters((0..3).map(guess).collect()), false).await;
+    first.assert_status(200);
+    assert_eq!(members_of(part(&first.json(), "NonMatchedMembers").unwrap()).len(), 3);
+    let refused = provider_match(&gw, &grace, &parameters(vec![guess(9)]), false).await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert!(refused.header("retry-after").is_some());
+    assert_operation_outcome(&refused);
+}

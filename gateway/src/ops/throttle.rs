@@ -157,6 +157,52 @@ impl MatchThrottle {
         Ok(attempt)
     }
 
+    /// `$provider-member-match`: refuse (429) a client whose overall
+    /// budget of attempts without a match is spent, before anything runs.
+    pub async fn check_client(&self, client_id: &str) -> Result<(), GatewayError> {
+        let now = unix_now_s();
+        let since = now - self.budgets.window.as_secs() as i64;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(at) AS oldest FROM fhirwall_match_attempts WHERE client_id = $1 AND at > $2",
+        )
+        .bind(client_id)
+        .bind(since)
+        .fetch_one(self.store.pool())
+        .await
+        .map_err(|e| GatewayError::policy_failure(format!("member-match throttle: state database: {e}")))?;
+        let n: i64 = row.try_get("n").unwrap_or(0);
+        let oldest: i64 = row.try_get::<Option<i64>, _>("oldest").ok().flatten().unwrap_or(now);
+        if n >= i64::from(self.budgets.per_client) {
+            tracing::warn!(client = %client_id, "provider-member-match throttled (too many members without a match)");
+            return Err(throttled((oldest + self.budgets.window.as_secs() as i64 - now).max(1)));
+        }
+        Ok(())
+    }
+
+    /// `$provider-member-match`: count each attested member the matcher did
+    /// not match as one attempt without a match (the same budgets as
+    /// `$member-match`, per client and per subject).
+    pub async fn record_failures(&self, client_id: &str, member_patients: &[Value]) {
+        let now = unix_now_s();
+        for patient in member_patients {
+            let mut id = [0u8; 16];
+            rand::rng().fill_bytes(&mut id);
+            if let Err(e) = sqlx::query(
+                "INSERT INTO fhirwall_match_attempts (attempt_id, client_id, subject, at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(hex::encode(id))
+            .bind(client_id)
+            .bind(self.subject(patient))
+            .bind(now)
+            .execute(self.store.pool())
+            .await
+            {
+                tracing::warn!(error = %e, "member-match throttle: could not record a failed match");
+                return;
+            }
+        }
+    }
+
     /// Record how the attempt ended. A store failure here is logged, not
     /// returned: the answer is already decided, and a lost `Released` only
     /// makes the budget stricter.

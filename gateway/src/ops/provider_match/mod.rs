@@ -65,6 +65,9 @@ pub struct Finished {
     pub counts: (usize, usize, usize),
     /// Payer patient ids disclosed as matched.
     pub matched: Vec<String>,
+    /// The MemberPatients of attested members the matcher did not match
+    /// (counted against the brute-force budgets of `ops::throttle`).
+    pub unmatched: Vec<serde_json::Value>,
 }
 
 /// The `$provider-member-match` service of one node.
@@ -128,6 +131,7 @@ impl ProviderMatches {
         let mut placements: Vec<Option<Placement>> = vec![None; members.len()];
         // Attestations first: an unverified member is never matched.
         let mut to_match: Vec<usize> = Vec::new();
+        let mut unmatched = Vec::new();
         for (n, m) in members.iter().enumerate() {
             match attestation::verify(m.attestation.as_ref(), &m.provider_ref, spec.npi.as_deref(), &today) {
                 Ok(()) => to_match.push(n),
@@ -145,6 +149,11 @@ impl ProviderMatches {
             for slice in to_match.chunks(SLICE) {
                 let answers = match_slice(plugins, &members, slice, source.clone()).await?;
                 for (n, answer) in slice.iter().zip(answers) {
+                    if matches!(answer, Answer::NotMatched | Answer::Matched { covered: false, .. })
+                        && let Ok(patient) = serde_json::from_str(&members[*n].input.member_patient)
+                    {
+                        unmatched.push(patient);
+                    }
                     placements[*n] = Some(self.place(&members[*n], answer, access).await?);
                 }
                 done += slice.len();
@@ -153,7 +162,9 @@ impl ProviderMatches {
             }
         }
         let placements: Vec<Placement> = placements.into_iter().flatten().collect();
-        self.finish(claim, spec, &placements, &today).await
+        let mut finished = self.finish(claim, spec, &placements, &today).await?;
+        finished.unmatched = unmatched;
+        Ok(finished)
     }
 
     /// Where one matcher answer puts a member.
@@ -230,7 +241,13 @@ impl ProviderMatches {
             .collect();
         matched_ids.sort();
         matched_ids.dedup();
-        Ok(Finished { parameters, group_id, counts: groups::counts(placements), matched: matched_ids })
+        Ok(Finished {
+            parameters,
+            group_id,
+            counts: groups::counts(placements),
+            matched: matched_ids,
+            unmatched: Vec::new(),
+        })
     }
 
     /// Mark a job failed (its status then answers 500 with `failure`).

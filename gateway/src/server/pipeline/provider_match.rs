@@ -56,6 +56,9 @@ impl FhirHandler {
                 settings.sync_max_members
             )));
         }
+        // Guessing is throttled as for $member-match (HREX-10): a client
+        // whose attested members failed to match too often waits.
+        self.gw.match_throttle.check_client(&principal.client_id).await?;
         let spec = JobSpec {
             client_id: principal.client_id.clone(),
             organization: principal.organization.clone(),
@@ -137,6 +140,7 @@ async fn run_job(
     let result = service.run(&claim, &spec, &gw.plugins, &gw.access).await;
     match &result {
         Ok(finished) => {
+            gw.match_throttle.record_failures(&spec.client_id, &finished.unmatched).await;
             // The new Group counts on this node's very next request.
             if let Err(e) = gw.access.invalidate_snapshot().await {
                 tracing::warn!(error = %e, "access snapshot not refreshed after a match");
