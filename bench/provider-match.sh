@@ -19,7 +19,9 @@
 # directory of 100,000 members is held in memory). Needs python3, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/common.sh
 members=${1:-1000}
+up_port=19400
 bin=${FHIRWALL_BIN:-target/release/fhirwall}
 data=bench/member-match/data
 [ -f "$data/members.ndjson" ] || python3 bench/member-match/generate.py --members 100000 --queries 14000 --out "$data"
@@ -46,32 +48,15 @@ client="python3 bench/provider-match-client.py"
 $client request --queries "$data/queries.ndjson" --truth "$data/truth.ndjson" --members "$members" --out "$work/request.json"
 
 t=$SECONDS
-"$bin" sandbox --listen 127.0.0.1:19400 --data "$data/members.ndjson" >"$work/sandbox.log" 2>&1 &
+"$bin" sandbox --listen 127.0.0.1:$up_port --data "$data/members.ndjson" >"$work/sandbox.log" 2>&1 &
 pids+=("$!")
-wait_http http://127.0.0.1:19400/fhir/metadata 900
+wait_http http://127.0.0.1:$up_port/fhir/metadata 900
 log "sandbox loaded with $(grep -c '"Patient"' "$data/members.ndjson") patients in $((SECONDS - t)) s"
 
 "$bin" keygen --client-id bench-ehr --out "$work/keys" >/dev/null
-cat >"$work/fw.toml" <<TOML
-[server]
-listen = "127.0.0.1:19410"
-base_url = "http://127.0.0.1:19410/fhir"
-max_request_body_bytes = 67108864
-[admin]
-listen = "127.0.0.1:19411"
-[upstream]
-url = "http://127.0.0.1:19400/fhir"
-timeout_ms = 120000
-[state]
-url = "sqlite://state/fw.db"
-[audit]
-dir = "audit"
-[[clients]]
-client_id = "bench-ehr"
-organization = "Organization/org-grace"
-npi = "1417987256"
-jwks_path = "keys/bench-ehr.jwks.json"
-scopes = ["system/*.read"]
+{
+  gateway_config 19410 19411 audit sqlite://state/fw.db
+  cat <<TOML
 [[plugins]]
 name = "default-matcher"
 world = "matcher"
@@ -79,7 +64,11 @@ path = "$(realpath plugins/dist/default_matcher.wasm)"
 [member_match]
 sync_max_members = $members
 max_members = $members
+# Every run sends the same ~150 look-alikes (right answer: no match), which
+# count against the guessing budget (default 500 per hour) like any guess.
+max_failures_per_client = 1000000
 TOML
+} >"$work/fw.toml"
 FHIRWALL_LOG=warn "$bin" serve --config "$work/fw.toml" >"$work/fw.log" 2>&1 &
 fw_pid=$!; pids+=("$fw_pid")
 wait_http http://127.0.0.1:19411/readyz 60

@@ -83,7 +83,13 @@ impl AdminHandler {
             }
             // $provider-member-match: the stored MatchedMembers Groups.
             (&Method::GET, "/admin/provider-member-match/groups") => {
-                let groups = self.gw.provider_matches.jobs.groups().await.map_err(state_unavailable)?;
+                let groups = self
+                    .gw
+                    .provider_matches
+                    .jobs
+                    .groups()
+                    .await
+                    .map_err(crate::ops::provider_match::state_error)?;
                 Ok(respond::json(StatusCode::OK, serde_json::json!({ "groups": groups }).to_string()))
             }
             (&Method::DELETE, path) if path.starts_with("/admin/provider-member-match/groups/") => {
@@ -92,8 +98,13 @@ impl AdminHandler {
                 if !crate::fhir::search::is_fhir_id(id) {
                     return Err(GatewayError::bad_request("not a Group id"));
                 }
-                let removed =
-                    self.gw.provider_matches.jobs.delete_group(id).await.map_err(state_unavailable)?;
+                let removed = self
+                    .gw
+                    .provider_matches
+                    .jobs
+                    .delete_group(id)
+                    .await
+                    .map_err(crate::ops::provider_match::state_error)?;
                 self.gw.access.invalidate_snapshot().await?;
                 if removed {
                     Ok(respond::empty(StatusCode::NO_CONTENT))
@@ -230,8 +241,4 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn state_unavailable(e: impl std::fmt::Display) -> GatewayError {
-    GatewayError::of(Kind::Unavailable, "the state store is unavailable").with_detail(e.to_string())
 }

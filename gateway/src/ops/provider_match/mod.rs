@@ -119,14 +119,16 @@ impl ProviderMatches {
     }
 
     /// Run a claimed job to the end and store its answer and Group.
+    /// `members` is `spec.body` parsed (by the request, or by the node
+    /// that takes the job over).
     pub async fn run(
         &self,
         claim: &Claim,
         spec: &JobSpec,
+        members: Vec<MemberBundle>,
         plugins: &Plugins,
         access: &crate::access::Access,
     ) -> Result<Finished, GatewayError> {
-        let members = request::parse(spec.body.as_bytes(), usize::MAX)?;
         let today = crate::clock::today_utc();
         let mut placements: Vec<Option<Placement>> = vec![None; members.len()];
         // Attestations first: an unverified member is never matched.
@@ -337,7 +339,8 @@ fn in_force(candidate: &crate::plugins::OfferedCandidate, today: &str) -> bool {
     })
 }
 
-fn state_error(e: JobError) -> GatewayError {
+/// A store failure of a job or Group write, as the caller sees it (503).
+pub fn state_error(e: JobError) -> GatewayError {
     match e {
         JobError::LeaseLost(job) => {
             GatewayError::of(Kind::Unavailable, "the match job was taken over or cancelled").with_detail(job)

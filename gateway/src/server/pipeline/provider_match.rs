@@ -73,14 +73,14 @@ impl FhirHandler {
         }
         if respond_async {
             let status_url = service.status_url(&claim.job_id);
-            tokio::spawn(run_job(self.gw.clone(), claim, spec, true));
+            tokio::spawn(run_job(self.gw.clone(), claim, spec, members, true));
             let mut response = respond::empty(StatusCode::ACCEPTED);
             if let Ok(v) = HeaderValue::from_str(&status_url) {
                 response.headers_mut().insert(CONTENT_LOCATION, v);
             }
             return Ok(response);
         }
-        let finished = run_job(self.gw.clone(), claim, spec, false).await?;
+        let finished = run_job(self.gw.clone(), claim, spec, members, false).await?;
         add_counts(&mut ctx.audit_details.lock().unwrap_or_else(|e| e.into_inner()), &finished);
         ctx.disclosure().patients.extend(finished.matched.iter().cloned());
         Ok(respond::fhir_json(StatusCode::OK, Bytes::from(finished.parameters)))
@@ -134,10 +134,11 @@ async fn run_job(
     gw: Arc<Gateway>,
     claim: Claim,
     spec: JobSpec,
+    members: Vec<request::MemberBundle>,
     background: bool,
 ) -> Result<Finished, GatewayError> {
     let service = &gw.provider_matches;
-    let result = service.run(&claim, &spec, &gw.plugins, &gw.access).await;
+    let result = service.run(&claim, &spec, members, &gw.plugins, &gw.access).await;
     match &result {
         Ok(finished) => {
             gw.match_throttle.record_failures(&spec.client_id, &finished.unmatched).await;
@@ -224,13 +225,16 @@ pub fn spawn_sweeper(gw: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
             match service.jobs.claim_abandoned(&service.node, now, lease).await {
                 Ok(Some(claim)) => {
                     let job = service.jobs.get(&claim.job_id).await.ok().flatten();
-                    let Some(spec) = job.and_then(|j| serde_json::from_str::<JobSpec>(&j.request).ok())
-                    else {
+                    let stored =
+                        job.and_then(|j| serde_json::from_str::<JobSpec>(&j.request).ok()).and_then(|spec| {
+                            request::parse(spec.body.as_bytes(), usize::MAX).ok().map(|m| (spec, m))
+                        });
+                    let Some((spec, members)) = stored else {
                         service.fail(&claim, "the stored request could not be read").await;
                         continue;
                     };
                     tracing::info!(job = %claim.job_id, "provider-member-match taken over from a node that stopped");
-                    let _ = run_job(gw.clone(), claim, spec, true).await;
+                    let _ = run_job(gw.clone(), claim, spec, members, true).await;
                 }
                 Ok(None) => {}
                 Err(e) => {
