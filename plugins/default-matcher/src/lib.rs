@@ -1,378 +1,285 @@
-//! fhirwall's default member matcher (`matcher` world): deterministic
-//! demographic matching that prefers no match to a wrong match.
+//! fhirwall's default member matcher (`matcher` world): probabilistic
+//! record linkage that finds members without their card and still prefers
+//! no match to a wrong match.
 //!
-//! 1. Gather candidates with a few narrow queries: each identifier the
-//!    provider sent (member id, subscriber id, card number; as sent and
-//!    normalised), the exact birth date, and each family-name word (and,
-//!    for swapped names, each given name) within the birth year.
-//! 2. Score every candidate on identifiers, birth date (exact; off by one
-//!    day or day/month swapped), family and given names (diacritics folded,
-//!    hyphenated and compound names split, nicknames, one typo, swapped
-//!    family/given), gender and postal code.
-//! 3. Decide with two thresholds and a margin: the best candidate matches
-//!    only when its score reaches [`MATCH`] (the acceptance threshold) and
-//!    no runner-up reaches it too or comes within [`MARGIN`] of the best
-//!    (the ambiguity threshold); otherwise ambiguous or no match.
-//!
-//! The weights are conservative: demographics alone need an exact name and
-//! birth date to reach the threshold; a perturbed name or birth date needs
-//! a matching identifier as well.
+//! 1. Retrieve candidates by blocking ([`blocking`]): the identifiers sent
+//!    and the exact birth date first; only when those cannot settle the
+//!    answer, the birth date swapped or a day off, family-name prefixes,
+//!    the given name and former names within the birth year.
+//! 2. Score every candidate ([`scoring`]): per-field evidence weights
+//!    (Fellegi–Sunter log-likelihood ratios) for identifiers (own id,
+//!    subscriber id, one typo away, another id of this plan, none or another
+//!    payer's), birth date (exact, day/month swapped, one day off,
+//!    different), family and given names (exact, compound, former name,
+//!    nickname, typo, phonetic, different; swapped family/given), gender,
+//!    address (street, postal code, city), phone and e-mail. Household
+//!    fields only corroborate: a candidate whose birth date, given name,
+//!    gender or Jr/Sr suffix contradicts the provider's is not *eligible*.
+//! 3. Decide: the best eligible candidate matches when its score reaches
+//!    [`MATCH`] and no other eligible candidate comes within [`MARGIN`] of
+//!    it (then: ambiguous). Name and birth date alone (no card, no
+//!    address, phone or e-mail that agrees) stay below [`MATCH`]: someone
+//!    else with the same name and birth date may be asking.
 
 use std::collections::BTreeMap;
 
-use fhirwall_plugin_sdk::fhir::{self, Coverage, Patient};
 use fhirwall_plugin_sdk::matcher::{
     Ambiguity, Candidate, CandidateQuery, Candidates, MatchRequest, MatchResult, Matched, Matcher,
 };
 
+mod blocking;
 mod nicknames;
+mod phonetic;
+mod record;
+mod scoring;
 
-/// A candidate matches at or above this score...
-pub const MATCH: f64 = 10.5;
-/// ...and only when no runner-up also reaches `MATCH` or comes within
-/// this margin of the best score; otherwise the answer is ambiguous.
-pub const MARGIN: f64 = 3.0;
-/// At most this many `candidates` queries per request.
-const MAX_QUERIES: usize = 12;
+use blocking::Block;
+use record::{Cand, Probe};
+use scoring::{Assessment, DobFit, IdFit};
+
+/// A candidate matches at or above this score (when corroborated, see
+/// [`scoring::Assessment::corroborated`], and its names, birth date and
+/// gender reach [`IDENTITY`])...
+pub const MATCH: f64 = 16.0;
+/// The least evidence names, birth date and gender must give on their own
+/// (unless the member's own id agrees).
+pub const IDENTITY: f64 = 8.0;
+/// ...and only when no other eligible candidate comes within this margin
+/// of it; otherwise the answer is ambiguous.
+pub const MARGIN: f64 = 5.0;
+/// Below [`MATCH`], two or more eligible candidates at least this good and
+/// within [`MARGIN`] of each other make the answer ambiguous rather than no
+/// match (for instance two members with the same name and birth date).
+pub const PLAUSIBLE: f64 = 18.0;
 
 pub struct DefaultMatcher;
 
 impl Matcher for DefaultMatcher {
     fn match_member(request: &MatchRequest, candidates: &dyn Candidates) -> MatchResult {
-        let probe = match Probe::from_request(request) {
+        let probe = match Probe::from_json(&request.member_patient, &request.coverage_to_match) {
             Ok(p) => p,
             Err(why) => return MatchResult::NoMatch(vec![why]),
         };
-        let found = match gather(&probe, candidates) {
-            Ok(found) => found,
-            Err(why) => return MatchResult::NoMatch(vec![why]),
-        };
-        decide(&probe, &found)
+        let mut search = Search::new(&probe, candidates);
+        match search.run() {
+            Ok(()) => decide(&search.scored()),
+            Err(why) => MatchResult::NoMatch(vec![why]),
+        }
     }
 }
 
 fhirwall_plugin_sdk::export_matcher!(DefaultMatcher);
 
-/// What the provider sent, normalised once.
-#[derive(Debug, Default)]
-struct Probe {
-    family: Vec<String>,
-    given: Vec<String>,
-    birth: Option<(u16, u8, u8)>,
-    birth_text: Option<String>,
-    gender: Option<String>,
-    /// Raw and normalised identifier values.
-    ids: Vec<String>,
-    ids_norm: Vec<String>,
-    postal: Option<String>,
+/// A candidate seen during this request.
+enum Seen {
+    Scored(Box<(Cand, Assessment)>),
+    /// Its birth date rules it out (and it carries no identifier sent).
+    RuledOut,
 }
 
-impl Probe {
-    fn from_request(request: &MatchRequest) -> Result<Probe, String> {
-        let patient = Patient::parse(&request.member_patient)
-            .map_err(|_| "MemberPatient is not a Patient".to_owned())?;
-        let coverage = Coverage::parse(&request.coverage_to_match)
-            .map_err(|_| "CoverageToMatch is not a Coverage".to_owned())?;
-        let mut probe = Probe::default();
-        if let Some(name) = patient.main_name() {
-            probe.family = name.family.as_deref().map(fhir::name_tokens).unwrap_or_default();
-            probe.given = name.given.iter().flat_map(|g| fhir::name_tokens(g)).collect();
-        }
-        probe.birth_text = patient.birth_date.clone().filter(|b| fhir::parse_date(b).is_some());
-        probe.birth = patient.birth_date.as_deref().and_then(fhir::parse_date);
-        probe.gender = patient.gender.clone().filter(|g| g == "male" || g == "female");
-        let mut raw: Vec<&str> = Vec::new();
-        raw.extend(coverage.subscriber_id.as_deref());
-        raw.extend(coverage.identifier.iter().filter_map(|i| i.value.as_deref()));
-        raw.extend(patient.identifier.iter().filter_map(|i| i.value.as_deref()));
-        for value in raw {
-            let value = value.trim();
-            let norm = fhir::normalize_identifier(value);
-            if norm.len() < 4 || probe.ids_norm.contains(&norm) {
-                continue;
+struct Search<'a> {
+    probe: &'a Probe,
+    source: &'a dyn Candidates,
+    seen: BTreeMap<String, Seen>,
+    queries: Vec<CandidateQuery>,
+    /// Stage 3 asked: candidates with a birth date one digit off are read.
+    typo_stage: bool,
+}
+
+impl<'a> Search<'a> {
+    fn new(probe: &'a Probe, source: &'a dyn Candidates) -> Search<'a> {
+        Search { probe, source, seen: BTreeMap::new(), queries: Vec::new(), typo_stage: false }
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        // Stage 1: identifiers and the exact birth date.
+        let mut ids_complete = true;
+        let mut dob_complete = false;
+        for (block, query) in blocking::stage_one(self.probe) {
+            let Some((found, truncated)) = self.ask(query.clone(), block)? else { continue };
+            match block {
+                Block::Identifier => {
+                    let raw = query.identifier.clone().unwrap_or_default();
+                    let norm = fhirwall_plugin_sdk::fhir::normalize_identifier(&raw);
+                    if found == 0 && norm != raw {
+                        let again = CandidateQuery { identifier: Some(norm), ..query };
+                        match self.ask(again, Block::IdentifierNormalised)? {
+                            Some((_, t)) => ids_complete &= !t,
+                            None => ids_complete = false,
+                        }
+                    } else {
+                        ids_complete &= !truncated;
+                    }
+                }
+                Block::BirthDate => dob_complete = !truncated,
+                _ => {}
             }
-            probe.ids.push(value.to_owned());
-            probe.ids_norm.push(norm);
         }
-        probe.postal = patient.address.iter().find_map(|a| a.postal_code.as_deref()).map(postal5);
-        if probe.family.is_empty() && probe.ids.is_empty() {
-            return Err("no family name and no identifier to match on".into());
+        if self.settled(ids_complete, dob_complete) {
+            return Ok(());
         }
-        Ok(probe)
+        // Stage 2: the other compatible birth dates.
+        for query in blocking::stage_two(self.probe) {
+            self.ask(query, Block::Other)?;
+        }
+        // Stage 3: a birth date with a typo, when nothing else fits.
+        if self.scored().first().is_none_or(|(_, (_, a))| !acceptable(a))
+            && scoring::can_corroborate(self.probe)
+        {
+            self.typo_stage = true;
+            for query in blocking::stage_three(self.probe) {
+                self.ask(query, Block::Other)?;
+            }
+        }
+        Ok(())
     }
-}
 
-fn postal5(p: &str) -> String {
-    p.chars().filter(char::is_ascii_digit).take(5).collect()
-}
-
-/// A candidate with its parsed fields.
-struct Found {
-    id: String,
-    patient: Patient,
-    coverages: Vec<Coverage>,
-}
-
-fn gather(probe: &Probe, source: &dyn Candidates) -> Result<Vec<Found>, String> {
-    let mut queries: Vec<CandidateQuery> = Vec::new();
-    let mut push = |q: CandidateQuery| {
-        if queries.len() < MAX_QUERIES && !queries.contains(&q) {
-            queries.push(q);
+    /// Ask one query (unless asked already or over the limit): how many
+    /// candidates came back and whether the page was truncated.
+    fn ask(&mut self, query: CandidateQuery, block: Block) -> Result<Option<(usize, bool)>, String> {
+        if self.queries.len() >= blocking::MAX_QUERIES || self.queries.contains(&query) {
+            return Ok(None);
         }
-    };
-    let empty = CandidateQuery { identifier: None, birth_date: None, family: None, given: None };
-    for (raw, norm) in probe.ids.iter().zip(&probe.ids_norm).take(3) {
-        push(CandidateQuery { identifier: Some(raw.clone()), ..empty.clone() });
-        if raw != norm {
-            push(CandidateQuery { identifier: Some(norm.clone()), ..empty.clone() });
-        }
-    }
-    if let Some(b) = &probe.birth_text {
-        push(CandidateQuery { birth_date: Some(b.clone()), ..empty.clone() });
-    }
-    if let Some((year, month, day)) = probe.birth {
-        let year_text = format!("{year:04}");
-        for word in probe.family.iter().chain(probe.given.iter().take(1)).filter(|w| w.len() >= 2) {
-            push(CandidateQuery {
-                family: Some(word.clone()),
-                birth_date: Some(year_text.clone()),
-                ..empty.clone()
-            });
-        }
-        // Day and month swapped (03-04 for 04-03).
-        if day <= 12 && day != month {
-            push(CandidateQuery {
-                birth_date: Some(format!("{year:04}-{day:02}-{month:02}")),
-                ..empty.clone()
-            });
-        }
-    }
-    let mut found: BTreeMap<String, Found> = BTreeMap::new();
-    for query in &queries {
-        let page = source.candidates(query)?;
+        self.queries.push(query.clone());
+        let page = self.source.candidates(&query)?;
+        let count = page.candidates.len();
+        let by_id = matches!(block, Block::Identifier | Block::IdentifierNormalised);
         for Candidate { id, patient, coverages } in page.candidates {
-            if found.contains_key(&id) {
+            if let Some(Seen::Scored(_)) = self.seen.get(&id) {
                 continue;
             }
-            let Ok(patient) = Patient::parse(&patient) else { continue };
-            let coverages = coverages.iter().filter_map(|c| Coverage::parse(c).ok()).collect();
-            found.insert(id.clone(), Found { id, patient, coverages });
-        }
-    }
-    Ok(found.into_values().collect())
-}
-
-/// How a name part compares.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
-enum Fit {
-    Different,
-    Initial,
-    Typo,
-    Nickname,
-    Partial,
-    Exact,
-}
-
-fn score(probe: &Probe, cand: &Found) -> (f64, Vec<&'static str>) {
-    let mut s = 0.0;
-    let mut why = Vec::new();
-
-    // Identifiers: the member id is one person; a subscriber id is shared
-    // by a household, so it counts less.
-    let mut member_ids: Vec<String> = cand
-        .patient
-        .identifier
-        .iter()
-        .filter_map(|i| i.value.as_deref())
-        .map(fhir::normalize_identifier)
-        .collect();
-    let mut subscriber_ids = Vec::new();
-    for c in &cand.coverages {
-        member_ids
-            .extend(c.identifier.iter().filter_map(|i| i.value.as_deref()).map(fhir::normalize_identifier));
-        subscriber_ids.extend(c.subscriber_id.as_deref().map(fhir::normalize_identifier));
-    }
-    if probe.ids_norm.iter().any(|p| member_ids.contains(p)) {
-        s += 7.0;
-        why.push("member id");
-    } else if probe
-        .ids_norm
-        .iter()
-        .any(|p| subscriber_ids.iter().any(|s| s.len() >= 6 && p.starts_with(s.as_str())))
-    {
-        // The subscriber id, or a member id built on it (`FW1000123-02`).
-        s += 4.0;
-        why.push("subscriber id");
-    } else if !probe.ids_norm.is_empty() {
-        // An id was sent and none fits: a different plan membership or a
-        // typo; weigh against, without ruling out.
-        s -= 2.0;
-    }
-
-    // Birth date.
-    let cand_birth = cand.patient.birth_date.as_deref().and_then(fhir::parse_date);
-    match (probe.birth, cand_birth) {
-        (Some(p), Some(c)) if p == c => {
-            s += 4.0;
-            why.push("birth date");
-        }
-        (Some(p), Some(c)) => {
-            let days = (fhir::days_from_civil(p.0, p.1, p.2) - fhir::days_from_civil(c.0, c.1, c.2)).abs();
-            if days == 1 || (p.0 == c.0 && p.1 == c.2 && p.2 == c.1) {
-                s += 1.5;
-                why.push("birth date near");
-            } else {
-                s -= 8.0;
+            // Found by a demographic key only: it carries none of the
+            // identifiers sent (the identifier blocks would have found it),
+            // so a contradicting birth date makes it ineligible; skip the
+            // parse. Found by identifier: always look.
+            if !by_id {
+                if self.seen.contains_key(&id) {
+                    continue;
+                }
+                if let (Some(p), Some(c)) = (self.probe.person.birth, record::quick_birth_date(&patient))
+                    && !scoring::dob_compatible(Some(p), Some(c), self.typo_stage)
+                {
+                    self.seen.insert(id, Seen::RuledOut);
+                    continue;
+                }
             }
+            let Some(cand) = Cand::parse(id.clone(), &patient, &coverages) else { continue };
+            let assessment = scoring::assess(self.probe, &cand);
+            self.seen.insert(id, Seen::Scored(Box::new((cand, assessment))));
         }
-        _ => s -= 2.0,
+        Ok(Some((count, page.truncated)))
     }
 
-    // Names, and swapped family/given.
-    let name = cand.patient.main_name();
-    let c_family: Vec<String> =
-        name.and_then(|n| n.family.as_deref()).map(fhir::name_tokens).unwrap_or_default();
-    let c_given: Vec<String> =
-        name.map(|n| n.given.iter().flat_map(|g| fhir::name_tokens(g)).collect()).unwrap_or_default();
-    let family = family_fit(&probe.family, &c_family);
-    let given = given_fit(&probe.given, &c_given);
-    let swapped = family_fit(&probe.given, &c_family) >= Fit::Partial
-        && given_fit(&probe.family, &c_given) >= Fit::Nickname;
-    let (f, g) = if swapped && (family < Fit::Typo || given < Fit::Typo) {
-        why.push("names swapped");
-        (Fit::Partial, Fit::Partial)
-    } else {
-        (family, given)
-    };
-    s += match f {
-        Fit::Exact => 3.0,
-        Fit::Partial => 2.5,
-        Fit::Nickname | Fit::Typo => 1.5,
-        Fit::Initial => -3.0,
-        Fit::Different => -6.0,
-    };
-    // A nickname alone (no card) stays below the threshold even with a
-    // matching birth date, family name, gender and postal code.
-    s += match g {
-        Fit::Exact => 3.0,
-        Fit::Partial => 2.5,
-        Fit::Nickname => 2.0,
-        Fit::Typo => 1.5,
-        Fit::Initial => 0.0,
-        Fit::Different => -5.0,
-    };
-    if f == Fit::Exact && g == Fit::Exact {
-        why.push("name");
+    /// Can stage 1's answer stand? When no candidate it has not seen could
+    /// change it: an unseen candidate has neither the exact birth date nor
+    /// an identifier sent (when those blocks came back complete), which
+    /// bounds its score.
+    fn settled(&self, ids_complete: bool, dob_complete: bool) -> bool {
+        if !scoring::can_corroborate(self.probe) {
+            // Nothing but name and birth date: no match is possible (the
+            // exact-birth-date block shows ambiguity).
+            return true;
+        }
+        let dob_max = if dob_complete { DobFit::Swapped } else { DobFit::Exact };
+        let id_max = if ids_complete { IdFit::Near } else { IdFit::Member };
+        let bound = scoring::upper_bound(self.probe, dob_max, id_max);
+        match self.scored().first() {
+            Some((best, (_, a))) if acceptable(a) => bound <= best - MARGIN,
+            _ => bound < MATCH,
+        }
     }
 
-    match (&probe.gender, &cand.patient.gender) {
-        (Some(p), Some(c)) if p == c => s += 0.5,
-        (Some(_), Some(c)) if c == "male" || c == "female" => s -= 4.0,
-        _ => {}
+    /// Eligible candidates, best first.
+    fn scored(&self) -> Vec<(f64, &(Cand, Assessment))> {
+        let mut out: Vec<(f64, &(Cand, Assessment))> = self
+            .seen
+            .values()
+            .filter_map(|s| match s {
+                Seen::Scored(b) if b.1.eligible => Some((b.1.score, &**b)),
+                _ => None,
+            })
+            .collect();
+        out.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.0.id.cmp(&b.1.0.id)));
+        out
     }
-    if let Some(p) = &probe.postal
-        && p.len() == 5
-        && cand.patient.address.iter().filter_map(|a| a.postal_code.as_deref()).any(|c| postal5(c) == *p)
-    {
-        s += 0.5;
-        why.push("postal code");
-    }
-    (s, why)
 }
 
-/// Family names: equal words; a hyphenated or compound name sharing a word
-/// (and a provider who put the middle name into family); one typo.
-fn family_fit(probe: &[String], cand: &[String]) -> Fit {
-    if probe.is_empty() || cand.is_empty() {
-        return Fit::Different;
+/// What the matcher did for one request, in words (for tuning: the
+/// queries asked, every candidate scored and its field levels). Not used by
+/// the component's export.
+#[doc(hidden)]
+pub fn explain(request: &MatchRequest, candidates: &dyn Candidates) -> String {
+    let probe = match Probe::from_json(&request.member_patient, &request.coverage_to_match) {
+        Ok(p) => p,
+        Err(why) => return why,
+    };
+    let mut search = Search::new(&probe, candidates);
+    let mut out = String::new();
+    if let Err(e) = search.run() {
+        out.push_str(&format!("error {e}\n"));
     }
-    if probe == cand || probe.concat() == cand.concat() {
-        return Fit::Exact;
+    out.push_str(&format!("probe {:?}\n", probe));
+    for q in &search.queries {
+        out.push_str(&format!("query {:?} {:?} {:?} {:?}\n", q.identifier, q.birth_date, q.family, q.given));
     }
-    // "Garcia Lopez" vs "Garcia-Lopez" is caught above; "Garcia" vs "Garcia Lopez",
-    // "Ann Person" (middle name in family) vs "Person":
-    if probe.iter().any(|w| w.len() >= 2 && cand.contains(w)) {
-        return Fit::Partial;
+    for (id, seen) in &search.seen {
+        if let Seen::Scored(b) = seen {
+            out.push_str(&format!(
+                "cand {id} score {:.1} eligible {} {:?}\n",
+                b.1.score, b.1.eligible, b.1.levels
+            ));
+        }
     }
-    if probe.len() == 1
-        && cand.len() == 1
-        && probe[0].len() >= 4
-        && fhir::edit_distance(&probe[0], &cand[0], 1) <= 1
-    {
-        return Fit::Typo;
-    }
-    if probe.concat().len() >= 5 && fhir::edit_distance(&probe.concat(), &cand.concat(), 1) <= 1 {
-        return Fit::Typo;
-    }
-    Fit::Different
+    out.push_str(&format!(
+        "ruled out by birth date: {}\n",
+        search.seen.values().filter(|s| matches!(s, Seen::RuledOut)).count()
+    ));
+    out.push_str(&format!("answer {:?}\n", decide(&search.scored())));
+    out
 }
 
-/// Given names: the first given name against any of the candidate's, with
-/// nicknames, one typo, or an initial.
-fn given_fit(probe: &[String], cand: &[String]) -> Fit {
-    let Some(first) = probe.first() else { return Fit::Different };
-    let Some(cfirst) = cand.first() else { return Fit::Different };
-    if first == cfirst {
-        return Fit::Exact;
+fn decide(scored: &[(f64, &(Cand, Assessment))]) -> MatchResult {
+    let Some(&(best, (cand, assessment))) = scored.first() else {
+        return MatchResult::NoMatch(vec!["no eligible candidate".into()]);
+    };
+    let close: Vec<String> =
+        scored[1..].iter().filter(|(s, _)| *s > best - MARGIN).map(|(_, (c, _))| c.id.clone()).collect();
+    if acceptable(assessment) {
+        if close.is_empty() {
+            return MatchResult::Match(Matched {
+                member: cand.id.clone(),
+                score: best,
+                reasons: assessment.reasons.iter().map(|r| (*r).to_owned()).collect(),
+            });
+        }
+        return ambiguous(cand, close, format!("another candidate scores within {MARGIN:.1} of the best"));
     }
-    if nicknames::same_person(first, cfirst) {
-        return Fit::Nickname;
-    }
-    // The provider's first given is the candidate's middle name, or the
-    // provider has the name written together ("Mary Ann" / "Maryann").
-    if probe.concat() == cand.concat()
-        || (cand.len() > 1 && cand[1..].contains(first) && probe.len() > 1 && probe.contains(cfirst))
-    {
-        return Fit::Partial;
-    }
-    if first.len() >= 4 && cfirst.len() >= 4 && fhir::edit_distance(first, cfirst, 1) <= 1 {
-        return Fit::Typo;
-    }
-    if (first.len() == 1 && cfirst.starts_with(first.as_str()))
-        || (cfirst.len() == 1 && first.starts_with(cfirst.as_str()))
-    {
-        return Fit::Initial;
-    }
-    Fit::Different
-}
-
-fn decide(probe: &Probe, found: &[Found]) -> MatchResult {
-    if found.is_empty() {
-        return MatchResult::NoMatch(vec!["no candidates".into()]);
-    }
-    let mut scored: Vec<(f64, &Found, Vec<&'static str>)> = found
+    let plausible: Vec<String> = scored[1..]
         .iter()
-        .map(|c| {
-            let (s, why) = score(probe, c);
-            (s, c, why)
-        })
+        .filter(|(s, _)| *s >= PLAUSIBLE && *s > best - MARGIN)
+        .map(|(_, (c, _))| c.id.clone())
         .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
-    let (best, cand, why) = &scored[0];
-    if *best < MATCH {
-        return MatchResult::NoMatch(vec![format!("best score {best:.1} below {MATCH:.1}")]);
+    if best >= PLAUSIBLE && !plausible.is_empty() {
+        return ambiguous(cand, plausible, "several candidates fit equally, none well enough".into());
     }
-    let rivals: Vec<String> = scored[1..]
-        .iter()
-        .filter(|(s, _, _)| *s >= MATCH || *s > best - MARGIN)
-        .map(|(_, c, _)| c.id.clone())
-        .collect();
-    if !rivals.is_empty() {
-        let mut members = vec![cand.id.clone()];
-        members.extend(rivals);
-        return MatchResult::Ambiguous(Ambiguity {
-            members,
-            reasons: vec![format!(
-                "{} candidates score within {MARGIN:.1} of the threshold",
-                scored.len().min(9)
-            )],
-        });
+    if best >= MATCH && !assessment.corroborated {
+        return MatchResult::NoMatch(vec!["name and birth date only: nothing else agrees".into()]);
     }
-    MatchResult::Match(Matched {
-        member: cand.id.clone(),
-        score: *best,
-        reasons: why.iter().map(|w| (*w).to_owned()).collect(),
-    })
+    MatchResult::NoMatch(vec![format!("best score {best:.1} below {MATCH:.1}")])
+}
+
+/// Good enough to be matched, if no other candidate comes close.
+fn acceptable(a: &Assessment) -> bool {
+    a.eligible
+        && a.corroborated
+        && (a.identity >= IDENTITY || a.levels.id == IdFit::Member)
+        && a.score >= MATCH
+}
+
+fn ambiguous(best: &Cand, others: Vec<String>, reason: String) -> MatchResult {
+    let mut members = vec![best.id.clone()];
+    members.extend(others.into_iter().take(8));
+    MatchResult::Ambiguous(Ambiguity { members, reasons: vec![reason] })
 }
 
 #[cfg(test)]

@@ -94,3 +94,13 @@ const GROUPS: &[&[&str]] = &[
 pub fn same_person(a: &str, b: &str) -> bool {
     GROUPS.iter().any(|g| g.contains(&a) && g.contains(&b))
 }
+
+/// Is `a` one typo away from a name of `b`'s group (`blil` for William's
+/// `bill`)? Only names of four letters or more.
+pub fn typo_of_nickname(a: &str, b: &str) -> bool {
+    a.len() >= 4
+        && GROUPS.iter().filter(|g| g.contains(&b)).any(|g| {
+            g.iter()
+                .any(|n| n.len() >= 4 && *n != b && fhirwall_plugin_sdk::fhir::edit_distance(a, n, 1) <= 1)
+        })
+}

@@ -45,8 +45,44 @@ pub struct HumanName {
     pub family: Option<String>,
     #[serde(default)]
     pub given: Vec<String>,
+    /// `Jr`, `Sr`, `III`, `MD`...
+    #[serde(default)]
+    pub suffix: Vec<String>,
     #[serde(default)]
     pub text: Option<String>,
+}
+
+impl HumanName {
+    /// A former name (`use` old or maiden).
+    pub fn is_former(&self) -> bool {
+        matches!(self.use_.as_deref(), Some("old" | "maiden"))
+    }
+
+    /// The generational suffix (`Jr`, `Sr`, `II`..`V`), normalised to
+    /// lower case: `jr`, `sr`, `ii`...; other suffixes (`MD`) are ignored.
+    pub fn generation(&self) -> Option<String> {
+        self.suffix.iter().find_map(|s| {
+            let s = normalize_name(s).replace(' ', "");
+            match s.as_str() {
+                "jr" | "junior" => Some("jr".to_owned()),
+                "sr" | "senior" => Some("sr".to_owned()),
+                "i" | "ii" | "iii" | "iv" | "v" => Some(s),
+                "2nd" | "3rd" => Some(if s == "2nd" { "ii" } else { "iii" }.to_owned()),
+                _ => None,
+            }
+        })
+    }
+}
+
+/// `ContactPoint` (phone, email...).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ContactPoint {
+    #[serde(default)]
+    pub system: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default, rename = "use")]
+    pub use_: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -82,6 +118,8 @@ pub struct Patient {
     pub birth_date: Option<String>,
     #[serde(default)]
     pub address: Vec<Address>,
+    #[serde(default)]
+    pub telecom: Vec<ContactPoint>,
 }
 
 impl Patient {
@@ -149,6 +187,87 @@ impl ResourceHead {
 /// Upper-case ASCII letters and digits only: `fw 100-0569 01` -> `FW100056901`.
 pub fn normalize_identifier(value: &str) -> String {
     value.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_uppercase()).collect()
+}
+
+/// A US phone number as its 10 digits (`(401) 555-0134`, `+1 401 555 0134`
+/// -> `4015550134`); `None` when it is not 10 digits (or 11 with a leading 1).
+pub fn normalize_phone(value: &str) -> Option<String> {
+    let digits: String = value.chars().filter(char::is_ascii_digit).collect();
+    match digits.len() {
+        10 => Some(digits),
+        11 if digits.starts_with('1') => Some(digits[1..].to_owned()),
+        _ => None,
+    }
+}
+
+/// An e-mail address trimmed and lower-cased; `None` unless it has the
+/// shape `local@domain`.
+pub fn normalize_email(value: &str) -> Option<String> {
+    let v = value.trim().trim_start_matches("mailto:").to_ascii_lowercase();
+    let (local, domain) = v.split_once('@')?;
+    (!local.is_empty() && domain.contains('.') && !v.contains(char::is_whitespace)).then_some(v)
+}
+
+/// The first five digits of a US postal code (`02903-1234` -> `02903`);
+/// `None` otherwise.
+pub fn postal5(value: &str) -> Option<String> {
+    let digits: String = value.chars().filter(char::is_ascii_digit).take(5).collect();
+    (digits.len() == 5).then_some(digits)
+}
+
+/// The street part of an address line as comparable words: house number
+/// first, street words lower-case with diacritics folded, the usual
+/// abbreviations expanded to one form (`St`/`Street` -> `st`, `N` ->
+/// `north`...), and the unit (`Apt 4`, `#4`, `Unit 4`) dropped:
+/// `"2030 NARRAGANSETT BOULEVARD, #4"` -> `["2030", "narragansett", "blvd"]`.
+/// `None` without a house number and a street word.
+pub fn street_key(line: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let cut = line.find(|c| c == ',' || c == '#').unwrap_or(line.len());
+    for raw in line[..cut].split(|c: char| c.is_whitespace() || c == '.') {
+        if raw.is_empty() {
+            continue;
+        }
+        let w: String = if raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && raw.chars().any(|c| c.is_ascii_digit())
+        {
+            raw.to_ascii_lowercase()
+        } else {
+            normalize_name(raw).replace(' ', "")
+        };
+        if w.is_empty() {
+            continue;
+        }
+        if matches!(
+            w.as_str(),
+            "apt" | "apartment" | "unit" | "ste" | "suite" | "fl" | "floor" | "rm" | "room"
+        ) {
+            break;
+        }
+        let w = match w.as_str() {
+            "street" | "str" => "st",
+            "avenue" | "av" => "ave",
+            "road" => "rd",
+            "lane" => "ln",
+            "drive" => "dr",
+            "court" => "ct",
+            "place" => "pl",
+            "boulevard" => "blvd",
+            "terrace" => "ter",
+            "circle" => "cir",
+            "highway" => "hwy",
+            "parkway" => "pkwy",
+            "square" => "sq",
+            "n" => "north",
+            "s" => "south",
+            "e" => "east",
+            "w" => "west",
+            other => other,
+        };
+        words.push(w.to_owned());
+    }
+    let numbered = words.first().is_some_and(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()));
+    (numbered && words.len() >= 2).then_some(words)
 }
 
 /// Lower-case, diacritics folded, letters only, words separated by one
@@ -283,6 +402,22 @@ mod tests {
         assert_eq!(normalize_name("José  María"), "jose maria");
         assert_eq!(normalize_name("Ørsted"), "orsted");
         assert_eq!(name_tokens("García-López"), vec!["garcia", "lopez"]);
+    }
+
+    #[test]
+    fn contacts_normalise() {
+        assert_eq!(normalize_phone("(401) 555-0134").as_deref(), Some("4015550134"));
+        assert_eq!(normalize_phone("+1 401 555 0134").as_deref(), Some("4015550134"));
+        assert_eq!(normalize_phone("555-0134"), None);
+        assert_eq!(normalize_email(" Ann.Lee@Example.ORG ").as_deref(), Some("ann.lee@example.org"));
+        assert_eq!(normalize_email("not an email"), None);
+        assert_eq!(postal5("02903-1234").as_deref(), Some("02903"));
+        assert_eq!(postal5("029"), None);
+        assert_eq!(street_key("2030 NARRAGANSETT BOULEVARD, #4"), street_key("2030 Narragansett Blvd"));
+        assert_eq!(street_key("12 N. Main Street Apt 3").unwrap(), vec!["12", "north", "main", "st"]);
+        assert_eq!(street_key("PO Box"), None);
+        let name = HumanName { suffix: vec!["Jr.".into()], ..HumanName::default() };
+        assert_eq!(name.generation().as_deref(), Some("jr"));
     }
 
     #[test]

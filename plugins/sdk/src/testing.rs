@@ -8,7 +8,7 @@
 //! let result = MyMatcher::match_member(&request, &index);
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::fhir::{self, Coverage, Patient};
 use crate::matcher::{Candidate, CandidatePage, CandidateQuery, Candidates, MatchRequest};
@@ -17,6 +17,10 @@ use crate::matcher::{Candidate, CandidatePage, CandidateQuery, Candidates, Match
 #[derive(Default)]
 pub struct MemberIndex {
     members: BTreeMap<String, Member>,
+    /// Member ids by normalised identifier and by birth date / year, so that
+    /// a query reads a few members rather than all of them.
+    by_identifier: HashMap<String, Vec<String>>,
+    by_birth_date: HashMap<String, Vec<String>>,
     /// Most candidates one query returns.
     pub max_candidates: usize,
     queries: std::cell::Cell<usize>,
@@ -59,6 +63,28 @@ impl MemberIndex {
             }
         }
         index.members.retain(|_, m| !m.coverages.is_empty());
+        for (id, m) in &index.members {
+            let mut ids: Vec<String> = m
+                .patient
+                .identifier
+                .iter()
+                .filter_map(|i| i.value.as_deref())
+                .chain(m.coverages.iter().flat_map(|(_, c)| {
+                    c.identifier.iter().filter_map(|i| i.value.as_deref()).chain(c.subscriber_id.as_deref())
+                }))
+                .map(fhir::normalize_identifier)
+                .filter(|i| !i.is_empty())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            for i in ids {
+                index.by_identifier.entry(i).or_default().push(id.clone());
+            }
+            if let Some(b) = m.patient.birth_date.as_deref().filter(|b| b.len() >= 10) {
+                index.by_birth_date.entry(b[..10].to_owned()).or_default().push(id.clone());
+                index.by_birth_date.entry(b[..4].to_owned()).or_default().push(id.clone());
+            }
+        }
         index
     }
 
@@ -78,9 +104,19 @@ impl Candidates for MemberIndex {
         {
             return Err("empty query".into());
         }
+        // The narrowest index the query allows (ids are in order), else all.
+        let pool: Box<dyn Iterator<Item = (&String, &Member)>> = if let Some(value) = &query.identifier {
+            let ids = self.by_identifier.get(&fhir::normalize_identifier(value));
+            Box::new(ids.into_iter().flatten().filter_map(|id| self.members.get_key_value(id)))
+        } else if let Some(date) = query.birth_date.as_deref().filter(|d| d.len() == 10 || d.len() == 4) {
+            let ids = self.by_birth_date.get(date);
+            Box::new(ids.into_iter().flatten().filter_map(|id| self.members.get_key_value(id)))
+        } else {
+            Box::new(self.members.iter())
+        };
         let mut out = Vec::new();
         let mut truncated = false;
-        for (id, m) in &self.members {
+        for (id, m) in pool {
             if !matches_query(m, query) {
                 continue;
             }
