@@ -492,9 +492,11 @@ part2_programs = ["Organization/org-recovery", "1234567893"]
 }
 
 /// The demo's `$provider-member-match` request: one member grace-ehr treats
-/// (demographics as its EHR has them, no member id) with grace's attestation.
+/// (name, birth date and address as its EHR has them, no member id: the
+/// default matcher wants something beyond name and birth date) with
+/// grace's attestation.
 const DEMO_MATCH_REQUEST: &str = r#"{"resourceType":"Parameters","parameter":[{"name":"MemberBundle","part":[
-{"name":"MemberPatient","resource":{"resourceType":"Patient","id":"ehr-77","name":[{"family":"Ximenez","given":["Lucia"]}],"gender":"female","birthDate":"1947-12-18"}},
+{"name":"MemberPatient","resource":{"resourceType":"Patient","id":"ehr-77","name":[{"family":"Ximenez","given":["Lucia"]}],"gender":"female","birthDate":"1947-12-18","address":[{"line":["5540 Chestnut Rd"],"city":"Millbrook","postalCode":"02911"}]}},
 {"name":"CoverageToMatch","resource":{"resourceType":"Coverage","status":"active","beneficiary":{"reference":"Patient/ehr-77"},"payor":[{"display":"Fhirwall Example Health Plan"}]}},
 {"name":"Consent","resource":{"resourceType":"Consent","status":"active","patient":{"reference":"Patient/ehr-77"},
  "provision":{"type":"permit","period":{"start":"2025-01-01"},"actor":[{"role":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ParticipationType","code":"IRCP"}]},

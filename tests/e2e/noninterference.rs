@@ -411,8 +411,11 @@ async fn match_differential(gateways: [(&Gateway, &String); 2], hidden_tokens: &
         .map(|(n, m)| {
             let local = format!("ehr-{n}");
             json!({"name": "MemberBundle", "part": [
+                // Name, birth date and the address the provider has on file:
+                // the default matcher never matches on name and birth date alone.
                 {"name": "MemberPatient", "resource": {"resourceType": "Patient", "id": local, "name": m["name"],
-                    "gender": m["gender"], "birthDate": m["birthDate"]}},
+                    "gender": m["gender"], "birthDate": m["birthDate"], "address": m["address"],
+                    "telecom": m["telecom"]}},
                 {"name": "CoverageToMatch", "resource": {"resourceType": "Coverage", "status": "active",
                     "beneficiary": {"reference": format!("Patient/{local}")}}},
                 {"name": "Consent", "resource": {"resourceType": "Consent", "status": "active",

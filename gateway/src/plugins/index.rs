@@ -30,8 +30,12 @@ pub struct MemberIndex {
     members: Vec<Member>,
     by_identifier: HashMap<String, Vec<u32>>,
     by_birth_date: HashMap<String, Vec<u32>>,
-    /// Family-name words, for prefix ranges.
+    /// Birth years (the first four characters of the birth date): the
+    /// matcher's name-within-the-birth-year queries.
+    by_birth_year: HashMap<String, Vec<u32>>,
+    /// Family-name and given-name words, for prefix ranges.
     by_family: BTreeMap<String, Vec<u32>>,
+    by_given: BTreeMap<String, Vec<u32>>,
 }
 
 impl MemberIndex {
@@ -78,6 +82,9 @@ impl MemberIndex {
             let birth_date = patient["birthDate"].as_str().unwrap_or_default().to_owned();
             if birth_date.len() >= 4 {
                 index.by_birth_date.entry(birth_date.clone()).or_default().push(n);
+                if let Some(year) = birth_date.get(..4) {
+                    index.by_birth_year.entry(year.to_owned()).or_default().push(n);
+                }
             }
             let mut family = Vec::new();
             let mut given = Vec::new();
@@ -89,8 +96,13 @@ impl MemberIndex {
             }
             family.sort();
             family.dedup();
+            given.sort();
+            given.dedup();
             for f in &family {
                 index.by_family.entry(f.clone()).or_default().push(n);
+            }
+            for g in &given {
+                index.by_given.entry(g.clone()).or_default().push(n);
             }
             index.members.push(Member {
                 id,
@@ -166,20 +178,26 @@ impl CandidateSource for MemberIndex {
             self.by_identifier.get(id).cloned().unwrap_or_default()
         } else if let Some(b) = q.birth_date.as_ref().filter(|b| b.len() == 10) {
             self.by_birth_date.get(b).cloned().unwrap_or_default()
-        } else if let Some(f) = &q.family {
-            let mut hits: Vec<u32> = self
-                .by_family
-                .range(f.clone()..)
-                .take_while(|(k, _)| k.starts_with(f.as_str()))
-                .flat_map(|(_, v)| v.iter().copied())
-                .collect();
-            hits.sort_unstable();
-            hits.dedup();
-            hits
-        } else if q.birth_date.is_some() || q.given.is_some() {
-            (0..self.members.len() as u32).collect()
         } else {
-            return Err("empty query".into());
+            let year = q
+                .birth_date
+                .as_ref()
+                .filter(|b| b.len() >= 4)
+                .map(|b| self.by_birth_year.get(&b[..4]).map(Vec::as_slice).unwrap_or_default());
+            let family = q.family.as_ref().map(|f| prefix_hits(&self.by_family, f));
+            let given = q.given.as_ref().map(|g| prefix_hits(&self.by_given, g));
+            let smallest =
+                [year.map(|y| y.len()), family.as_ref().map(Vec::len), given.as_ref().map(Vec::len)]
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, n)| n.map(|n| (n, i)))
+                    .min();
+            match smallest {
+                None => return Err("empty query".into()),
+                Some((_, 0)) => year.unwrap_or_default().to_vec(),
+                Some((_, 1)) => family.unwrap_or_default(),
+                Some(_) => given.unwrap_or_default(),
+            }
         };
         let mut out = Vec::new();
         let mut truncated = false;
@@ -200,6 +218,18 @@ impl CandidateSource for MemberIndex {
         }
         Ok((out, truncated))
     }
+}
+
+/// Members with a word starting with `prefix`, in index order, each once.
+fn prefix_hits(words: &BTreeMap<String, Vec<u32>>, prefix: &str) -> Vec<u32> {
+    let mut hits: Vec<u32> = words
+        .range(prefix.to_owned()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .flat_map(|(_, v)| v.iter().copied())
+        .collect();
+    hits.sort_unstable();
+    hits.dedup();
+    hits
 }
 
 fn ids_of(identifiers: &Value) -> Vec<String> {
@@ -297,5 +327,14 @@ mod tests {
         assert_eq!(ids(q(None, Some("1980"), Some("LOPEZ"))), vec!["p1"]);
         assert_eq!(ids(q(None, Some("1980-04-03"), None)), vec!["p1"]);
         assert!(ids(q(None, Some("1981"), Some("garc"))).is_empty());
+        // Given name within the birth year, and the year alone (their own
+        // indexes, not a scan).
+        let given =
+            |g: &str, birth: &str| CandidateQuery { given: Some(g.into()), ..q(None, Some(birth), None) };
+        assert_eq!(ids(given("mar", "1980")), vec!["p1"]);
+        assert!(ids(given("mar", "1979")).is_empty());
+        assert!(ids(given("jo", "1980")).is_empty());
+        assert_eq!(ids(q(None, Some("1980"), None)), vec!["p1"]);
+        assert_eq!(ids(q(None, Some("1980-04"), None)), vec!["p1"]);
     }
 }

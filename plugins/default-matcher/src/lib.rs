@@ -28,6 +28,7 @@ use fhirwall_plugin_sdk::matcher::{
 };
 
 mod blocking;
+mod given_names;
 mod nicknames;
 mod phonetic;
 mod record;
@@ -43,7 +44,7 @@ use scoring::{Assessment, DobFit, IdFit};
 pub const MATCH: f64 = 16.0;
 /// The least evidence names, birth date and gender must give on their own
 /// (unless the member's own id agrees).
-pub const IDENTITY: f64 = 8.0;
+pub const IDENTITY: f64 = 6.5;
 /// ...and only when no other eligible candidate comes within this margin
 /// of it; otherwise the answer is ambiguous.
 pub const MARGIN: f64 = 5.0;
@@ -264,6 +265,12 @@ fn decide(scored: &[(f64, &(Cand, Assessment))]) -> MatchResult {
     }
     if best >= MATCH && !assessment.corroborated {
         return MatchResult::NoMatch(vec!["name and birth date only: nothing else agrees".into()]);
+    }
+    if best >= MATCH && assessment.identity < IDENTITY {
+        return MatchResult::NoMatch(vec![format!(
+            "names, birth date and gender give {:.1}, below {IDENTITY:.1}",
+            assessment.identity
+        )]);
     }
     MatchResult::NoMatch(vec![format!("best score {best:.1} below {MATCH:.1}")])
 }

@@ -95,12 +95,23 @@ pub fn same_person(a: &str, b: &str) -> bool {
     GROUPS.iter().any(|g| g.contains(&a) && g.contains(&b))
 }
 
+/// Is `name` in any group?
+pub fn is_listed(name: &str) -> bool {
+    GROUPS.iter().any(|g| g.contains(&name))
+}
+
 /// Is `a` one typo away from a name of `b`'s group (`blil` for William's
-/// `bill`)? Only names of four letters or more.
+/// `bill`, `bobe` for Robert's `bob`)? A typo is a substitution, drop or
+/// transposition in a name of four letters or more (`jck` for
+/// John's `jack`), or one letter added
+/// at the end of a shorter one.
 pub fn typo_of_nickname(a: &str, b: &str) -> bool {
-    a.len() >= 4
+    a.len() >= 3
         && GROUPS.iter().filter(|g| g.contains(&b)).any(|g| {
-            g.iter()
-                .any(|n| n.len() >= 4 && *n != b && fhirwall_plugin_sdk::fhir::edit_distance(a, n, 1) <= 1)
+            g.iter().any(|n| {
+                *n != b
+                    && ((n.len() >= 4 && fhirwall_plugin_sdk::fhir::edit_distance(a, n, 1) <= 1)
+                        || (n.len() == 3 && a.len() == 4 && a.starts_with(n)))
+            })
         })
 }

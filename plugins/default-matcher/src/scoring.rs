@@ -15,6 +15,7 @@
 
 use fhirwall_plugin_sdk::fhir;
 
+use crate::given_names;
 use crate::nicknames;
 use crate::phonetic::soundex;
 use crate::record::{Cand, Date, Person, Probe};
@@ -472,10 +473,13 @@ pub fn given_fit(p: &[String], c: &[String]) -> GivenFit {
     if p.concat() == c.concat() || (p.len() > 1 && c.len() > 1 && p.contains(cfirst) && c.contains(first)) {
         return GivenFit::Partial;
     }
-    if (first.len() >= 4 && cfirst.len() >= 4 && fhir::edit_distance(first, cfirst, 1) <= 1)
-        || one_letter_more(first, cfirst)
-        || one_letter_more(cfirst, first)
-        || nicknames::typo_of_nickname(first, cfirst)
+    // Two real names a typo apart are two names (see `given_names`).
+    let typo_possible = !(given_names::is_known(first) && given_names::is_known(cfirst));
+    if typo_possible
+        && ((first.len() >= 4 && cfirst.len() >= 4 && fhir::edit_distance(first, cfirst, 1) <= 1)
+            || one_letter_more(first, cfirst)
+            || one_letter_more(cfirst, first)
+            || nicknames::typo_of_nickname(first, cfirst))
     {
         return GivenFit::Typo;
     }

@@ -223,7 +223,7 @@ pub fn postal5(value: &str) -> Option<String> {
 /// `None` without a house number and a street word.
 pub fn street_key(line: &str) -> Option<Vec<String>> {
     let mut words = Vec::new();
-    let cut = line.find(|c| c == ',' || c == '#').unwrap_or(line.len());
+    let cut = line.find([',', '#']).unwrap_or(line.len());
     for raw in line[..cut].split(|c: char| c.is_whitespace() || c == '.') {
         if raw.is_empty() {
             continue;
