@@ -6,6 +6,7 @@
 # default matcher.
 #
 #   bench/provider-match.sh [MEMBERS]          (default 1000)
+#   SEED=4711 bench/provider-match.sh 1000      (the population of another seed)
 #
 # Steps: generate the population and queries if missing (bench/member-match/run.sh
 # does the same); load them into the sandbox; start fhirwall (sync answers up to
@@ -23,8 +24,13 @@ source bench/common.sh
 members=${1:-1000}
 up_port=19400
 bin=${FHIRWALL_BIN:-target/release/fhirwall}
-data=bench/member-match/data
-[ -f "$data/members.ndjson" ] || python3 bench/member-match/generate.py --members 100000 --queries 14000 --out "$data"
+# The matching benchmark's population and queries (bench/member-match/run.sh).
+seed=${SEED:-20270107}
+data=${DATA:-bench/member-match/data/seed-$seed-100000-20000}
+if [ ! -f "$data/.generated" ]; then
+  python3 bench/member-match/generate.py --seed "$seed" --members 100000 --queries 20000 --out "$data"
+  touch "$data/.generated"
+fi
 [ -f plugins/dist/default_matcher.wasm ] || bash plugins/build.sh
 [ -x "$bin" ] || cargo build --release --locked -q
 bin=$(realpath "$bin")
