@@ -121,6 +121,61 @@ pub struct UpstreamConfig {
     /// is never forwarded).
     #[serde(default)]
     pub authorization_env: Option<String>,
+    /// OAuth 2.0 client credentials against the upstream's token endpoint
+    /// (instead of `authorization_env`).
+    #[serde(default)]
+    pub oauth: Option<UpstreamOAuthConfig>,
+    /// TLS to the upstream: a private CA, and a client certificate for
+    /// mutual TLS.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// `[upstream.oauth]`: fhirwall obtains its own upstream access token with
+/// the client-credentials grant, authenticating with a client secret
+/// (`client_secret_basic`) or a signed assertion (`private_key_jwt`,
+/// RFC 7523), caches it and refreshes it before it expires.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamOAuthConfig {
+    /// The upstream authorization server's token endpoint.
+    pub token_url: String,
+    pub client_id: String,
+    /// Environment variable holding the client secret (`client_secret_basic`).
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// PEM private key (PKCS#8, RSA or EC P-256/P-384) signing the client
+    /// assertion (`private_key_jwt`).
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// `kid` of that key as the authorization server knows it.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// `RS384` (default), `RS256`, `ES384` or `ES256`.
+    #[serde(default = "defaults::upstream_oauth_algorithm")]
+    pub algorithm: String,
+    /// Scope asked for (none: the server's default).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// A token is replaced this many seconds before it expires.
+    #[serde(default = "defaults::upstream_oauth_refresh_before_s")]
+    pub refresh_before_s: u64,
+}
+
+/// `[upstream.tls]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM certificates to trust for the upstream (and its token endpoint)
+    /// instead of the public web roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain fhirwall presents (mutual TLS).
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl UpstreamConfig {
@@ -487,6 +542,12 @@ mod defaults {
     pub fn upstream_max_body_bytes() -> usize {
         64 * 1024 * 1024
     }
+    pub fn upstream_oauth_algorithm() -> String {
+        "RS384".into()
+    }
+    pub fn upstream_oauth_refresh_before_s() -> u64 {
+        60
+    }
     pub fn upstream_pool_max_idle() -> usize {
         64
     }
@@ -679,6 +740,17 @@ impl Config {
         if let Some(p) = self.server.tls_key.as_mut() {
             resolve(p);
         }
+        if let Some(oauth) = self.upstream.oauth.as_mut()
+            && let Some(p) = oauth.private_key_file.as_mut()
+        {
+            resolve(p);
+        }
+        if let Some(tls) = self.upstream.tls.as_mut() {
+            [&mut tls.ca_file, &mut tls.client_cert_file, &mut tls.client_key_file]
+                .into_iter()
+                .flatten()
+                .for_each(resolve);
+        }
         for client in &mut self.clients {
             if let Some(p) = client.jwks_path.as_mut() {
                 resolve(p);
@@ -826,6 +898,43 @@ impl Config {
         }
         if self.upstream.timeout_ms == 0 || self.upstream.connect_timeout_ms == 0 {
             return Err(invalid("upstream.timeout_ms", "deadlines must be at least 1 ms".into()));
+        }
+        if let Some(o) = &self.upstream.oauth {
+            if self.upstream.authorization_env.is_some() {
+                return Err(invalid(
+                    "upstream.oauth",
+                    "set either upstream.authorization_env or [upstream.oauth], not both".into(),
+                ));
+            }
+            let u = url::Url::parse(&o.token_url)
+                .map_err(|e| invalid("upstream.oauth.token_url", format!("not a URL: {e}")))?;
+            if !matches!(u.scheme(), "http" | "https") {
+                return Err(invalid("upstream.oauth.token_url", "must be an http(s) URL".into()));
+            }
+            if o.client_id.is_empty() {
+                return Err(invalid("upstream.oauth.client_id", "must not be empty".into()));
+            }
+            if o.client_secret_env.is_some() == o.private_key_file.is_some() {
+                return Err(invalid(
+                    "upstream.oauth",
+                    "set exactly one of client_secret_env (client_secret_basic) and private_key_file (private_key_jwt)"
+                        .into(),
+                ));
+            }
+            if !["RS256", "RS384", "ES256", "ES384"].contains(&o.algorithm.as_str()) {
+                return Err(invalid(
+                    "upstream.oauth.algorithm",
+                    format!("{}: use RS384, RS256, ES384 or ES256", o.algorithm),
+                ));
+            }
+        }
+        if let Some(t) = &self.upstream.tls
+            && t.client_cert_file.is_some() != t.client_key_file.is_some()
+        {
+            return Err(invalid(
+                "upstream.tls",
+                "client_cert_file and client_key_file go together (mutual TLS needs both)".into(),
+            ));
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::credentials::UpstreamCredentials;
 use super::rewrite::UrlRewriter;
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
@@ -47,31 +48,23 @@ pub struct Upstream {
     base: String,
     timeout: Duration,
     max_body: usize,
-    authorization: Option<HeaderValue>,
+    credentials: UpstreamCredentials,
     rewriter: UrlRewriter,
 }
 
 impl Upstream {
     /// `base_url`: the resolved upstream base (the sandbox's URL for "sandbox").
     pub fn new(config: &UpstreamConfig, base_url: &str, public_base: &str) -> anyhow::Result<Upstream> {
-        let https = crate::net::https_connector(Duration::from_millis(config.connect_timeout_ms));
+        let https = crate::net::upstream_connector(
+            Duration::from_millis(config.connect_timeout_ms),
+            config.tls.as_ref(),
+        )?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .build(https);
-        let authorization = match &config.authorization_env {
-            Some(var) => {
-                let value = std::env::var(var).map_err(|_| {
-                    anyhow::anyhow!("upstream.authorization_env: environment variable {var} is not set")
-                })?;
-                let mut value = HeaderValue::from_str(&value).map_err(|_| {
-                    anyhow::anyhow!("upstream.authorization_env: {var} is not a valid header value")
-                })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-            None => None,
-        };
+        // The token endpoint is reached with the same TLS settings.
+        let credentials = UpstreamCredentials::from_config(config, client.clone())?;
         let base = base_url.trim_end_matches('/').to_owned();
         let mut bases = vec![base.clone()];
         bases.extend(config.base_aliases.iter().cloned());
@@ -80,7 +73,7 @@ impl Upstream {
             base,
             timeout: Duration::from_millis(config.timeout_ms),
             max_body: config.max_body_bytes,
-            authorization,
+            credentials,
             rewriter: UrlRewriter::new(&bases, public_base),
         })
     }
@@ -94,7 +87,25 @@ impl Upstream {
     }
 
     /// Send one request and read the whole answer within the deadline.
+    /// An upstream 401 to an OAuth token is retried once with a new token.
     pub async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, GatewayError> {
+        let authorization = self.credentials.authorization().await?;
+        let response = self.send_once(&req, authorization.clone()).await?;
+        if response.status == StatusCode::UNAUTHORIZED
+            && self.credentials.rejected(authorization.as_ref()).await
+        {
+            tracing::info!(request_id = %req.request_id, "upstream: 401 to fhirwall's token; retrying with a new one");
+            let authorization = self.credentials.authorization().await?;
+            return self.send_once(&req, authorization).await;
+        }
+        Ok(response)
+    }
+
+    async fn send_once(
+        &self,
+        req: &UpstreamRequest,
+        authorization: Option<HeaderValue>,
+    ) -> Result<UpstreamResponse, GatewayError> {
         let uri = if req.path_and_query.is_empty() {
             self.base.clone()
         } else if req.path_and_query.starts_with('?') {
@@ -103,21 +114,21 @@ impl Upstream {
             format!("{}/{}", self.base, req.path_and_query)
         };
         let mut builder = Request::builder()
-            .method(req.method)
+            .method(req.method.clone())
             .uri(&uri)
             .header(ACCEPT, "application/fhir+json")
             .header(USER_AGENT, concat!("fhirwall/", env!("CARGO_PKG_VERSION")))
             .header("x-request-id", &req.request_id);
-        if let Some(auth) = &self.authorization {
-            builder = builder.header(AUTHORIZATION, auth.clone());
+        if let Some(auth) = authorization {
+            builder = builder.header(AUTHORIZATION, auth);
         }
-        for (name, value) in req.headers {
+        for (name, value) in &req.headers {
             builder = builder.header(name, value);
         }
-        let body = match req.body {
+        let body = match &req.body {
             Some((bytes, content_type)) => {
                 builder = builder.header(CONTENT_TYPE, content_type);
-                Full::new(bytes)
+                Full::new(bytes.clone())
             }
             None => Full::new(Bytes::new()),
         };

@@ -43,6 +43,7 @@
 
 mod fhir;
 mod gateway;
+mod guard;
 mod http;
 mod paths;
 mod ports;
@@ -56,6 +57,7 @@ pub mod venvs;
 
 pub use fhir::{assert_operation_outcome, bundle_link, bundle_refs, bundle_resources};
 pub use gateway::{Gateway, GatewayConfig, assert_config_refused};
+pub use guard::UpstreamGuard;
 pub use http::{Resp, get, get_bearer, get_with, post_form, post_json, request};
 pub use paths::{fhirwall_bin, fixture, medplum_dir, payer_dataset, repo_root};
 pub use ports::{free_port, wait_for_port};
