@@ -463,32 +463,61 @@ part2_programs = ["Organization/org-recovery", "1234567893"]
     std::fs::write(&config_path, &config_text)?;
     let config = Config::load(&config_path)?;
     let base = format!("http://127.0.0.1:{port}/fhir");
+    // Commands name this very binary, so they work as printed from a fresh
+    // checkout (`cargo run -- demo` puts no `fhirwall` on PATH).
+    let exe = shell_quote(&std::env::current_exe()?.display().to_string());
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let key = shell_quote(&keys.key_path.display().to_string());
+    let audit = shell_quote(&config.audit.dir.display().to_string());
+    let match_request = shell_quote(&match_request.display().to_string());
+    let auth = "-H \"Authorization: Bearer $TOKEN\"";
+    let tour = [
+        format!("curl -s {base}/metadata | head -c 400; echo"),
+        format!("curl -s {base}/.well-known/smart-configuration; echo"),
+        format!(
+            "TOKEN=$({exe} token --client-id grace-ehr --key {key} --token-url http://127.0.0.1:{port}/auth/token --scope 'system/*.read')"
+        ),
+        "# v1: a patient on grace's payer roster".into(),
+        format!("curl -s {auth} '{base}/Patient/pat-0001'; echo"),
+        format!("curl -s {auth} '{base}/ExplanationOfBenefit?patient=Patient/pat-0001&_count=2' | head -c 600; echo"),
+        format!("curl -s {auth} '{base}/Patient/pat-0001/Coverage' | head -c 600; echo"),
+        "# refused (400): a reverse chain could reveal patients grace may not see".into(),
+        format!("curl -s {auth} '{base}/Patient?_has:Observation:patient:code=1'; echo"),
+        "# bulk export of grace's roster: kick-off, then the manifest (its file URLs download with the same token)".into(),
+        format!(
+            "LOC=$(curl -s -D - -o /dev/null {auth} -H 'Prefer: respond-async' '{base}/Group/grp-grace/$export?_type=Patient,Coverage' | sed -n 's/^[Cc]ontent-[Ll]ocation: *//p' | tr -d '\\r'); echo \"$LOC\""
+        ),
+        format!("sleep 2; curl -s {auth} \"$LOC\"; echo"),
+        "# v2: grace attests treating Lucia Ximenez (on no roster of grace's) -> MatchedMembers Group (needs plugins/build.sh)".into(),
+        format!(
+            "curl -s {auth} -H 'Content-Type: application/fhir+json' --data @{match_request} '{base}/Group/$provider-member-match' | head -c 800; echo"
+        ),
+        format!("curl -s {admin}/metrics | head -n 5"),
+        format!("curl -s -H 'Authorization: Bearer {admin_token}' '{admin}/admin/audit?patient=pat-0001' | head -c 600; echo"),
+        format!("{exe} audit verify --dir {audit}"),
+    ];
     println!(
         "\nfhirwall demo — gateway on the built-in sandbox (synthetic payer dataset)\n\
          \n  FHIR base   {base}\
-         \n  admin API   http://127.0.0.1:{admin_port}  (Authorization: Bearer {admin_token})\
+         \n  admin API   {admin}  (Authorization: Bearer {admin_token})\
          \n  state       {}\n\
-         \nTry (client grace-ehr, key {key}):\
-         \n  curl -s {base}/metadata | head -c 400; echo\
-         \n  curl -s {base}/.well-known/smart-configuration\
-         \n  TOKEN=$(fhirwall token --client-id grace-ehr --key {key} --token-url http://127.0.0.1:{port}/auth/token --scope 'system/*.read')\
-         \n  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/Patient/pat-0001'\
-         \n  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/ExplanationOfBenefit?patient=Patient/pat-0001&_count=2'\
-         \n  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/Patient/pat-0001/Coverage'\
-         \n  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/Patient?_has:Observation:patient:code=1'   # refused: 400\
-         \n  curl -s -i -H \"Authorization: Bearer $TOKEN\" -H 'Prefer: respond-async' '{base}/Group/grp-grace/$export?_type=Patient,Coverage'   # 202 + Content-Location\
-         \n  curl -s -H \"Authorization: Bearer $TOKEN\" CONTENT_LOCATION   # the manifest; its file URLs download with the same token\
-         \n  curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/fhir+json' --data @{match_request} '{base}/Group/$provider-member-match'   # attested member -> MatchedMembers Group (needs plugins/build.sh)\
-         \n  curl -s http://127.0.0.1:{admin_port}/metrics | head\
-         \n  curl -s -H \"Authorization: Bearer {admin_token}\" 'http://127.0.0.1:{admin_port}/admin/audit?patient=pat-0001'\
-         \n  fhirwall audit verify --dir {audit}\
-         \n\nPress Ctrl-C to stop.\n",
+         \nTry (client grace-ehr; paste the lines in order into one shell):\n",
         dir.path().display(),
-        audit = config.audit.dir.display(),
-        key = keys.key_path.display(),
-        match_request = match_request.display(),
     );
+    for line in &tour {
+        println!("  {line}");
+    }
+    println!("\nPress Ctrl-C to stop.");
     runtime()?.block_on(fhirwall::server::run_with_admin_token(config, Some(admin_token)))
+}
+
+/// `value` as one word for a POSIX shell.
+fn shell_quote(value: &str) -> String {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-:=@+,".contains(&b)) {
+        value.to_owned()
+    } else {
+        format!("'{}'", value.replace('\'', "'\\''"))
+    }
 }
 
 /// The demo's `$provider-member-match` request: one member grace-ehr treats
