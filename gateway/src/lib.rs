@@ -42,6 +42,7 @@ pub mod listener;
 pub mod net;
 pub mod ops;
 pub mod plugin_cli;
+pub mod plugin_scaffold;
 pub mod plugins;
 pub mod proxy;
 pub mod redact;

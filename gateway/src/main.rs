@@ -139,6 +139,20 @@ enum PluginCommand {
         #[command(flatten)]
         limits: PluginLimitArgs,
     },
+    /// Scaffold a plugin crate DIR/NAME that builds and passes its own tests with `./check.sh`.
+    New {
+        /// Crate name: lower-case letters, digits and '-'.
+        name: String,
+        /// `policy` or `matcher`.
+        #[arg(long)]
+        world: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The plugin SDK (plugins/sdk of the fhirwall repository); found by itself inside the repository.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Check a plugin: its world, its imports (and what the sandbox grants each), and that it loads and answers within its limits.
     Check {
         /// The component (.wasm).
@@ -171,6 +185,16 @@ fn plugin_command(command: PluginCommand) -> ExitCode {
         }
         PluginCommand::Check { plugin, limits } => {
             fhirwall::plugin_cli::check(&plugin, limits.limits()).map(|()| true)
+        }
+        PluginCommand::New { name, world, dir, sdk } => {
+            fhirwall::plugin_scaffold::new_plugin(&name, &world, &dir, sdk.as_deref()).map(|root| {
+                println!(
+                    "created {} ({world} plugin); build and test it with:\n  {}/check.sh",
+                    root.display(),
+                    root.display()
+                );
+                true
+            })
         }
     };
     match result {

@@ -229,3 +229,53 @@ fn plugin_check_and_plugin_test_cli() {
         assert!(text.contains(" 0 failed"), "{text}");
     }
 }
+
+/// `fhirwall plugin new` writes crates that build and pass their own tests
+/// with one command, for both worlds; a fixture that expects the wrong
+/// answer makes that command fail.
+#[test]
+fn plugin_new_scaffolds_crates_that_pass_their_own_check() {
+    let dir = tempfile::tempdir().unwrap();
+    // One target dir for both crates: the SDK's dependencies build once.
+    let target = dir.path().join("target");
+    let run = |args: &[&str]| {
+        let out =
+            std::process::Command::new(fhirwall_bin()).args(args).current_dir(repo_root()).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let check = |name: &str| {
+        let out = std::process::Command::new("bash")
+            .arg(dir.path().join(name).join("check.sh"))
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let where_ = dir.path().to_str().unwrap();
+    for (name, world) in [("payer-policy", "policy"), ("payer-matcher", "matcher")] {
+        run(&["plugin", "new", name, "--world", world, "--dir", where_]);
+        let (ok, text) = check(name);
+        assert!(ok, "{name}/check.sh failed:\n{text}");
+        assert!(text.contains("2 passed, 0 failed"), "{text}");
+        let wasm = target.join(format!("wasm32-wasip2/release/{}.wasm", name.replace('-', "_")));
+        assert!(wasm.is_file(), "{} missing", wasm.display());
+    }
+    // The same name again is refused rather than overwritten.
+    let again = std::process::Command::new(fhirwall_bin())
+        .args(["plugin", "new", "payer-policy", "--world", "policy", "--dir", where_])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    // A case expecting the tagged resource to leave: plugin test, hence check.sh, fails.
+    let cases = dir.path().join("payer-policy/fixtures/cases.ndjson");
+    let text =
+        std::fs::read_to_string(&cases).unwrap().replace("\"verdict\": \"drop\"", "\"verdict\": \"keep\"");
+    std::fs::write(&cases, text).unwrap();
+    let (ok, text) = check("payer-policy");
+    assert!(!ok, "check.sh passed with a wrong expectation:\n{text}");
+    assert!(text.contains("FAIL"), "{text}");
+}
