@@ -12,6 +12,7 @@ echo "== synthetic dataset is what its generator writes"
 python3 examples/dataset/generate.py --check
 echo "== non-interference data is what its generator writes"
 python3 tests/noninterference/generate.py --check
+python3 scripts/check-docs.py
 
 echo "== the module graph has no import cycles"
 python3 scripts/module-cycles.py
