@@ -43,6 +43,7 @@ impl AuditRecord {
                 record.requested_patients.insert(id);
             }
             AdminTarget::Client(id) => record.detail("client", id),
+            AdminTarget::Group(id) => record.detail("group", id),
             AdminTarget::None => {}
         }
         record
@@ -239,11 +240,33 @@ pub fn admin_action(method: &Method, path: &str) -> (&'static str, Action, Admin
             _ => ("unknown", Action::Execute, target),
         };
     }
+    // Deleting a roster or a MatchedMembers Group, by id (`grp-1` or `Group/grp-1`).
+    for (prefix, code) in [
+        ("/admin/attribution/", "attribution.delete"),
+        ("/admin/provider-member-match/groups/", "provider-match-group.delete"),
+    ] {
+        let Some(raw) = path.strip_prefix(prefix).filter(|r| !r.is_empty() && !r.contains('/')) else {
+            continue;
+        };
+        let id = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .unwrap_or_default();
+        let id = id.strip_prefix("Group/").unwrap_or(&id);
+        let target = if is_fhir_id(id) { AdminTarget::Group(id.to_owned()) } else { AdminTarget::None };
+        if m == "DELETE" {
+            return (code, Action::Delete, target);
+        }
+    }
     let (code, action) = match (m, path) {
         ("GET", "/admin/opt-outs") => ("opt-out.list", Action::Read),
         ("POST", "/admin/clients") => ("client.create", Action::Create),
         ("GET", "/admin/clients") => ("client.list", Action::Read),
         ("POST", "/admin/attribution") => ("attribution.load", Action::Create),
+        ("GET", "/admin/attribution") => ("attribution.list", Action::Read),
+        ("POST", "/admin/attribution/refresh") => ("attribution.refresh", Action::Execute),
+        ("GET", "/admin/audit/head") => ("audit.head", Action::Read),
+        ("GET", "/admin/provider-member-match/groups") => ("provider-match-group.list", Action::Read),
         ("POST", "/admin/plugins/reload") => ("plugins.reload", Action::Execute),
         ("GET", "/admin/audit") => ("audit.query", Action::Read),
         _ => ("unknown", Action::Execute),
@@ -257,6 +280,8 @@ pub enum AdminTarget {
     None,
     Patient(String),
     Client(String),
+    /// An attribution roster or a stored MatchedMembers Group.
+    Group(String),
 }
 
 #[cfg(test)]
@@ -420,6 +445,36 @@ mod tests {
             (Method::GET, "/admin/audit", "audit.query", Action::Read, AdminTarget::None),
             (Method::POST, "/admin/attribution", "attribution.load", Action::Create, AdminTarget::None),
             (Method::POST, "/admin/plugins/reload", "plugins.reload", Action::Execute, AdminTarget::None),
+            (Method::GET, "/admin/attribution", "attribution.list", Action::Read, AdminTarget::None),
+            (
+                Method::POST,
+                "/admin/attribution/refresh",
+                "attribution.refresh",
+                Action::Execute,
+                AdminTarget::None,
+            ),
+            (
+                Method::DELETE,
+                "/admin/attribution/Group%2Fgrp-grace",
+                "attribution.delete",
+                Action::Delete,
+                AdminTarget::Group("grp-grace".into()),
+            ),
+            (Method::GET, "/admin/audit/head", "audit.head", Action::Read, AdminTarget::None),
+            (
+                Method::GET,
+                "/admin/provider-member-match/groups",
+                "provider-match-group.list",
+                Action::Read,
+                AdminTarget::None,
+            ),
+            (
+                Method::DELETE,
+                "/admin/provider-member-match/groups/pmm-1",
+                "provider-match-group.delete",
+                Action::Delete,
+                AdminTarget::Group("pmm-1".into()),
+            ),
             (Method::GET, "/admin/nothing", "unknown", Action::Execute, AdminTarget::None),
             (Method::PUT, "/admin/opt-outs/a%2Fb", "unknown", Action::Execute, AdminTarget::None),
         ];
