@@ -82,6 +82,25 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Why a client would (not) receive a resource: asks the running gateway of FILE
+    /// (its admin listener, with the admin token from its token_env) to run the request
+    /// as the client, against the live upstream, without returning data.
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        /// A registered client id.
+        #[arg(long)]
+        client: String,
+        /// `Type/id` to explain.
+        #[arg(long, conflicts_with = "request", required_unless_present = "request")]
+        resource: Option<String>,
+        /// A read or search: `GET /fhir/Observation?patient=pat-0001`.
+        #[arg(long)]
+        request: Option<String>,
+        /// JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// WebAssembly plugin tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -357,6 +376,9 @@ fn main() -> ExitCode {
                 threads.unwrap_or_else(fhirwall::plugin_cli::default_threads),
             )
         }
+        Command::Explain { config, client, resource, request, json } => {
+            explain(config, client, resource, request, json)
+        }
         Command::Serve { config } => serve(config),
         Command::Demo { port } => demo(port),
         Command::Sandbox { listen, faults, noise, data } => sandbox(listen, faults, noise, data),
@@ -428,6 +450,38 @@ fn sandbox(listen: SocketAddr, faults: bool, noise: bool, data: Option<PathBuf>)
         })
         .await
     })
+}
+
+fn explain(
+    config: PathBuf,
+    client: String,
+    resource: Option<String>,
+    request: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = Config::load(&config)?;
+    let token = std::env::var(&config.admin.token_env)
+        .with_context(|| format!("admin.token_env: {} is not set", config.admin.token_env))?;
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("client", &client);
+    match (&resource, &request) {
+        (Some(r), _) => query.append_pair("resource", r),
+        (None, Some(r)) => query.append_pair("request", r),
+        (None, None) => anyhow::bail!("give --resource or --request"),
+    };
+    query.append_pair("format", if json { "json" } else { "text" });
+    let addr = config.admin.listen;
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let url = format!("http://{host}:{}/admin/explain?{}", addr.port(), query.finish());
+    let (status, body) = runtime()?.block_on(fhirwall::net::get_text(&url, &format!("Bearer {token}")))?;
+    if !(200..300).contains(&status) {
+        anyhow::bail!("the gateway answered {status}: {body}");
+    }
+    print!("{body}");
+    if json {
+        println!();
+    }
+    Ok(())
 }
 
 fn demo(port: u16) -> anyhow::Result<()> {

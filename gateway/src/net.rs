@@ -92,3 +92,22 @@ fn read_certs(
     anyhow::ensure!(!certs.is_empty(), "{key} {}: no certificate found", path.display());
     Ok(certs)
 }
+
+/// One GET with an `Authorization` value, over plain HTTP (the CLI asking
+/// a local admin listener): the status and the body as text.
+pub async fn get_text(url: &str, authorization: &str) -> anyhow::Result<(u16, String)> {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<HttpConnector, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(HttpConnector::new());
+    let request = http::Request::get(url)
+        .header(http::header::AUTHORIZATION, authorization)
+        .body(http_body_util::Empty::new())?;
+    let response = tokio::time::timeout(Duration::from_secs(120), client.request(request))
+        .await
+        .map_err(|_| anyhow::anyhow!("{url}: no answer within 120 s"))?
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}

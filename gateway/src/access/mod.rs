@@ -146,6 +146,32 @@ impl Scope {
         out
     }
 
+    /// The caller's Groups (upstream attribution, stored rosters and
+    /// MatchedMembers Groups) in which `patient` is an active member:
+    /// why it is attributed (opt-outs not considered).
+    pub fn groups_of(&self, patient: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if let Some(u) = &self.upstream {
+            out.extend(
+                u.groups
+                    .iter()
+                    .filter(|(_, active)| active.iter().any(|p| p == patient))
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+        if let Some(r) = &self.rosters {
+            out.extend(
+                r.groups
+                    .iter()
+                    .filter(|(_, g)| g.group.active.iter().any(|p| p == patient))
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The visible patients, sorted; `Err(limit)` as soon as there are more
     /// than `limit`.
     pub fn visible_patients(&self, limit: usize) -> Result<Vec<String>, usize> {

@@ -266,6 +266,7 @@ pub fn admin_action(method: &Method, path: &str) -> (&'static str, Action, Admin
         ("GET", "/admin/attribution") => ("attribution.list", Action::Read),
         ("POST", "/admin/attribution/refresh") => ("attribution.refresh", Action::Execute),
         ("GET", "/admin/audit/head") => ("audit.head", Action::Read),
+        ("GET", "/admin/explain") => ("explain", Action::Read),
         ("GET", "/admin/provider-member-match/groups") => ("provider-match-group.list", Action::Read),
         ("POST", "/admin/plugins/reload") => ("plugins.reload", Action::Execute),
         ("GET", "/admin/audit") => ("audit.query", Action::Read),

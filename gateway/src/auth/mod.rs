@@ -545,6 +545,28 @@ impl Auth {
         Ok(client.is_some_and(|c| c.scopes.allows(resource_type, perm)))
     }
 
+    /// The principal a token of registered `client_id` would carry, with
+    /// every scope it is registered for (`explain` runs requests as it;
+    /// no token is made). `None` when no such client is registered.
+    pub async fn principal_of(&self, client_id: &str) -> Result<Option<Arc<Principal>>, GatewayError> {
+        let client = self
+            .registry
+            .get(client_id)
+            .await
+            .map_err(|e| GatewayError::policy_failure(format!("client registry unavailable: {e}")))?;
+        Ok(client.map(|c| {
+            Arc::new(Principal {
+                client_id: c.client_id.clone(),
+                organization: c.organization.clone(),
+                npi: c.npi.clone(),
+                scopes: c.scopes.clone(),
+                token_id: "explain".into(),
+                expires_at: i64::MAX,
+                reg: c.reg.clone(),
+            })
+        }))
+    }
+
     /// A job's principal again (see [`Delegation`]); refused once the client
     /// is deleted or registered anew.
     pub async fn resume(&self, delegation: &Delegation) -> Result<Arc<Principal>, GatewayError> {

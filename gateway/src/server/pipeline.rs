@@ -30,6 +30,7 @@ use crate::proxy::UpstreamRequest;
 use crate::respond::{self, Body};
 
 mod answer;
+pub mod explain;
 mod export;
 mod identifiers;
 mod plugin_stage;
@@ -177,6 +178,13 @@ impl Handler for FhirHandler {
     }
 }
 
+/// Whether a run keeps the per-resource trace (`explain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trace {
+    Off,
+    On,
+}
+
 /// A request at the front door: answered there, or admitted with the path
 /// below the FHIR base and who is asking (`None`: the public `metadata`).
 enum FrontDoor {
@@ -215,16 +223,36 @@ impl FhirHandler {
             Ok(body) => body,
             Err(err) => return ("unparsed", Err(err)),
         };
+        let (name, result, _) =
+            self.run(&parts, &below_base, body, principal, request_id, record, Trace::Off).await;
+        (name, result)
+    }
+
+    /// A request that passed the front door, from parsing to the answer:
+    /// the one path every FHIR request takes, and `explain` too (with the
+    /// per-resource trace on, returned third).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn run(
+        &self,
+        parts: &http::request::Parts,
+        below_base: &str,
+        body: Bytes,
+        principal: Option<Arc<crate::auth::Principal>>,
+        request_id: &str,
+        record: &mut AuditRecord,
+        trace: Trace,
+    ) -> (&'static str, Result<Response<Body>, GatewayError>, Vec<crate::chain::disclosure::Step>) {
+        let gw = &self.gw;
         let request = RequestParts {
             method: &parts.method,
-            path: &below_base,
+            path: below_base,
             query: parts.uri.query(),
             headers: &parts.headers,
             body: &body,
         };
         let mut fhir = match request::parse(&request, gw.parse_options) {
             Ok(fhir) => fhir,
-            Err(err) => return ("unparsed", Err(err)),
+            Err(err) => return ("unparsed", Err(err), Vec::new()),
         };
         let name = fhir.interaction.name();
         record.set_request(&fhir);
@@ -236,14 +264,14 @@ impl FhirHandler {
             None => Err(GatewayError::forbidden("an access token is required")),
         };
         if let Err(err) = authorized {
-            return (name, Err(err));
+            return (name, Err(err), Vec::new());
         }
-        let self_url = self_url(&gw.public_base, &below_base, &fhir.params);
+        let self_url = self_url(&gw.public_base, below_base, &fhir.params);
         // access: attribution and opt-outs, before anything goes
         // upstream (404 / 403 / narrowing / 400); fails closed.
         let access = match gw.access.decide(principal.as_deref(), &mut fhir).await {
             Ok(decision) => decision,
-            Err(err) => return (name, Err(err)),
+            Err(err) => return (name, Err(err), Vec::new()),
         };
         // redact: redaction decides on whole resources, so the
         // upstream never applies `_elements` / `_summary`; fhirwall does, after.
@@ -252,14 +280,19 @@ impl FhirHandler {
         // built-in checks; a deny is a 403, a plugin failure fails closed.
         let policy = match self.policy_on_request(principal.as_deref(), &fhir, request_id).await {
             Ok(run) => run,
-            Err(err) => return (name, Err(err)),
+            Err(err) => return (name, Err(err), Vec::new()),
         };
         let mut ctx = RequestCtx::new(request_id, Caller::new(principal), self_url, access, subset, policy);
+        if trace == Trace::On {
+            ctx.disclosure().trace = Some(Vec::new());
+        }
         ctx.prefer = crate::ops::export::kickoff::Prefer::of(&parts.headers);
         let content_type = parts.headers.get(CONTENT_TYPE).cloned();
         let (head, chained) = (fhir.head, fhir.interaction.is_chained());
         let result = self.dispatch(&ctx, fhir, body, content_type).await;
-        (name, self.settle(&ctx, result, chained, head, record).await)
+        let result = self.settle(&ctx, result, chained, head, record).await;
+        let steps = ctx.disclosure().trace.clone().unwrap_or_default();
+        (name, result, steps)
     }
 
     /// What is answered before a request is parsed: the token endpoint
