@@ -14,13 +14,25 @@ use crate::gateway::Gateway;
 use crate::listener::Handler;
 use crate::respond::{self, Body};
 
+pub mod explain;
+
+pub use explain::{ExplainTarget, Explainer};
+
 pub struct AdminHandler {
     gw: Arc<Gateway>,
+    /// Answers `/admin/explain` (the FHIR pipeline, given by the server:
+    /// admin does not depend on it); `None`: 404.
+    explainer: Option<Arc<dyn Explainer>>,
 }
 
 impl AdminHandler {
     pub fn new(gw: Arc<Gateway>) -> Self {
-        AdminHandler { gw }
+        AdminHandler { gw, explainer: None }
+    }
+
+    pub fn with_explainer(mut self, explainer: Arc<dyn Explainer>) -> Self {
+        self.explainer = Some(explainer);
+        self
     }
 
     /// Constant-time comparison of the presented bearer token.
@@ -115,7 +127,10 @@ impl AdminHandler {
             // audit
             (&Method::GET, "/admin/audit") => audit_query(&self.gw, req.uri().query()).await,
             // Why a client would (not) receive a resource.
-            (&Method::GET, "/admin/explain") => explain(&self.gw, req.uri().query()).await,
+            (&Method::GET, "/admin/explain") => match &self.explainer {
+                Some(explainer) => explain::route(explainer.as_ref(), req.uri().query()).await,
+                None => Err(GatewayError::not_found("explain is not available on this listener")),
+            },
             // The last durable record, to keep outside this host as an anchor
             // (`fhirwall audit verify --anchor SEQ:HASH`).
             (&Method::GET, "/admin/audit/head") => {
@@ -179,34 +194,6 @@ impl Handler for AdminHandler {
             tracing::info!(%peer, %method, %path, status = response.status().as_u16(), "admin request");
         }
         response
-    }
-}
-
-/// `GET /admin/explain?client=ID&resource=Type/id` (or `&request=GET /fhir/...`),
-/// `&format=text` for lines instead of JSON: see
-/// [`crate::server::pipeline::explain`].
-async fn explain(gw: &Arc<Gateway>, query: Option<&str>) -> Result<Response<Body>, GatewayError> {
-    let mut params: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if !matches!(name.as_ref(), "client" | "resource" | "request" | "format") {
-            return Err(GatewayError::bad_request(format!("unknown parameter {name}")));
-        }
-        if params.insert(name.to_string(), value.to_string()).is_some() {
-            return Err(GatewayError::bad_request(format!("parameter {name} given twice")));
-        }
-    }
-    let client = params.get("client").ok_or_else(|| GatewayError::bad_request("client is required"))?;
-    use crate::server::pipeline::explain::{Target, explain, text};
-    let target = match (params.get("resource"), params.get("request")) {
-        (Some(r), None) => Target::Resource(r),
-        (None, Some(r)) => Target::Request(r),
-        _ => return Err(GatewayError::bad_request("give resource=Type/id or request='GET /fhir/...'")),
-    };
-    let explanation = explain(gw, client, target).await?;
-    match params.get("format").map(String::as_str) {
-        None | Some("json") => Ok(respond::json(StatusCode::OK, explanation.to_string())),
-        Some("text") => Ok(respond::text(StatusCode::OK, "text/plain; charset=utf-8", text(&explanation))),
-        Some(other) => Err(GatewayError::bad_request(format!("format {other}: json or text"))),
     }
 }
 

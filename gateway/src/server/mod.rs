@@ -99,7 +99,10 @@ pub async fn run_until(
             grace,
             metrics: gateway.metrics.clone(),
         },
-        Arc::new(crate::admin::AdminHandler::new(gateway.clone())),
+        Arc::new(
+            crate::admin::AdminHandler::new(gateway.clone())
+                .with_explainer(Arc::new(pipeline::explain::PipelineExplainer(gateway.clone()))),
+        ),
         stop,
     );
     gateway.mark_ready();

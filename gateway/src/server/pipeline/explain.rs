@@ -4,8 +4,9 @@
 //! chain as a FHIR request, against the live upstream) with the chain's
 //! per-resource trace on, and answers what would leave and which stage
 //! decided what — by `Type/id`, stage and reason only, never a value of a
-//! resource. Served as `GET /admin/explain` (audited like every admin
-//! call); `fhirwall explain` asks that endpoint.
+//! resource. Served as `GET /admin/explain` through the admin listener's
+//! [`Explainer`] hook (audited like every admin call); `fhirwall explain`
+//! asks that endpoint.
 
 use std::sync::Arc;
 
@@ -15,20 +16,31 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use super::{FhirHandler, Trace, below_base, new_request_id};
+use crate::admin::{ExplainTarget, Explainer};
 use crate::audit::AuditRecord;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 
-/// What to explain: a resource (`Observation/o1`) or a request
-/// (`GET /fhir/Observation?patient=pat-0001`, or below the base).
-pub enum Target<'a> {
-    Resource(&'a str),
-    Request(&'a str),
+/// The admin listener's hook, served by this pipeline.
+pub struct PipelineExplainer(pub Arc<Gateway>);
+
+impl Explainer for PipelineExplainer {
+    fn explain<'a>(
+        &'a self,
+        client: &'a str,
+        target: ExplainTarget<'a>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, GatewayError>> + Send + 'a>> {
+        Box::pin(explain(&self.0, client, target))
+    }
 }
 
-pub async fn explain(gw: &Arc<Gateway>, client: &str, target: Target<'_>) -> Result<Value, GatewayError> {
+pub async fn explain(
+    gw: &Arc<Gateway>,
+    client: &str,
+    target: ExplainTarget<'_>,
+) -> Result<Value, GatewayError> {
     let (method, below) = match target {
-        Target::Resource(r) => {
+        ExplainTarget::Resource(r) => {
             let (ty, id) = r.split_once('/').ok_or_else(|| GatewayError::bad_request("resource: Type/id"))?;
             if !crate::fhir::search::is_fhir_id(id)
                 || ty.is_empty()
@@ -38,7 +50,7 @@ pub async fn explain(gw: &Arc<Gateway>, client: &str, target: Target<'_>) -> Res
             }
             (Method::GET, format!("{ty}/{id}"))
         }
-        Target::Request(text) => {
+        ExplainTarget::Request(text) => {
             let (method, target) = text.trim().split_once(' ').unwrap_or(("GET", text.trim()));
             let method = match method.to_ascii_uppercase().as_str() {
                 "GET" => Method::GET,
@@ -134,59 +146,6 @@ pub async fn explain(gw: &Arc<Gateway>, client: &str, target: Target<'_>) -> Res
         "patients": basis,
         "groups": scope.groups(),
     }))
-}
-
-/// The explanation as lines a reviewer reads.
-pub fn text(explanation: &Value) -> String {
-    let mut out = String::new();
-    let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
-    out.push_str(&format!(
-        "{} as {} ({})\n",
-        s(&explanation["request"]),
-        s(&explanation["client"]),
-        s(&explanation["organization"])
-    ));
-    let status = explanation["status"].as_u64().unwrap_or(0);
-    match explanation["refusal"].as_str() {
-        Some(why) => out.push_str(&format!("answer   {status}: refused: {why}\n")),
-        None => out.push_str(&format!("answer   {status}\n")),
-    }
-    let leaves: Vec<String> = explanation["leaves"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect();
-    if leaves.is_empty() {
-        out.push_str("leaves   nothing\n");
-    }
-    for r in &leaves {
-        out.push_str(&format!("leaves   {r}\n"));
-    }
-    for d in explanation["decisions"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "{:<8} {} by {} ({})\n",
-            s(&d["action"]),
-            s(&d["resource"]),
-            s(&d["stage"]),
-            s(&d["reason"])
-        ));
-    }
-    for p in explanation["patients"].as_array().into_iter().flatten() {
-        let groups: Vec<String> = p["groups"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|g| g.as_str().map(|g| format!("Group/{g}")))
-            .collect();
-        let basis = match (p["attributed"].as_bool(), p["opted_out"].as_bool()) {
-            (_, Some(true)) => "opted out: hidden from every provider".to_owned(),
-            (Some(true), _) => format!("attributed through {}", groups.join(", ")),
-            _ => "not attributed to this organization".to_owned(),
-        };
-        out.push_str(&format!("patient  {}: {basis}\n", s(&p["patient"])));
-    }
-    out
 }
 
 /// `Type/id` of what an answer carries: the resource, or a Bundle's entries.
