@@ -548,6 +548,7 @@ part2_programs = ["Organization/org-recovery", "1234567893"]
     let key = shell_quote(&keys.key_path.display().to_string());
     let audit = shell_quote(&config.audit.dir.display().to_string());
     let match_request = shell_quote(&match_request.display().to_string());
+    let config_file = shell_quote(&config_path.display().to_string());
     let auth = "-H \"Authorization: Bearer $TOKEN\"";
     let tour = [
         format!("curl -s {base}/metadata | head -c 400; echo"),
@@ -568,7 +569,16 @@ part2_programs = ["Organization/org-recovery", "1234567893"]
         format!("sleep 2; curl -s {auth} \"$LOC\"; echo"),
         "# v2: grace attests treating Lucia Ximenez (on no roster of grace's) -> MatchedMembers Group (needs plugins/build.sh)".into(),
         format!(
-            "curl -s {auth} -H 'Content-Type: application/fhir+json' --data @{match_request} '{base}/Group/$provider-member-match' | head -c 800; echo"
+            "GROUP=$(curl -s {auth} -H 'Content-Type: application/fhir+json' --data @{match_request} '{base}/Group/$provider-member-match' | grep -o '\"id\":\"pmm-[0-9a-f]*\"' | head -n 1 | cut -d'\"' -f4); echo \"MatchedMembers: Group/$GROUP\""
+        ),
+        "# ... and grace exports that Group: the member it attested treating, nobody else".into(),
+        format!(
+            "LOC=$(curl -s -D - -o /dev/null {auth} -H 'Prefer: respond-async' \"{base}/Group/$GROUP/\\$export?_type=Patient,Condition\" | sed -n 's/^[Cc]ontent-[Ll]ocation: *//p' | tr -d '\\r'); sleep 2; curl -s {auth} \"$LOC\"; echo"
+        ),
+        "# a record withheld, and why: a Part 2 (substance-use-disorder) diagnosis of a patient grace may see".into(),
+        format!("curl -s -o /dev/null -w '%{{http_code}}\\n' {auth} '{base}/Condition/cond-0009-2'"),
+        format!(
+            "FHIRWALL_ADMIN_TOKEN={admin_token} {exe} explain --config {config_file} --client grace-ehr --request 'GET /fhir/Condition?patient=pat-0009'"
         ),
         format!("curl -s {admin}/metrics | head -n 5"),
         format!("curl -s -H 'Authorization: Bearer {admin_token}' '{admin}/admin/audit?patient=pat-0001' | head -c 600; echo"),
