@@ -79,6 +79,9 @@ fn start_on(upstream: &str, export: &str) -> Run {
             "[policy]\npart2 = \"exclude\"\npart2_programs = [\"Organization/org-recovery\", \"1234567893\"]\n",
         )
         .extra_toml(&format!("[export]\n{export}\n"))
+        // The comparisons against Medplum can outlast the default 300 s
+        // token (CI saw 304 s): what is tested here is the export, not expiry.
+        .extra_toml("[auth]\ntoken_ttl_s = 3600\n")
         .client("grace-ehr", "Organization/org-grace", GRACE.1, &["system/*.read"])
         .client("hopkins-ehr", "Organization/org-hopkins", HOPKINS.1, &["system/*.read"]);
     let gw = Gateway::start(config);
