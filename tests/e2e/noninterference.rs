@@ -73,7 +73,10 @@ fn gateway(upstream: &Upstream, facts: &serde_json::Value) -> Gateway {
         .extra_toml(&format!(
             "[[plugins]]\nname = \"matcher\"\nworld = \"matcher\"\npath = {:?}\n",
             repo_root().join("plugins/dist/default_matcher.wasm").display().to_string()
-        ));
+        ))
+        // One token serves the whole comparison, which against Medplum on a
+        // loaded machine outlasts the default 300 s token.
+        .extra_toml("[auth]\ntoken_ttl_s = 3600\n");
     Gateway::start(config)
 }
 
