@@ -46,20 +46,7 @@ def problem(where, message):
 def strip_code(lines):
     """Yield (line number, text) outside fenced code blocks, with inline code
     spans blanked (links inside code are not links)."""
-    fence = None
-    for number, line in enumerate(lines, 1):
-        stripped = line.lstrip()
-        match = re.match(r"(`{3,}|~{3,})", stripped)
-        if match:
-            marker = match.group(1)
-            if fence is None:
-                fence = marker[0] * len(marker)
-                continue
-            if stripped.startswith(fence):
-                fence = None
-                continue
-        if fence is not None:
-            continue
+    for number, line in strip_code_headings(lines):
         yield number, re.sub(r"(`+)(.+?)\1", lambda m: " " * len(m.group(0)), line)
 
 
