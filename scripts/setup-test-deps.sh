@@ -9,7 +9,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STEPS=(node medplum jwt_clients s3 bulk_client postgres openssl plugins)
+STEPS=(node medplum jwt_clients s3 bulk_client browser postgres openssl plugins)
 
 log() { printf 'setup-test-deps: %s\n' "$*"; }
 die() { printf 'setup-test-deps: error: %s\n' "$*" >&2; exit 1; }
@@ -113,6 +113,18 @@ step_s3() {
 # of tests/e2e/export.rs, driven by tests/clients/smart_fetch_export.sh.
 step_bulk_client() {
   venv smart-fetch-venv "$ROOT/tests/clients/smart-fetch-requirements.txt"
+}
+
+# The audit console's browser test (tests/e2e/console.rs): Debian's chromium
+# and chromium-driver, driven by Python selenium (its own venv).
+step_browser() {
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    log "browser: $(chromedriver --version | cut -d' ' -f1-2) already installed"
+  else
+    apt_install chromium chromium-driver
+    log "browser: installed $(chromedriver --version | cut -d' ' -f1-2)"
+  fi
+  venv browser-venv "$ROOT/tests/clients/browser-requirements.txt"
 }
 
 # Debian's PostgreSQL server binaries, for the multi-node tests (the tests run

@@ -14,12 +14,15 @@ use crate::gateway::Gateway;
 use crate::listener::Handler;
 use crate::respond::{self, Body};
 
+pub mod console;
 pub mod explain;
 
 pub use explain::{ExplainTarget, Explainer};
 
 pub struct AdminHandler {
     gw: Arc<Gateway>,
+    /// `/admin/console`: the audit console (its own sign-in and sessions).
+    console: console::Console,
     /// Answers `/admin/explain` (the FHIR pipeline, given by the server:
     /// admin does not depend on it); `None`: 404.
     explainer: Option<Arc<dyn Explainer>>,
@@ -27,7 +30,7 @@ pub struct AdminHandler {
 
 impl AdminHandler {
     pub fn new(gw: Arc<Gateway>) -> Self {
-        AdminHandler { gw, explainer: None }
+        AdminHandler { gw, console: console::Console::new(), explainer: None }
     }
 
     pub fn with_explainer(mut self, explainer: Arc<dyn Explainer>) -> Self {
@@ -64,6 +67,8 @@ impl AdminHandler {
                 let text = self.gw.metrics.render() + &self.gw.audit.render_metrics();
                 Ok(respond::text(StatusCode::OK, "text/plain; version=0.0.4", text))
             }
+            // The console signs its users in itself (session cookie, CSRF).
+            (_, path) if console::handles(path) => Ok(self.console.route(&self.gw, req).await),
             _ if !self.authorized(&req) => {
                 Err(GatewayError::of(Kind::Unauthenticated, "admin API: missing or wrong bearer token")
                     .with_header(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer")))
@@ -161,9 +166,10 @@ impl Handler for AdminHandler {
         // Probes and scrapes (no token, no data) are not audited: a load
         // balancer would otherwise fill the log with health checks.
         let probe = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
-        let record = (!probe).then(|| {
-            crate::audit::AuditRecord::admin(&method, &path, self.authorized(&req), Some(peer.ip()))
-        });
+        let authorized =
+            if console::handles(&path) { self.console.signed_in(&req) } else { self.authorized(&req) };
+        let record =
+            (!probe).then(|| crate::audit::AuditRecord::admin(&method, &path, authorized, Some(peer.ip())));
         let (mut response, error) = match self.route(req).await {
             Ok(r) => (r, None),
             Err(e) => (respond::error(&e), Some(e)),
@@ -171,6 +177,11 @@ impl Handler for AdminHandler {
         if let Some(mut record) = record {
             // audit: durable before the response leaves.
             record.set_outcome(response.status().as_u16(), error.as_ref());
+            if record.kind == (crate::audit::Kind::Admin { action: "console.sign-in" })
+                && response.status().is_success()
+            {
+                record.who.authenticated = true;
+            }
             if record.kind == (crate::audit::Kind::Admin { action: "client.create" })
                 && response.status().is_success()
             {
@@ -253,7 +264,7 @@ async fn read_json_body(req: Request<Incoming>) -> Result<bytes::Bytes, GatewayE
 
 /// Compare without an early exit, so response timing does not reveal how
 /// much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -223,6 +223,20 @@ pub fn admin_action(method: &Method, path: &str) -> (&'static str, Action, Admin
         (!id.is_empty() && !id.contains('/')).then(|| id.into_owned())
     };
     let m = method.as_str();
+    if let Some(code) = console_action(m, path) {
+        let target = match tail("/admin/console/api/patients/") {
+            Some(id) if is_fhir_id(id.strip_prefix("Patient/").unwrap_or(&id)) => {
+                AdminTarget::Patient(id.strip_prefix("Patient/").unwrap_or(&id).to_owned())
+            }
+            _ => tail("/admin/console/api/clients/").map(AdminTarget::Client).unwrap_or(AdminTarget::None),
+        };
+        let action = match m {
+            "POST" => Action::Execute,
+            "DELETE" => Action::Delete,
+            _ => Action::Read,
+        };
+        return (code, action, target);
+    }
     if let Some(id) = tail("/admin/opt-outs/") {
         let target = if is_fhir_id(&id) { AdminTarget::Patient(id) } else { AdminTarget::None };
         return match m {
@@ -273,6 +287,28 @@ pub fn admin_action(method: &Method, path: &str) -> (&'static str, Action, Admin
         _ => ("unknown", Action::Execute),
     };
     (code, action, AdminTarget::None)
+}
+
+/// The action code of a console call (`None`: not the console's path).
+fn console_action(method: &str, path: &str) -> Option<&'static str> {
+    if !(path == "/admin/console" || path.starts_with("/admin/console/")) {
+        return None;
+    }
+    let api = path.strip_prefix("/admin/console/api/");
+    Some(match (method, path, api) {
+        ("POST", "/admin/console/session", _) => "console.sign-in",
+        ("DELETE", "/admin/console/session", _) => "console.sign-out",
+        ("GET", _, Some("session")) => "console.session",
+        ("GET", _, Some("overview")) => "console.overview",
+        ("GET", _, Some("clients")) => "console.clients",
+        ("GET", _, Some("chain")) => "console.chain",
+        ("POST", _, Some("rebuild")) => "console.rebuild",
+        ("GET", _, Some("opt-outs")) => "console.opt-outs",
+        ("GET", _, Some(p)) if p.starts_with("patients/") => "console.patient",
+        ("GET", _, Some(p)) if p.starts_with("clients/") => "console.client",
+        ("GET", _, None) => "console.page",
+        _ => "console.unknown",
+    })
 }
 
 /// An id an admin call's path names.

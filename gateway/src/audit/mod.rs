@@ -16,6 +16,7 @@
 //! - [`writer`]: group commit, rotation, crash recovery.
 //! - [`verify`]: `fhirwall audit verify`.
 //! - [`query`]: `fhirwall audit query` and `GET /admin/audit`.
+//! - [`index`]: the audit console's index, built from the log and following it.
 //! - [`time`]: RFC 3339 without a date-time dependency.
 //!
 //! Crash semantics: a record is acknowledged (and the response sent) only
@@ -27,6 +28,7 @@
 pub mod chain;
 pub mod event;
 pub mod facts;
+pub mod index;
 pub mod query;
 pub mod time;
 pub mod verify;

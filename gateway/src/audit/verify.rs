@@ -154,7 +154,7 @@ pub fn verify_with_anchors(dir: &Path, anchors: &[Anchor]) -> Result<Intact, Bro
 
 /// One record read, checked against the chain: its seq, its link to the
 /// previous record, its own hash, and any anchor for its seq.
-fn checked_line<'a>(
+pub(super) fn checked_line<'a>(
     text: &'a str,
     expected: u64,
     prev: &str,
