@@ -549,6 +549,7 @@ part2_programs = ["Organization/org-recovery", "1234567893"]
     let audit = shell_quote(&config.audit.dir.display().to_string());
     let match_request = shell_quote(&match_request.display().to_string());
     let config_file = shell_quote(&config_path.display().to_string());
+    let jar = shell_quote(&dir.path().join("console.cookies").display().to_string());
     let auth = "-H \"Authorization: Bearer $TOKEN\"";
     let tour = [
         format!("curl -s {base}/metadata | head -c 400; echo"),
@@ -580,6 +581,12 @@ part2_programs = ["Organization/org-recovery", "1234567893"]
         format!(
             "FHIRWALL_ADMIN_TOKEN={admin_token} {exe} explain --config {config_file} --client grace-ehr --request 'GET /fhir/Condition?patient=pat-0009'"
         ),
+        format!(
+            "# the audit console: open {admin}/admin/console in a browser and sign in with the admin token; the same per-patient view from the shell:"
+        ),
+        format!(
+            "curl -s -c {jar} -H 'Content-Type: application/json' -d '{{\"token\":\"{admin_token}\"}}' {admin}/admin/console/session >/dev/null; curl -s -b {jar} {admin}/admin/console/api/patients/pat-0009 | head -c 1500; echo"
+        ),
         format!("curl -s {admin}/metrics | head -n 5"),
         format!("curl -s -H 'Authorization: Bearer {admin_token}' '{admin}/admin/audit?patient=pat-0001' | head -c 600; echo"),
         format!("{exe} audit verify --dir {audit}"),
@@ -588,6 +595,7 @@ part2_programs = ["Organization/org-recovery", "1234567893"]
         "\nfhirwall demo — gateway on the built-in sandbox (synthetic payer dataset)\n\
          \n  FHIR base   {base}\
          \n  admin API   {admin}  (Authorization: Bearer {admin_token})\
+         \n  console     {admin}/admin/console  (sign in with the admin token)\
          \n  state       {}\n\
          \nTry (client grace-ehr; paste the lines in order into one shell):\n",
         dir.path().display(),

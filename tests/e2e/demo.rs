@@ -79,6 +79,7 @@ fn every_command_the_demo_prints_works_as_printed() {
         ("the withheld record", "\n404\n"),
         ("explain", "withheld Condition/cond-0009-2 by data-scope (part2)"),
         ("explain's basis", "Patient/pat-0009: attributed through Group/grp-grace"),
+        ("the console's per-patient view", "\"client\":\"grace-ehr\",\"disclosures\":"),
         ("metrics", "fhirwall_requests_total"),
         ("the audit records", "\"prev\":"),
         ("audit verify", "audit log intact"),

@@ -561,3 +561,125 @@ struct Detail<'a> {
     #[serde(rename = "valueString", borrow, default)]
     value: Option<Cow<'a, str>>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::{file_name, link_hash, write_line};
+
+    /// An event as the gateway writes it, trimmed to what the index reads.
+    fn event(client: &str, status: u16, patients: &[(&str, &str)], withheld: &[(&str, u32)]) -> String {
+        let mut details = vec![format!(r#"{{"type":"status","valueString":"{status}"}}"#)];
+        details.extend(withheld.iter().map(|(k, n)| format!(r#"{{"type":"{k}","valueString":"{n}"}}"#)));
+        let mut entities =
+            vec![format!(r#"{{"what":{{"identifier":{{"value":"r"}}}},"detail":[{}]}}"#, details.join(","))];
+        entities.extend(patients.iter().map(|(p, role)| {
+            format!(
+                r#"{{"what":{{"reference":"Patient/{p}"}},"role":{{"code":"1"}},"description":"{role}"}}"#
+            )
+        }));
+        let outcome = if status < 400 { "0" } else { "4" };
+        format!(
+            r#"{{"resourceType":"AuditEvent","type":{{"code":"rest"}},"subtype":[{{"system":"http://hl7.org/fhir/restful-interaction","code":"search-type"}}],"recorded":"2026-12-06T10:00:0{}Z","outcome":"{outcome}","agent":[{{"who":{{"identifier":{{"system":"urn:fhirwall:client-id","value":"{client}"}}}}}},{{"type":{{"coding":[{{"code":"PROV"}}]}},"who":{{"reference":"Organization/org-{client}"}}}}],"entity":[{}]}}"#,
+            status % 10,
+            entities.join(",")
+        )
+    }
+
+    /// Append events to `file`, continuing the chain from (seq, prev).
+    fn append(dir: &Path, first_of_file: u64, seq: &mut u64, prev: &mut String, events: &[String]) {
+        let mut out = Vec::new();
+        for e in events {
+            *seq += 1;
+            let hash = link_hash(prev, e.as_bytes());
+            write_line(&mut out, *seq, prev, &hash, e);
+            *prev = hash;
+        }
+        use std::io::Write;
+        let path = dir.join(file_name(first_of_file));
+        std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap().write_all(&out).unwrap();
+    }
+
+    #[test]
+    fn indexes_patients_clients_and_withheld_counts_and_follows_the_tail_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut seq, mut prev) = (0, ZERO_HASH.to_owned());
+        append(
+            dir.path(),
+            1,
+            &mut seq,
+            &mut prev,
+            &[
+                event("a", 200, &[("p1", "disclosed")], &[("suppressed.part2", 2)]),
+                event("b", 404, &[("p1", "requested")], &[]),
+            ],
+        );
+        let mut ix = AuditIndex::new(dir.path());
+        assert_eq!(ix.refresh().unwrap(), 2);
+        assert_eq!(ix.of_patient("p1").len(), 2);
+        assert_eq!(ix.of_client("a").len(), 1);
+        let first = ix.entries()[0];
+        assert_eq!(
+            (ix.name(first.event), first.status, first.outcome),
+            ("search-type", 200, Outcome::Success)
+        );
+        assert_eq!(ix.name(first.organization), "Organization/org-a");
+        let counts: Vec<_> = ix.counts(&first).iter().map(|(r, n)| (ix.name(*r), *n)).collect();
+        assert_eq!(counts, [("suppressed.part2", 2)]);
+        assert!(ix.patients(&ix.entries()[1]).all(|p| !p.disclosed));
+
+        // More records, then a rotated file: both are picked up.
+        append(dir.path(), 1, &mut seq, &mut prev, &[event("a", 200, &[("p2", "disclosed")], &[])]);
+        append(dir.path(), 4, &mut seq, &mut prev, &[event("c", 200, &[("p1", "disclosed")], &[])]);
+        assert_eq!(ix.refresh().unwrap(), 2);
+        assert_eq!(ix.of_patient("p1").len(), 3);
+        assert_eq!(ix.head().0, 4);
+        assert!(ix.broken().is_none());
+        // Nothing new: nothing added.
+        assert_eq!(ix.refresh().unwrap(), 0);
+    }
+
+    #[test]
+    fn an_incomplete_last_line_waits_for_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut seq, mut prev) = (0, ZERO_HASH.to_owned());
+        append(dir.path(), 1, &mut seq, &mut prev, &[event("a", 200, &[], &[])]);
+        let path = dir.path().join(file_name(1));
+        let full = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &full[..full.len() - 10]).unwrap();
+        let mut ix = AuditIndex::new(dir.path());
+        assert_eq!(ix.refresh().unwrap(), 0);
+        std::fs::write(&path, &full).unwrap();
+        assert_eq!(ix.refresh().unwrap(), 1);
+        assert!(ix.broken().is_none());
+    }
+
+    #[test]
+    fn an_edited_or_missing_record_breaks_the_chain_and_the_rest_is_still_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut seq, mut prev) = (0, ZERO_HASH.to_owned());
+        let events: Vec<String> =
+            (0..4).map(|i| event("a", 200, &[(&format!("p{i}"), "disclosed")], &[])).collect();
+        append(dir.path(), 1, &mut seq, &mut prev, &events);
+        let path = dir.path().join(file_name(1));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let edited = text.replacen("Patient/p1", "Patient/px", 1);
+        std::fs::write(&path, &edited).unwrap();
+        let mut ix = AuditIndex::new(dir.path());
+        ix.refresh().unwrap();
+        let b = ix.broken().expect("a break");
+        assert_eq!((b.seq, b.line), (2, 2));
+        assert!(b.reason.contains("edited"), "{}", b.reason);
+        assert_eq!(ix.entries().len(), 4);
+
+        // A removed record: a gap.
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.remove(2);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let mut ix = AuditIndex::new(dir.path());
+        ix.refresh().unwrap();
+        let b = ix.broken().expect("a break");
+        assert_eq!(b.seq, 3);
+        assert!(b.reason.contains("removed"), "{}", b.reason);
+    }
+}
