@@ -43,6 +43,13 @@ fn d(action: &str, stage: &str, reason: &str) -> Option<(String, String, String)
     Some((action.into(), stage.into(), reason.into()))
 }
 
+/// What in `resource` decided (`detail`), as explained.
+fn detail(e: &Value, resource: &str) -> String {
+    let decisions = e["decisions"].as_array().unwrap();
+    let found = decisions.iter().find(|d| d["resource"] == resource);
+    found.and_then(|d| d["detail"].as_str()).unwrap_or_default().to_owned()
+}
+
 #[tokio::test]
 async fn explain_names_the_stage_and_reason_of_every_decision_and_no_hidden_value() {
     let gw = start();
@@ -68,17 +75,24 @@ async fn explain_names_the_stage_and_reason_of_every_decision_and_no_hidden_valu
     assert_eq!(e["leaves"], json!(["Patient/pat-0001"]));
     assert_eq!(e["patients"][0]["groups"], json!(["grp-grace"]), "{e}");
 
-    // Part 2 by label; date floor; financial redaction; a drug prior authorization.
-    for (resource, expect) in [
-        ("Condition/cond-0009-2", d("withheld", "data-scope", "part2")),
-        ("Condition/cond-0010-3", None), // pat-0010 is not grace's: refused before any stage
-        ("Condition/cond-0001-4", d("withheld", "data-scope", "date-floor")),
-        ("ExplanationOfBenefit/eob-0001-1", d("redacted", "data-scope", "financial")),
-        ("ExplanationOfBenefit/pa-0024-1", d("withheld", "data-scope", "drug-pa")),
+    // Part 2 by label and by code; date floor; financial redaction (which
+    // elements); a drug prior authorization — each with what decided.
+    for (resource, expect, why) in [
+        ("Condition/cond-0009-2", d("withheld", "data-scope", "part2"), "a Part 2 security label on the resource"),
+        ("Condition/cond-0203-3", d("withheld", "data-scope", "part2"), "a Part 2 code in code"),
+        ("Condition/cond-0010-3", None, ""), // pat-0010 is not grace's: refused before any stage
+        ("Condition/cond-0001-4", d("withheld", "data-scope", "date-floor"), "before the floor 2016-01-01"),
+        (
+            "ExplanationOfBenefit/eob-0001-1",
+            d("redacted", "data-scope", "financial"),
+            "elements removed or changed: ExplanationOfBenefit.",
+        ),
+        ("ExplanationOfBenefit/pa-0024-1", d("withheld", "data-scope", "drug-pa"), "drug"),
     ] {
         let e = explain(&gw, &format!("resource={resource}")).await;
         if let Some(expect) = expect {
             assert_eq!(decision(&e, resource), Some(expect), "{resource}: {e}");
+            assert!(detail(&e, resource).contains(why), "{resource}: {why:?} not in {e}");
         }
         let body = e.to_string();
         // Nothing of the record itself: none of its strings (codes,
@@ -101,6 +115,7 @@ async fn explain_names_the_stage_and_reason_of_every_decision_and_no_hidden_valu
     let e = explain(&gw, "request=GET%20/fhir/ExplanationOfBenefit%3Fpatient%3Dpat-0011").await;
     assert_eq!(e["status"], 200, "{e}");
     assert_eq!(decision(&e, "ExplanationOfBenefit/eob-0011-7"), d("withheld", "data-scope", "part2"), "{e}");
+    assert!(detail(&e, "ExplanationOfBenefit/eob-0011-7").starts_with("a Part 2 program in "), "{e}");
     assert!(!e["leaves"].as_array().unwrap().iter().any(|r| r == "ExplanationOfBenefit/eob-0011-7"));
 
     // An opt-out: refused at the access stage, and said so.
@@ -150,8 +165,40 @@ async fn explain_names_the_stage_and_reason_of_every_decision_and_no_hidden_valu
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}{}", text, String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("withheld Condition/cond-0009-2 by data-scope (part2)"), "{text}");
+    assert!(
+        text.contains("withheld Condition/cond-0009-2 by data-scope (part2): a Part 2 security label"),
+        "{text}"
+    );
     assert!(text.contains("answer   404"), "{text}");
+}
+
+/// The plugin stage: a policy plugin that withholds everything from its
+/// client, explained as withheld by `plugins`, naming the plugin and its reason.
+#[tokio::test]
+async fn explain_names_the_policy_plugin_that_withheld_and_its_reason() {
+    let wasm = repo_root().join("plugins/dist/hostile_policy.wasm");
+    let wasm = std::fs::read(&wasm).unwrap_or_else(|e| panic!("{}: {e}: run plugins/build.sh", wasm.display()));
+    let gw = Gateway::start(
+        GatewayConfig::new("sandbox")
+            .file("plugins/policy.wasm", wasm)
+            .extra_toml(
+                "[[plugins]]\nname = \"policy\"\nworld = \"policy\"\npath = \"plugins/policy.wasm\"\n\
+                 memory_mb = 32\ntimeout_ms = 1000\n",
+            )
+            .client("drop-ehr", "Organization/org-grace", "1417987256", &["system/*.read"]),
+    );
+    for what in ["resource=Patient/pat-0001", "request=GET%20/fhir/Condition%3Fpatient%3Dpat-0001"] {
+        let resp = gw.admin("GET", &format!("/admin/explain?client=drop-ehr&{what}"), None).await;
+        resp.assert_status(200);
+        let e = resp.json();
+        let decisions = e["decisions"].as_array().unwrap();
+        assert!(!decisions.is_empty(), "{what}: {e}");
+        for d in decisions {
+            assert_eq!((&d["action"], &d["stage"], &d["reason"]), (&json!("withheld"), &json!("plugins"), &json!("plugin")), "{what}: {e}");
+            assert_eq!(d["detail"], "policy: dropped by the test policy", "{what}: {e}");
+        }
+        assert_eq!(e["leaves"], json!([]), "{what}: {e}");
+    }
 }
 
 fn collect_strings(v: &Value, out: &mut Vec<String>) {

@@ -86,12 +86,16 @@ pub fn text(explanation: &Value) -> String {
     }
     for d in explanation["decisions"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "{:<8} {} by {} ({})\n",
+            "{:<8} {} by {} ({})",
             s(&d["action"]),
             s(&d["resource"]),
             s(&d["stage"]),
             s(&d["reason"])
         ));
+        if let Some(detail) = d["detail"].as_str() {
+            out.push_str(&format!(": {detail}"));
+        }
+        out.push('\n');
     }
     for p in explanation["patients"].as_array().into_iter().flatten() {
         let groups: Vec<String> = p["groups"]

@@ -395,6 +395,7 @@ mod tests {
             "access",
             || "Observation/o1".into(),
             &crate::chain::disclosure::Verdict::Drop(Reason::OptOut),
+            || None,
         );
         let mut r = AuditRecord::rest("r");
         r.requested_patients.insert("pat-2".into());

@@ -72,6 +72,10 @@ pub struct Step {
     /// `withheld` or `redacted`.
     pub action: &'static str,
     pub reason: Reason,
+    /// What in the resource decided, without its values: `a Part 2 code
+    /// in code`, the element paths a rewrite removed, a plugin's reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// What left in an answer and what was withheld or changed, per reason.
@@ -150,15 +154,27 @@ impl Disclosure {
         self.suppressed.is_empty() && self.redacted.is_empty()
     }
 
-    /// Record a stage's decision in the trace (when tracing).
-    pub fn trace(&mut self, stage: &'static str, resource: impl FnOnce() -> String, verdict: &Verdict) {
+    /// Whether the per-resource trace is kept (explain).
+    pub fn is_tracing(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    /// Record a stage's decision in the trace (when tracing); `detail` is
+    /// asked only then.
+    pub fn trace(
+        &mut self,
+        stage: &'static str,
+        resource: impl FnOnce() -> String,
+        verdict: &Verdict,
+        detail: impl FnOnce() -> Option<String>,
+    ) {
         let Some(trace) = &mut self.trace else { return };
         let (action, reason) = match verdict {
             Verdict::Keep => return,
             Verdict::Drop(reason) => ("withheld", *reason),
             Verdict::Redact { why, .. } => ("redacted", *why),
         };
-        trace.push(Step { stage, resource: resource(), action, reason });
+        trace.push(Step { stage, resource: resource(), action, reason, detail: detail() });
     }
 
     /// Fold another record into this one.
@@ -182,7 +198,13 @@ impl Disclosure {
         self.trace
             .iter()
             .flatten()
-            .map(|s| format!("{}: {} by {} ({})", s.resource, s.action, s.stage, s.reason.as_str()))
+            .map(|s| {
+                let line = format!("{}: {} by {} ({})", s.resource, s.action, s.stage, s.reason.as_str());
+                match &s.detail {
+                    Some(detail) => format!("{line}: {detail}"),
+                    None => line,
+                }
+            })
             .collect()
     }
 }
@@ -214,17 +236,19 @@ mod tests {
     #[test]
     fn the_trace_is_kept_only_when_asked_for_and_names_no_values() {
         let mut quiet = Disclosure::default();
-        quiet.trace("data-scope", || "Observation/o1".into(), &Verdict::Drop(Reason::Part2));
+        quiet.trace("data-scope", || "Observation/o1".into(), &Verdict::Drop(Reason::Part2), || None);
         assert!(quiet.trace_lines().is_empty());
         let mut d = Disclosure::tracing();
-        d.trace("access", || "Observation/o1".into(), &Verdict::Keep);
-        d.trace("data-scope", || "Observation/o1".into(), &Verdict::Drop(Reason::Part2));
+        d.trace("access", || "Observation/o1".into(), &Verdict::Keep, || None);
+        d.trace("data-scope", || "Observation/o1".into(), &Verdict::Drop(Reason::Part2), || {
+            Some("a Part 2 code in code".into())
+        });
         let redacted = Verdict::Redact { text: "{\"secret\":1}".into(), why: Reason::Financial };
-        d.trace("data-scope", || "ExplanationOfBenefit/e1".into(), &redacted);
+        d.trace("data-scope", || "ExplanationOfBenefit/e1".into(), &redacted, || None);
         assert_eq!(
             d.trace_lines(),
             vec![
-                "Observation/o1: withheld by data-scope (part2)",
+                "Observation/o1: withheld by data-scope (part2): a Part 2 code in code",
                 "ExplanationOfBenefit/e1: redacted by data-scope (financial)"
             ]
         );

@@ -37,6 +37,7 @@
 
 pub mod capability;
 pub mod disclosure;
+pub mod elements;
 pub mod envelope;
 pub mod names;
 pub mod page;

@@ -76,6 +76,18 @@ pub trait Stage {
     /// target in the same answer); the answer must never depend on
     /// resources the caller may not see.
     fn judge(&self, items: &[&Item<'_>], disclosure: &mut Disclosure) -> Vec<Verdict>;
+
+    /// For the explain trace only (never on the serving path): what in
+    /// `item`, the `shown`-th resource of the last `judge`, decided
+    /// `verdict` — names and paths, never values. By default the element
+    /// paths a rewrite removed or changed.
+    fn detail(&self, shown: usize, item: &Item<'_>, verdict: &Verdict) -> Option<String> {
+        let _ = shown;
+        match verdict {
+            Verdict::Redact { text, .. } => super::elements::changed(item.text()?, text),
+            _ => None,
+        }
+    }
 }
 
 /// Run `stage` over the items not yet withheld and apply its verdicts. A
@@ -97,9 +109,9 @@ pub fn run(stage: &dyn Stage, items: &mut [Item<'_>], disclosure: &mut Disclosur
         }
         return;
     }
-    for (&i, verdict) in live.iter().zip(verdicts) {
+    for (shown, (&i, verdict)) in live.iter().zip(verdicts).enumerate() {
         let item = &mut items[i];
-        disclosure.trace(stage.name(), || item.label(i), &verdict);
+        disclosure.trace(stage.name(), || item.label(i), &verdict, || stage.detail(shown, item, &verdict));
         match verdict {
             Verdict::Keep => {}
             Verdict::Drop(_) => item.withheld = true,
@@ -208,7 +220,7 @@ mod tests {
         assert_eq!(
             d.trace_lines(),
             vec![
-                "Observation/a: redacted by rewrite (financial)",
+                "Observation/a: redacted by rewrite (financial): elements removed or changed: Observation.note",
                 "Observation/b: withheld by part2 (part2)"
             ]
         );

@@ -270,7 +270,10 @@ impl PolicyRun {
             let text = current.as_deref().unwrap_or(resource);
             match instance.on_resource(&self.ctx, text)? {
                 Verdict::Keep => {}
-                Verdict::Drop(reason) => return Ok(Verdict::Drop(reason)),
+                // Which plugin withheld it, for explain and the logs.
+                Verdict::Drop(reason) => {
+                    return Ok(Verdict::Drop(format!("{}: {reason}", instance.plugin.name())));
+                }
                 Verdict::Replace(new) => current = Some(new),
             }
         }
@@ -374,21 +377,21 @@ impl PolicyRun {
 
 impl PolicyRun {
     /// Every plugin's verdict on each of an answer's resources, in the
-    /// chain's vocabulary (blocking). A replacement the built-in filters
-    /// refuse (`recheck` false) is a drop.
+    /// chain's vocabulary (blocking), with the plugin's reason for a drop.
+    /// A replacement the built-in filters refuse (`recheck` false) is a drop.
     pub fn judge_all(
         &mut self,
         resources: &[String],
         recheck: &dyn Fn(&str) -> bool,
-    ) -> Result<Vec<crate::chain::disclosure::Verdict>, PluginError> {
+    ) -> Result<Vec<(crate::chain::disclosure::Verdict, Option<String>)>, PluginError> {
         use crate::chain::disclosure::Verdict as Chain;
         resources
             .iter()
             .map(|resource| {
                 Ok(match self.verdict(resource, recheck)? {
-                    Verdict::Keep => Chain::Keep,
-                    Verdict::Drop(_) => Chain::Drop(Reason::Plugin),
-                    Verdict::Replace(text) => Chain::Redact { text, why: Reason::Plugin },
+                    Verdict::Keep => (Chain::Keep, None),
+                    Verdict::Drop(reason) => (Chain::Drop(Reason::Plugin), Some(reason)),
+                    Verdict::Replace(text) => (Chain::Redact { text, why: Reason::Plugin }, None),
                 })
             })
             .collect()
@@ -400,17 +403,34 @@ impl PolicyRun {
 /// first ([`PolicyRun::judge_all`]) and the stage hands them out.
 pub struct PluginStage {
     verdicts: std::cell::Cell<Option<Vec<crate::chain::disclosure::Verdict>>>,
+    /// The plugin's reason for each drop (`policy: confidential-communication`).
+    reasons: Vec<Option<String>>,
 }
 
 impl PluginStage {
-    pub fn new(verdicts: Vec<crate::chain::disclosure::Verdict>) -> PluginStage {
-        PluginStage { verdicts: std::cell::Cell::new(Some(verdicts)) }
+    pub fn new(judged: Vec<(crate::chain::disclosure::Verdict, Option<String>)>) -> PluginStage {
+        let (verdicts, reasons) = judged.into_iter().unzip();
+        PluginStage { verdicts: std::cell::Cell::new(Some(verdicts)), reasons }
     }
 }
 
 impl crate::chain::stage::Stage for PluginStage {
     fn name(&self) -> &'static str {
         "plugins"
+    }
+
+    fn detail(
+        &self,
+        shown: usize,
+        item: &crate::chain::stage::Item<'_>,
+        verdict: &crate::chain::disclosure::Verdict,
+    ) -> Option<String> {
+        use crate::chain::disclosure::Verdict as Chain;
+        match verdict {
+            Chain::Drop(_) => self.reasons.get(shown).cloned().flatten(),
+            Chain::Redact { text, .. } => crate::chain::elements::changed(item.text()?, text),
+            Chain::Keep => None,
+        }
     }
 
     /// Shown other resources than were judged (or twice): withhold them all.

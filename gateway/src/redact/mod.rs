@@ -256,6 +256,45 @@ impl Redactor {
         }
     }
 
+    /// The service-date floor (`policy.service_date_floor`).
+    pub fn service_date_floor(&self) -> &str {
+        &self.floor
+    }
+
+    /// Why a resource counts as Part 2, for explain: the kind of evidence
+    /// and the element it is in (`a Part 2 code in code`), never a value.
+    /// `None`: nothing in the resource itself (it may point at one).
+    pub fn part2_basis(&self, text: &str) -> Option<String> {
+        let programs = self.programs();
+        let scan = scan::scan(text, &self.rules(&programs)).ok()?;
+        if scan.label {
+            return Some("a Part 2 security label on the resource (meta.security)".to_owned());
+        }
+        if scan.resource_type.as_deref() == Some("Organization")
+            && scan.id.as_deref().is_some_and(|id| programs.organizations.contains(id))
+        {
+            return Some("the organization is a Part 2 program (policy.part2_programs)".to_owned());
+        }
+        let mut found = std::collections::BTreeSet::new();
+        for hit in &scan.hits {
+            let kind = match hit.kind {
+                HitKind::Code => "a Part 2 code",
+                HitKind::Program => "a Part 2 program",
+                HitKind::Label => "a Part 2 label",
+            };
+            let at = match hit.index {
+                Some(i) => format!("{}[{i}]", hit.member),
+                None => hit.member.to_string(),
+            };
+            found.insert(format!("{kind} in {at}"));
+        }
+        let mut line = found.into_iter().collect::<Vec<_>>().join(", ");
+        if self.mode == Part2Mode::Redact && !line.is_empty() {
+            line.push_str(", in an element redaction may not remove");
+        }
+        (!line.is_empty()).then_some(line)
+    }
+
     /// Decide on one resource (a read body, a bulk export line, an
     /// operation's output) and count the decision in `report`.
     pub fn apply(&self, resource: &str, report: &mut Disclosure) -> Verdict {

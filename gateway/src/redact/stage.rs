@@ -26,6 +26,22 @@ impl Stage for DataScope<'_> {
         let inputs: Vec<EntryInput<'_>> = items.iter().map(|item| input(item)).collect();
         self.redactor.judge_entries(&inputs, disclosure, 0)
     }
+
+    fn detail(&self, _: usize, item: &Item<'_>, verdict: &Verdict) -> Option<String> {
+        match verdict {
+            Verdict::Drop(Reason::Part2) => Some(
+                item.text()
+                    .and_then(|text| self.redactor.part2_basis(text))
+                    .unwrap_or_else(|| "points at a record withheld as Part 2".to_owned()),
+            ),
+            Verdict::Drop(Reason::DateFloor) => {
+                Some(format!("service date before the floor {}", self.redactor.service_date_floor()))
+            }
+            Verdict::Drop(Reason::DrugPriorAuth) => Some("a pharmacy (drug) prior authorization".to_owned()),
+            Verdict::Redact { text, .. } => crate::chain::elements::changed(item.text()?, text),
+            _ => None,
+        }
+    }
 }
 
 /// What the data-scope rules read of an item. An entry whose `fullUrl` or
@@ -112,6 +128,17 @@ pub struct Part2References<'a> {
 impl Stage for Part2References<'_> {
     fn name(&self) -> &'static str {
         "part2-reference"
+    }
+
+    fn detail(&self, shown: usize, item: &Item<'_>, verdict: &Verdict) -> Option<String> {
+        match verdict {
+            Verdict::Drop(_) => {
+                let n = self.references.get(shown).map_or(0, Vec::len);
+                Some(format!("references a record withheld as Part 2 or a drug PA ({n} checked)"))
+            }
+            Verdict::Redact { text, .. } => crate::chain::elements::changed(item.text()?, text),
+            Verdict::Keep => None,
+        }
     }
 
     fn judge(&self, items: &[&Item<'_>], disclosure: &mut Disclosure) -> Vec<Verdict> {

@@ -125,7 +125,13 @@ pub async fn explain(
         .collect();
     let mut decisions: Vec<Value> = steps
         .iter()
-        .map(|s| json!({"resource": s.resource, "action": s.action, "stage": s.stage, "reason": s.reason.as_str()}))
+        .map(|s| {
+            let mut d = json!({"resource": s.resource, "action": s.action, "stage": s.stage, "reason": s.reason.as_str()});
+            if let Some(detail) = &s.detail {
+                d["detail"] = json!(detail);
+            }
+            d
+        })
         .collect();
     // Refused before the upstream was asked: the access decision (a
     // patient the organization may not see, or one who opted out).
