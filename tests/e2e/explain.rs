@@ -78,7 +78,11 @@ async fn explain_names_the_stage_and_reason_of_every_decision_and_no_hidden_valu
     // Part 2 by label and by code; date floor; financial redaction (which
     // elements); a drug prior authorization — each with what decided.
     for (resource, expect, why) in [
-        ("Condition/cond-0009-2", d("withheld", "data-scope", "part2"), "a Part 2 security label on the resource"),
+        (
+            "Condition/cond-0009-2",
+            d("withheld", "data-scope", "part2"),
+            "a Part 2 security label on the resource",
+        ),
         ("Condition/cond-0203-3", d("withheld", "data-scope", "part2"), "a Part 2 code in code"),
         ("Condition/cond-0010-3", None, ""), // pat-0010 is not grace's: refused before any stage
         ("Condition/cond-0001-4", d("withheld", "data-scope", "date-floor"), "before the floor 2016-01-01"),
@@ -115,7 +119,7 @@ async fn explain_names_the_stage_and_reason_of_every_decision_and_no_hidden_valu
     let e = explain(&gw, "request=GET%20/fhir/ExplanationOfBenefit%3Fpatient%3Dpat-0011").await;
     assert_eq!(e["status"], 200, "{e}");
     assert_eq!(decision(&e, "ExplanationOfBenefit/eob-0011-7"), d("withheld", "data-scope", "part2"), "{e}");
-    assert!(detail(&e, "ExplanationOfBenefit/eob-0011-7").starts_with("a Part 2 program in "), "{e}");
+    assert!(detail(&e, "ExplanationOfBenefit/eob-0011-7").contains("a Part 2 program in provider"), "{e}");
     assert!(!e["leaves"].as_array().unwrap().iter().any(|r| r == "ExplanationOfBenefit/eob-0011-7"));
 
     // An opt-out: refused at the access stage, and said so.
@@ -177,7 +181,8 @@ async fn explain_names_the_stage_and_reason_of_every_decision_and_no_hidden_valu
 #[tokio::test]
 async fn explain_names_the_policy_plugin_that_withheld_and_its_reason() {
     let wasm = repo_root().join("plugins/dist/hostile_policy.wasm");
-    let wasm = std::fs::read(&wasm).unwrap_or_else(|e| panic!("{}: {e}: run plugins/build.sh", wasm.display()));
+    let wasm =
+        std::fs::read(&wasm).unwrap_or_else(|e| panic!("{}: {e}: run plugins/build.sh", wasm.display()));
     let gw = Gateway::start(
         GatewayConfig::new("sandbox")
             .file("plugins/policy.wasm", wasm)
@@ -191,10 +196,17 @@ async fn explain_names_the_policy_plugin_that_withheld_and_its_reason() {
         let resp = gw.admin("GET", &format!("/admin/explain?client=drop-ehr&{what}"), None).await;
         resp.assert_status(200);
         let e = resp.json();
+        // Everything the built-in stages let out reaches the plugin, which
+        // withholds it (a record before the date floor never gets there).
         let decisions = e["decisions"].as_array().unwrap();
-        assert!(!decisions.is_empty(), "{what}: {e}");
-        for d in decisions {
-            assert_eq!((&d["action"], &d["stage"], &d["reason"]), (&json!("withheld"), &json!("plugins"), &json!("plugin")), "{what}: {e}");
+        let by_plugin: Vec<&Value> = decisions.iter().filter(|d| d["stage"] == "plugins").collect();
+        assert!(!by_plugin.is_empty(), "{what}: {e}");
+        assert!(
+            decisions.iter().all(|d| d["stage"] == "plugins" || d["stage"] == "data-scope"),
+            "{what}: {e}"
+        );
+        for d in by_plugin {
+            assert_eq!((&d["action"], &d["reason"]), (&json!("withheld"), &json!("plugin")), "{what}: {e}");
             assert_eq!(d["detail"], "policy: dropped by the test policy", "{what}: {e}");
         }
         assert_eq!(e["leaves"], json!([]), "{what}: {e}");

@@ -240,9 +240,12 @@ mod tests {
         assert!(quiet.trace_lines().is_empty());
         let mut d = Disclosure::tracing();
         d.trace("access", || "Observation/o1".into(), &Verdict::Keep, || None);
-        d.trace("data-scope", || "Observation/o1".into(), &Verdict::Drop(Reason::Part2), || {
-            Some("a Part 2 code in code".into())
-        });
+        d.trace(
+            "data-scope",
+            || "Observation/o1".into(),
+            &Verdict::Drop(Reason::Part2),
+            || Some("a Part 2 code in code".into()),
+        );
         let redacted = Verdict::Redact { text: "{\"secret\":1}".into(), why: Reason::Financial };
         d.trace("data-scope", || "ExplanationOfBenefit/e1".into(), &redacted, || None);
         assert_eq!(

@@ -37,7 +37,9 @@ impl Stage for DataScope<'_> {
             Verdict::Drop(Reason::DateFloor) => {
                 Some(format!("service date before the floor {}", self.redactor.service_date_floor()))
             }
-            Verdict::Drop(Reason::DrugPriorAuth) => Some("a pharmacy (drug) prior authorization".to_owned()),
+            Verdict::Drop(Reason::DrugPriorAuth) => {
+                Some("a drug prior authorization (outside CMS-0057-F)".to_owned())
+            }
             Verdict::Redact { text, .. } => crate::chain::elements::changed(item.text()?, text),
             _ => None,
         }
