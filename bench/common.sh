@@ -2,12 +2,15 @@
 
 # The config of a benchmark gateway in front of the sandbox at 127.0.0.1:$up_port,
 # with one client, bench-ehr (org-grace), whose keys are in keys/ beside the config.
+# The request-rate limits are off: the benchmarks drive one client far past them.
 #   gateway_config PORT ADMIN_PORT AUDIT_DIR STATE_URL
 gateway_config() {
   cat <<TOML
 [server]
 listen = "127.0.0.1:$1"
 base_url = "http://127.0.0.1:$1/fhir"
+client_requests_per_s = 0
+organization_requests_per_s = 0
 [admin]
 listen = "127.0.0.1:$2"
 [upstream]
@@ -16,6 +19,8 @@ url = "http://127.0.0.1:$up_port/fhir"
 url = "$4"
 [audit]
 dir = "$3"
+[auth]
+token_requests_per_s = 0
 [[clients]]
 client_id = "bench-ehr"
 organization = "Organization/org-grace"

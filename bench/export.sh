@@ -94,6 +94,8 @@ fw_config() {
 [server]
 listen = "127.0.0.1:$2"
 base_url = "http://127.0.0.1:$2/fhir"
+client_requests_per_s = 0
+organization_requests_per_s = 0
 [admin]
 listen = "127.0.0.1:$(($2 + 1))"
 [upstream]

@@ -78,6 +78,13 @@ pub struct ServerConfig {
     /// leave this off unless the deployment is something else.
     #[serde(default)]
     pub allow_writes: bool,
+    /// FHIR requests one client may make per second on this node, with
+    /// bursts of twice that (more: 429 with `Retry-After`); 0 = no limit.
+    #[serde(default = "defaults::client_requests_per_s")]
+    pub client_requests_per_s: u32,
+    /// The same over all the clients of one organization; 0 = no limit.
+    #[serde(default = "defaults::organization_requests_per_s")]
+    pub organization_requests_per_s: u32,
 }
 
 /// The operator API on its own listener.
@@ -199,6 +206,11 @@ pub struct AuthConfig {
     /// Lifetime of issued access tokens, seconds (>= 1).
     #[serde(default = "defaults::token_ttl_s")]
     pub token_ttl_s: u64,
+    /// Token requests this node answers per second, over all callers, with
+    /// bursts of twice that (more: 429 with `Retry-After`): bounds the
+    /// signature checks and replay-cache writes a flood can cause. 0 = no limit.
+    #[serde(default = "defaults::token_requests_per_s")]
+    pub token_requests_per_s: u32,
 }
 
 /// A registered provider system (SMART Backend Services client).
@@ -557,6 +569,15 @@ mod defaults {
     pub fn token_ttl_s() -> u64 {
         300
     }
+    pub fn token_requests_per_s() -> u32 {
+        100
+    }
+    pub fn client_requests_per_s() -> u32 {
+        200
+    }
+    pub fn organization_requests_per_s() -> u32 {
+        1000
+    }
     pub fn attribution_source() -> super::AttributionSource {
         super::AttributionSource::Upstream
     }
@@ -673,7 +694,10 @@ impl Default for StateConfig {
 }
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { token_ttl_s: defaults::token_ttl_s() }
+        AuthConfig {
+            token_ttl_s: defaults::token_ttl_s(),
+            token_requests_per_s: defaults::token_requests_per_s(),
+        }
     }
 }
 impl Default for AttributionConfig {

@@ -21,8 +21,17 @@ use crate::telemetry::Metrics;
 
 /// How long a client gets to finish a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client gets to send its request head.
+/// How long a client gets to send its request head (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head read, HTTP/1.1 (request line and headers; more:
+/// 431) and HTTP/2 (the decoded header list, however many CONTINUATION
+/// frames carry it). A FHIR request with a bearer token needs a few KiB.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// HTTP/2 rapid reset (CVE-2023-44487): streams a client may open and
+/// reset before the server accepted them, and resets the server sends for
+/// a client's protocol errors, before the connection is closed.
+const MAX_PENDING_RESETS: usize = 20;
+const MAX_ERROR_RESETS: usize = 256;
 
 /// The per-request handler a listener serves.
 pub trait Handler: Send + Sync + 'static {
@@ -98,8 +107,20 @@ pub async fn serve<H: Handler>(
 ) {
     let ListenerSettings { name, tls, max_connections, grace, metrics } = settings;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(hyper_util::rt::TokioTimer::new()).max_concurrent_streams(256);
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // hyper's default of at most 100 header fields stays (setting it moves
+        // the parse to the heap).
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_ERROR_RESETS);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(max_connections));
 

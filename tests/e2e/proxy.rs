@@ -777,3 +777,118 @@ async fn paging_links_are_bound_to_the_client_that_searched() {
     // Its owner can follow it.
     gw.get(&next).await.assert_status(200);
 }
+
+/// Request-rate limits (issue 15): per client, per organization (over all
+/// its clients), and on the token endpoint — each a 429 with `Retry-After`
+/// and an OperationOutcome, audited, and lifted once the wait is over.
+#[tokio::test]
+async fn request_rates_are_limited_per_client_organization_and_token_endpoint() {
+    let gw = Gateway::start(
+        GatewayConfig::new("sandbox")
+            .extra_toml(
+                "[server]\nclient_requests_per_s = 5\norganization_requests_per_s = 8\n\
+                 [auth]\ntoken_requests_per_s = 2\n",
+            )
+            .client("grace-ehr", "Organization/org-grace", "1417987256", &["system/*.read"])
+            .client("grace-two", "Organization/org-grace", "1417987256", &["system/*.read"])
+            .client("valley-ehr", "Organization/org-valley", "1637458922", &["system/*.read"]),
+    );
+    let grace = gw.token("grace-ehr", "system/*.read");
+    let grace_two = gw.token("grace-two", "system/*.read");
+    let valley = gw.token("valley-ehr", "system/*.read");
+    let read = |token: String| {
+        let url = gw.url("Patient/pat-0001");
+        async move { get_bearer(&url, &token).await }
+    };
+    let assert_throttled = |resp: &Resp, what: &str| {
+        assert_eq!(resp.status, 429, "{what}: {}", resp.text());
+        let wait: u64 = resp.header("retry-after").unwrap_or_default().parse().unwrap_or(0);
+        assert!((1..=2).contains(&wait), "{what}: Retry-After {:?}", resp.header("retry-after"));
+        let body = resp.json();
+        assert_eq!(body["resourceType"], "OperationOutcome", "{what}");
+        assert_eq!(body["issue"][0]["code"], "throttled", "{what}");
+        assert!(!resp.text().contains("Grantham"), "{what}: member data in a refusal");
+    };
+
+    // One client: a burst of 10 (two seconds' worth), then 429.
+    let mut statuses = Vec::new();
+    let mut throttled = None;
+    for _ in 0..16 {
+        let resp = read(grace.clone()).await;
+        statuses.push(resp.status);
+        if resp.status == 429 && throttled.is_none() {
+            throttled = Some(resp);
+        }
+    }
+    assert!(statuses[..9].iter().all(|s| *s == 200), "the burst: {statuses:?}");
+    assert_throttled(&throttled.expect("no 429 for one client"), "client");
+
+    // Its organization has 16 for both its clients: the other client of
+    // org-grace runs out sooner than its own 10; another organization does not.
+    let mut statuses = Vec::new();
+    let mut throttled = None;
+    for _ in 0..10 {
+        let resp = read(grace_two.clone()).await;
+        statuses.push(resp.status);
+        if resp.status == 429 && throttled.is_none() {
+            throttled = Some(resp);
+        }
+    }
+    let ok = statuses.iter().take_while(|s| **s == 200).count();
+    assert!((5..10).contains(&ok), "organization limit: {statuses:?}");
+    assert_throttled(&throttled.expect("no 429 for the organization"), "organization");
+    assert_eq!(read(valley.clone()).await.status, 200, "another organization is not limited");
+
+    // The wait is over: served again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(read(grace.clone()).await.status, 200);
+
+    // The token endpoint: a burst of 4 (3 already spent above, refilled
+    // meanwhile), then 429 before any assertion is looked at.
+    let mut token_statuses = Vec::new();
+    let mut throttled = None;
+    for _ in 0..8 {
+        let resp = post_form(&gw.token_url(), &[], &[("grant_type", "client_credentials")]).await;
+        token_statuses.push(resp.status);
+        if resp.status == 429 && throttled.is_none() {
+            throttled = Some(resp);
+        }
+    }
+    assert!(token_statuses[..3].iter().all(|s| *s == 400 || *s == 401), "{token_statuses:?}");
+    assert_throttled(&throttled.expect("no 429 at the token endpoint"), "token endpoint");
+
+    // Every refusal is audited.
+    let audit: String = std::fs::read_dir(gw.audit_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    let refused = audit.lines().filter(|l| l.contains("HTTP 429")).count();
+    assert!(refused >= 3, "{refused} throttled requests in the audit log");
+}
+
+/// Connection-level caps: a request head over 64 KiB is refused with 431
+/// before anything else runs; one under it is read (and, without a token,
+/// refused for that).
+#[test]
+fn oversized_request_heads_are_refused_with_431() {
+    let gw = Gateway::start(GatewayConfig::new("sandbox"));
+    let addr: SocketAddr =
+        gw.url("").trim_start_matches("http://").split('/').next().unwrap().parse().unwrap();
+    let send = |filler: usize| -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "GET /fhir/Patient/pat-0001 HTTP/1.1\r\nHost: {addr}\r\nX-Filler: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(filler)
+        );
+        // The server may answer and close before it has read everything.
+        let _ = stream.write_all(head.as_bytes());
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()
+    };
+    assert!(send(40 * 1024).starts_with("HTTP/1.1 401"), "{}", send(40 * 1024));
+    let status = send(100 * 1024);
+    assert!(status.starts_with("HTTP/1.1 431"), "a 100 KiB head: {status:?}");
+}

@@ -47,7 +47,7 @@ impl AdminHandler {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        constant_time_eq(presented.as_bytes(), expected.as_bytes())
+        crate::auth::secret::secrets_equal(presented.as_bytes(), expected.as_bytes())
     }
 
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
@@ -260,13 +260,4 @@ async fn read_json_body(req: Request<Incoming>) -> Result<bytes::Bytes, GatewayE
         Ok(body) => Ok(body.to_bytes()),
         Err(_) => Err(GatewayError::bad_request("the request body is too large or unreadable")),
     }
-}
-
-/// Compare without an early exit, so response timing does not reveal how
-/// much of a guessed token was right.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

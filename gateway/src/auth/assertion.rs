@@ -4,6 +4,7 @@
 //! | check | error |
 //! |---|---|
 //! | not a compact JWS, header unreadable, `alg` none/HMAC/other | invalid_client |
+//! | no `kid` in the header (SMART requires one) | invalid_client |
 //! | `iss` missing, not a string, or ≠ `sub` | invalid_client |
 //! | `jku` present and ≠ the registered `jwks_uri` | invalid_client |
 //! | no registered key fits `kid`/`alg`, or no signature verifies | invalid_client |
@@ -11,12 +12,13 @@
 //! | `exp` missing or past (beyond [`CLOCK_SKEW_S`]) | invalid_client |
 //! | `nbf`/`iat` in the future (beyond the skew) | invalid_client |
 //! | `jti` missing, empty or longer than 256 | invalid_client |
-//! | `exp` more than 5 minutes ahead (+ skew) | invalid_grant |
+//! | `exp` more than 5 minutes ahead (+ skew) | invalid_client |
 //! | `jti` seen before (checked by the caller, in the store) | invalid_client |
 //!
-//! A too-long lifetime is `invalid_grant`: the client proved who it is, but the
-//! assertion it presents as its grant breaks the SMART rule. Keys embedded in
-//! the token (`jwk`, `x5c`, `x5u`) are never used.
+//! Every failure of the assertion is `invalid_client` (401), as RFC 7523
+//! §3.2 has it for client authentication: the assertion is how the client
+//! authenticates, so an assertion that breaks a rule authenticates no one.
+//! Keys embedded in the token (`jwk`, `x5c`, `x5u`) are never used.
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Header, Validation};
@@ -38,7 +40,6 @@ pub const MAX_JTI_LEN: usize = 256;
 pub enum ErrorCode {
     InvalidRequest,
     InvalidClient,
-    InvalidGrant,
     InvalidScope,
     UnsupportedGrantType,
 }
@@ -48,7 +49,6 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::InvalidClient => "invalid_client",
-            ErrorCode::InvalidGrant => "invalid_grant",
             ErrorCode::InvalidScope => "invalid_scope",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
         }
@@ -110,6 +110,10 @@ pub fn peek(assertion: &str) -> Result<Unverified, OAuthError> {
             header.alg
         )));
     }
+    // SMART Backend Services: the header names the signing key.
+    if header.kid.as_deref().is_none_or(str::is_empty) {
+        return Err(OAuthError::client("client_assertion header has no kid (SMART requires one)"));
+    }
     let claims: serde_json::Value = jsonwebtoken::dangerous::insecure_decode_claims(assertion)
         .map_err(|_| OAuthError::client("client_assertion claims are unreadable"))?;
     let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or("");
@@ -151,6 +155,11 @@ pub fn verify(
             Some(_) => "no registered key has the client_assertion's kid (or it does not fit its alg)",
             None => "no registered key fits the client_assertion's alg",
         }));
+    }
+    // SMART 2.x key resolution: more than one key matching is a failure,
+    // not a choice (a client's JWKS must name each key once).
+    if candidates.len() > 1 {
+        return Err(OAuthError::client("more than one registered key has the client_assertion's kid"));
     }
     let mut validation = Validation::new(header.alg);
     validation.validate_exp = false;
@@ -209,10 +218,7 @@ pub fn check_claims(
         _ => return Err(OAuthError::client("client_assertion needs a jti (1-256 characters)")),
     };
     if exp > now + MAX_LIFETIME_S + CLOCK_SKEW_S {
-        return Err(OAuthError::new(
-            ErrorCode::InvalidGrant,
-            "client_assertion exp is more than 5 minutes ahead",
-        ));
+        return Err(OAuthError::client("client_assertion exp is more than 5 minutes ahead"));
     }
     Ok(Verified { client_id: client_id.to_owned(), jti, exp })
 }
@@ -263,13 +269,11 @@ mod tests {
     }
 
     #[test]
-    fn good_assertions_verify_with_rs384_and_es384_with_or_without_kid() {
+    fn good_assertions_verify_with_rs384_and_es384() {
         let f = fixture();
         for (key, alg) in [(&f.rsa, Algorithm::RS384), (&f.ec, Algorithm::ES384)] {
-            for kid in [Some(key.kid()), None] {
-                let v = check(&sign(key, alg, kid, &good_claims()), &f.keys).unwrap();
-                assert_eq!(v, Verified { client_id: "c1".into(), jti: "j-1".into(), exp: NOW + 240 });
-            }
+            let v = check(&sign(key, alg, Some(key.kid()), &good_claims()), &f.keys).unwrap();
+            assert_eq!(v, Verified { client_id: "c1".into(), jti: "j-1".into(), exp: NOW + 240 });
         }
         // aud as an array holding the token URL.
         let mut c = good_claims();
@@ -280,7 +284,7 @@ mod tests {
         loose.common.key_algorithm = None;
         let loose = JwkSet { keys: vec![loose] };
         for alg in [Algorithm::RS256, Algorithm::PS384] {
-            assert!(check(&sign(&f.rsa, alg, None, &good_claims()), &loose).is_ok(), "{alg:?}");
+            assert!(check(&sign(&f.rsa, alg, Some(f.rsa.kid()), &good_claims()), &loose).is_ok(), "{alg:?}");
         }
     }
 
@@ -348,11 +352,8 @@ mod tests {
                 sign(&f.other, Algorithm::ES384, Some(&ec_kid), &good_claims()),
                 InvalidClient,
             ),
-            (
-                "unregistered key, no kid",
-                sign(&f.other, Algorithm::ES384, None, &good_claims()),
-                InvalidClient,
-            ),
+            ("no kid", sign(&f.ec, Algorithm::ES384, None, &good_claims()), InvalidClient),
+            ("empty kid", sign(&f.ec, Algorithm::ES384, Some(""), &good_claims()), InvalidClient),
             ("embedded jwk header", embedded_jwk, InvalidClient),
             ("x5u header", x5u, InvalidClient),
             ("unknown kid", sign(&f.ec, Algorithm::ES384, Some("nope"), &good_claims()), InvalidClient),
@@ -381,7 +382,7 @@ mod tests {
             (
                 "exp more than 5 minutes ahead",
                 with(json!({"exp": NOW + MAX_LIFETIME_S + CLOCK_SKEW_S + 1})),
-                InvalidGrant,
+                InvalidClient,
             ),
         ];
         for (what, assertion, code) in cases {
@@ -391,6 +392,16 @@ mod tests {
         // Within the clock skew: accepted.
         assert!(check(&with(json!({"exp": NOW - 10})), &f.keys).is_ok());
         assert!(check(&with(json!({"exp": NOW + MAX_LIFETIME_S + 10})), &f.keys).is_ok());
+    }
+
+    #[test]
+    fn two_registered_keys_with_one_kid_verify_nothing() {
+        let f = fixture();
+        let mut twin = f.other.public_jwk.clone();
+        twin.common.key_id = Some(f.ec.kid().to_owned());
+        let keys = JwkSet { keys: vec![f.ec.public_jwk.clone(), twin] };
+        let err = check(&sign(&f.ec, Algorithm::ES384, Some(f.ec.kid()), &good_claims()), &keys).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidClient, "{}", err.description);
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod jwks;
 pub mod keys;
 pub mod registry;
 pub mod scopes;
+pub mod secret;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -474,7 +475,7 @@ impl Auth {
             .and_then(|env| std::env::var(env).ok())
             .filter(|s| !s.is_empty())
             .ok_or_else(refuse)?;
-        if !constant_time_eq(secret.as_bytes(), expected.as_bytes()) {
+        if !secret::secrets_equal(secret.as_bytes(), expected.as_bytes()) {
             return Err(refuse());
         }
         Ok(client)
@@ -863,14 +864,6 @@ pub fn oauth_error_response(error: &OAuthError, basic: bool) -> Response<Full<By
         response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"fhirwall\""));
     }
     response
-}
-
-/// Compare without an early exit.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -235,7 +235,7 @@ async fn every_token_request_error_is_rfc_6749() {
         ("bad signature", form_headers(), grant(&bad_signature, "system/*.read"), InvalidClient),
         ("aud is the FHIR base", form_headers(), grant(&wrong_aud, "system/*.read"), InvalidClient),
         ("expired", form_headers(), grant(&expired, "system/*.read"), InvalidClient),
-        ("lifetime over 5 minutes", form_headers(), grant(&too_long, "system/*.read"), InvalidGrant),
+        ("lifetime over 5 minutes", form_headers(), grant(&too_long, "system/*.read"), InvalidClient),
         ("garbage assertion", form_headers(), grant("a.b.c", "system/*.read"), InvalidClient),
         (
             "only patient/ scopes",

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -56,9 +55,9 @@ impl super::bindings::matcher::fhirwall::plugin::types::Host for HostState {}
 
 impl super::bindings::matcher::MatcherImports for HostState {
     fn candidates(&mut self, query: wit::CandidateQuery) -> Result<wit::CandidatePage, String> {
-        let started = Instant::now();
+        let started = super::sandbox::thread_cpu_time();
         let result = self.answer_query(query);
-        self.host_time += started.elapsed();
+        self.host_time += super::sandbox::thread_cpu_time().saturating_sub(started);
         result
     }
 }

@@ -76,9 +76,11 @@ pub struct HostState {
     table: ResourceTable,
     pub limits: Limits,
     pub call: MatchCall,
-    /// When the current export call started, and how much of that was spent
-    /// in host functions (not counted against the deadline).
+    /// When the current export call started (wall clock, and the calling
+    /// thread's CPU clock), and how much CPU went to host functions (not
+    /// counted against the deadline).
     pub call_started: Instant,
+    pub cpu_started: Duration,
     pub host_time: Duration,
     pub timeout: Duration,
     pub timed_out: bool,
@@ -136,6 +138,7 @@ pub fn new_store(engine: &wasmtime::Engine, spec: &PluginSpec) -> Result<Store<H
         limits: Limits { memory_bytes: (spec.config.memory_mb << 20) as usize, memory_exceeded: false },
         call: MatchCall { max_candidates: spec.config.max_candidates, ..MatchCall::default() },
         call_started: Instant::now(),
+        cpu_started: Duration::ZERO,
         host_time: Duration::ZERO,
         timeout: Duration::from_millis(spec.config.timeout_ms),
         timed_out: false,
@@ -143,18 +146,41 @@ pub fn new_store(engine: &wasmtime::Engine, spec: &PluginSpec) -> Result<Store<H
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
-    // The deadline counts the plugin's own time: when the epoch deadline
-    // fires, time spent in host calls is given back; past the budget, trap.
+    // The deadline counts the plugin's own CPU time: a call runs on one
+    // thread, so that thread's CPU clock, less what host calls used, is what
+    // the plugin spent. When the epoch deadline (wall time, never shorter
+    // than the CPU time) fires, the CPU clock decides: past the budget,
+    // trap; otherwise wait out the rest. A machine busy with other work
+    // thus never times out an innocent plugin. A call that has neither used
+    // its CPU budget nor finished after WALL_BACKSTOP times the timeout is
+    // stopped anyway.
     store.epoch_deadline_callback(|mut ctx| {
         let s = ctx.data_mut();
-        let used = s.call_started.elapsed().saturating_sub(s.host_time);
-        if used >= s.timeout {
+        let used = thread_cpu_time().saturating_sub(s.cpu_started).saturating_sub(s.host_time);
+        if used >= s.timeout || s.call_started.elapsed() >= s.timeout * WALL_BACKSTOP {
             s.timed_out = true;
             return Ok(UpdateDeadline::Interrupt);
         }
         Ok(UpdateDeadline::Continue(ticks(s.timeout - used)))
     });
     Ok(store)
+}
+
+/// A call's wall time may reach this many times its CPU budget.
+const WALL_BACKSTOP: u32 = 20;
+
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`; a vDSO
+/// call, cheap enough for every plugin call).
+#[allow(unsafe_code)]
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant
+    // every Linux kernel fhirwall runs on supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Ticks covering `d`, at least one.
@@ -167,6 +193,7 @@ pub fn start_call(store: &mut Store<HostState>) {
     let timeout = store.data().timeout;
     let s = store.data_mut();
     s.call_started = Instant::now();
+    s.cpu_started = thread_cpu_time();
     s.host_time = Duration::ZERO;
     s.timed_out = false;
     store.set_epoch_deadline(ticks(timeout));

@@ -51,9 +51,8 @@ const PATIENT: &str = r#"{"resourceType":"Patient","id":"p1","meta":{"versionId"
 fn hostile_calls_fail_with_the_right_error_and_the_next_call_is_fresh() {
     let host = Host::new(32, None).unwrap();
     // The 50 ms deadline is for the endless loop. The other failures must be
-    // told apart from a timeout, and the deadline counts wall time while the
-    // call runs: on a loaded machine a descheduled thread could spend 50 ms
-    // before the trap it is heading for, so they get a generous deadline.
+    // told apart from a timeout (allocating to the memory cap takes real CPU),
+    // so they get a generous deadline.
     let Some(short) = policy(&host, "hostile_policy", 32, 50) else { return };
     let Some(plugin) = policy(&host, "hostile_policy", 32, 10_000) else { return };
     let on_resource = |client: &str| PolicyRun::new(&ctx(client), vec![plugin.clone()]).on_resource(PATIENT);
@@ -136,4 +135,82 @@ fn instantiation_and_calls_are_fast() {
     let per_call = started.elapsed() / n;
     eprintln!("instantiate {per_instance:?}, on-resource {per_call:?}");
     assert!(per_instance < Duration::from_millis(20) && per_call < Duration::from_millis(5));
+}
+
+/// Run `f` on this thread with `spinners` other threads busy on the same
+/// core, so this thread gets a fraction of it (a loaded machine).
+#[allow(unsafe_code)]
+fn on_a_crowded_core<T>(spinners: usize, f: impl FnOnce() -> T) -> T {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    fn pin(cpu: Option<usize>) {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only
+        // read and write `set`, and pid 0 is the calling thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            match cpu {
+                Some(cpu) => libc::CPU_SET(cpu, &mut set),
+                None => (0..libc::CPU_SETSIZE as usize).for_each(|c| libc::CPU_SET(c, &mut set)),
+            }
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..spinners)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                pin(Some(0));
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    pin(Some(0));
+    std::thread::sleep(Duration::from_millis(20));
+    let out = f();
+    pin(None);
+    stop.store(true, Ordering::Relaxed);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    out
+}
+
+#[test]
+fn the_deadline_counts_the_plugins_cpu_time_not_a_busy_machines_wall_time() {
+    let host = Host::new(32, None).unwrap();
+    let Some(generous) = policy(&host, "hostile_policy", 32, 10_000) else { return };
+    let run = |plugin: &Arc<PolicyPlugin>| {
+        PolicyRun::new(&ctx("work-x"), vec![plugin.clone()]).on_resource(PATIENT)
+    };
+    // Warm up (instantiation, code pages), then measure the work's CPU time alone.
+    assert!(matches!(run(&generous), Ok(Verdict::Keep)));
+    let cpu_before = super::sandbox::thread_cpu_time();
+    assert!(matches!(run(&generous), Ok(Verdict::Keep)));
+    let cpu = super::sandbox::thread_cpu_time() - cpu_before;
+    // A deadline of three times that: met on an idle core; on a core shared
+    // with four busy threads the call takes about five times its CPU time
+    // in wall time, past the deadline — and must still succeed.
+    let timeout_ms = (cpu.as_millis() as u64 * 3).max(15);
+    let Some(tight) = policy(&host, "hostile_policy", 32, timeout_ms) else { return };
+    assert!(
+        matches!(run(&tight), Ok(Verdict::Keep)),
+        "idle: the work ({cpu:?} of CPU) within {timeout_ms} ms"
+    );
+    let (result, wall) = on_a_crowded_core(4, || {
+        let started = Instant::now();
+        (run(&tight), started.elapsed())
+    });
+    assert!(
+        matches!(result, Ok(Verdict::Keep)),
+        "loaded: {result:?} after {wall:?} (timeout {timeout_ms} ms)"
+    );
+    assert!(
+        wall > Duration::from_millis(timeout_ms),
+        "inconclusive: on the crowded core the call took only {wall:?}, within its {timeout_ms} ms"
+    );
+    // An endless loop on the crowded core still times out, on CPU time.
+    let looped =
+        on_a_crowded_core(4, || PolicyRun::new(&ctx("loop-x"), vec![tight.clone()]).on_resource(PATIENT));
+    assert!(matches!(looped, Err(PluginError::Timeout { .. })), "{looped:?}");
 }

@@ -90,11 +90,14 @@ struct RequestCtx {
 
 pub struct FhirHandler {
     gw: Arc<Gateway>,
+    /// Request-rate limits of this node (per client, organization, token endpoint).
+    limits: super::rate_limit::RequestLimits,
 }
 
 impl FhirHandler {
     pub fn new(gw: Arc<Gateway>) -> Self {
-        FhirHandler { gw }
+        let limits = super::rate_limit::RequestLimits::new(&gw.config);
+        FhirHandler { gw, limits }
     }
 }
 
@@ -301,6 +304,10 @@ impl FhirHandler {
     async fn front_door(&self, req: Request<Incoming>, record: &mut AuditRecord) -> FrontDoor {
         let gw = &self.gw;
         if req.uri().path() == crate::auth::TOKEN_PATH {
+            if let Err(err) = self.limits.admit_token() {
+                record.set_interaction("token");
+                return FrontDoor::Answered("token", Err(err));
+            }
             let (response, token) = gw.auth.token_endpoint(req).await;
             record.set_token(token);
             return FrontDoor::Answered("token", Ok(respond::from_full(response)));
@@ -330,6 +337,13 @@ impl FhirHandler {
                 }
             }
         };
+        if let Some(principal) = &principal
+            && let Err(err) = self.limits.admit_request(principal)
+        {
+            record.set_principal(principal);
+            record.set_interaction("throttled");
+            return FrontDoor::Answered("throttled", Err(err));
+        }
         FrontDoor::Admitted { req, below_base, principal }
     }
 

@@ -5,6 +5,7 @@
 //! | client id   | behaviour                                                    |
 //! |-------------|--------------------------------------------------------------|
 //! | `loop-*`    | spins forever in `on-resource` (epoch deadline)              |
+//! | `work-*`    | computes for a fixed number of steps, then keeps (CPU-time deadline) |
 //! | `oom-*`     | allocates until memory runs out (memory cap)                 |
 //! | `recurse-*` | unbounded recursion (stack overflow trap)                    |
 //! | `huge-*`    | replaces the resource with 64 MiB of text (output cap)       |
@@ -89,6 +90,14 @@ impl Policy for Hostile {
                 loop {
                     x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
                 }
+            }
+            "work" => {
+                let mut x: u64 = 1;
+                for _ in 0..20_000_000u64 {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+                std::hint::black_box(x);
+                Verdict::Keep
             }
             "oom" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();

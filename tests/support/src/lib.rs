@@ -45,6 +45,7 @@ mod fhir;
 mod gateway;
 mod guard;
 mod http;
+mod log_scan;
 mod paths;
 mod ports;
 mod process;

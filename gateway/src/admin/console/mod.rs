@@ -128,7 +128,7 @@ impl Console {
         if state_changing {
             same_origin(req)?;
             let presented = req.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
-            if !super::constant_time_eq(presented.as_bytes(), current.csrf.as_bytes()) {
+            if !crate::auth::secret::secrets_equal(presented.as_bytes(), current.csrf.as_bytes()) {
                 return Err(GatewayError::forbidden("console: missing or wrong CSRF token"));
             }
         }
@@ -160,7 +160,7 @@ impl Console {
             .and_then(|v| v["token"].as_str().map(str::to_owned))
             .unwrap_or_default();
         let expected = gw.admin_token.as_deref().unwrap_or("");
-        if expected.is_empty() || !super::constant_time_eq(token.as_bytes(), expected.as_bytes()) {
+        if expected.is_empty() || !crate::auth::secret::secrets_equal(token.as_bytes(), expected.as_bytes()) {
             return Err(GatewayError::of(Kind::Unauthenticated, "console: wrong admin token"));
         }
         let (id, csrf) = self.sessions.start();
