@@ -9,7 +9,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STEPS=(node medplum jwt_clients s3 bulk_client browser postgres openssl plugins)
+STEPS=(node medplum jwt_clients s3 bulk_client browser validator postgres openssl plugins)
 
 log() { printf 'setup-test-deps: %s\n' "$*"; }
 die() { printf 'setup-test-deps: error: %s\n' "$*" >&2; exit 1; }
@@ -125,6 +125,12 @@ step_browser() {
     log "browser: installed $(chromedriver --version | cut -d' ' -f1-2)"
   fi
   venv browser-venv "$ROOT/tests/clients/browser-requirements.txt"
+}
+
+# fhir.resources (PyPI): validates the resources fhirwall builds against the
+# R4 structures (tests/e2e/conformance.rs, tests/clients/validate_fhir.py).
+step_validator() {
+  venv validator-venv "$ROOT/tests/clients/validator-requirements.txt"
 }
 
 # Debian's PostgreSQL server binaries, for the multi-node tests (the tests run

@@ -45,6 +45,7 @@ pub mod plugin_cli;
 pub mod plugin_scaffold;
 pub mod plugins;
 pub mod proxy;
+pub mod rate_limit;
 pub mod redact;
 pub mod respond;
 pub mod sandbox;

@@ -6,7 +6,6 @@
 //! The accept loop is `crate::listener`, responses are `crate::respond`.
 
 pub mod pipeline;
-pub mod rate_limit;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -91,12 +91,12 @@ struct RequestCtx {
 pub struct FhirHandler {
     gw: Arc<Gateway>,
     /// Request-rate limits of this node (per client, organization, token endpoint).
-    limits: super::rate_limit::RequestLimits,
+    limits: crate::rate_limit::RequestLimits,
 }
 
 impl FhirHandler {
     pub fn new(gw: Arc<Gateway>) -> Self {
-        let limits = super::rate_limit::RequestLimits::new(&gw.config);
+        let limits = crate::rate_limit::RequestLimits::new(&gw.config);
         FhirHandler { gw, limits }
     }
 }

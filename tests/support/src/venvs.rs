@@ -33,3 +33,8 @@ pub fn smart_fetch() -> PathBuf {
 pub fn moto_server() -> PathBuf {
     tool("s3-venv", "s3-requirements.txt", "s3", "moto_server")
 }
+
+/// Python with fhir.resources, the R4 structure validator (tests/clients/validate_fhir.py).
+pub fn fhir_validator_python() -> PathBuf {
+    tool("validator-venv", "validator-requirements.txt", "validator", "python")
+}
