@@ -62,6 +62,16 @@ impl Buckets {
         }
     }
 
+    /// Whether `key` has no token left at `now` (without taking one): how
+    /// long until it will.
+    pub fn exhausted(&self, key: &str, now: Instant) -> Option<Duration> {
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = buckets.get(key)?;
+        let tokens = (bucket.tokens + now.saturating_duration_since(bucket.at).as_secs_f64() * self.rate)
+            .min(self.burst);
+        (tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - tokens) / self.rate))
+    }
+
     /// Drop the buckets that have refilled (their callers are idle); if a
     /// flood of distinct keys leaves too many, start over (a limit may be
     /// forgiven, memory may not grow without bound).
@@ -121,7 +131,7 @@ impl RequestLimits {
     }
 }
 
-fn throttled(who: &str, wait: Duration) -> GatewayError {
+pub fn throttled(who: &str, wait: Duration) -> GatewayError {
     let seconds = retry_after_s(wait);
     GatewayError::of(Kind::Throttled, format!("too many requests for {who}; retry after {seconds} s"))
         .with_header(http::header::RETRY_AFTER, http::HeaderValue::from(seconds))
@@ -157,6 +167,19 @@ mod tests {
             assert!(limiter.admit("a", t2).is_ok());
         }
         assert!(limiter.admit("a", t2).is_err());
+    }
+
+    #[test]
+    fn exhausted_looks_without_taking() {
+        let limiter = Buckets::new(1.0, 2.0).unwrap();
+        let t0 = Instant::now();
+        assert_eq!(limiter.exhausted("a", t0), None);
+        let _ = limiter.admit("a", t0);
+        assert_eq!(limiter.exhausted("a", t0), None);
+        let _ = limiter.admit("a", t0);
+        assert!(limiter.exhausted("a", t0).is_some());
+        assert!(limiter.exhausted("a", t0).is_some(), "looking took nothing, gave nothing");
+        assert_eq!(limiter.exhausted("a", t0 + Duration::from_secs(1)), None);
     }
 
     #[test]

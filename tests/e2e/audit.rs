@@ -10,7 +10,7 @@
 //! - PHI (names, birth dates, member ids, phones, addresses of the synthetic
 //!   dataset) never appears in a record;
 //! - rotation continues the chain across files and restarts;
-//! - an audit write that fails makes the request fail closed (500), never 200;
+//! - an audit write that fails makes the request fail closed (503), never 200;
 //! - `GET /admin/audit` and `fhirwall audit query` answer by patient, client, since.
 
 use fhirwall_testkit as support;
@@ -654,7 +654,7 @@ async fn a_request_whose_record_cannot_be_written_fails_closed() {
                 assert_eq!(failed, 0, "a 200 after an audit failure");
                 ok.push(request_id(&r));
             }
-            500 => {
+            503 => {
                 let oo = assert_operation_outcome(&r);
                 assert!(oo.to_string().contains("audit"), "{oo}");
                 assert!(!r.text().contains("Grantham"), "no patient data in the failure");
@@ -665,7 +665,7 @@ async fn a_request_whose_record_cannot_be_written_fails_closed() {
     }
     assert!(failed > 0 && !ok.is_empty(), "ok {}, failed {failed}", ok.len());
     // Admin calls fail closed too.
-    gw.admin("GET", "/admin/clients", None).await.assert_status(500);
+    gw.admin("GET", "/admin/clients", None).await.assert_status(503);
     // Operators see it in the metrics.
     let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
     let failures: u64 = metrics

@@ -247,3 +247,28 @@ async fn the_console_in_a_headless_browser() {
         format!("first bad seq: {}", result["edited_seq"])
     );
 }
+
+/// Guessing the admin token is slowed down per address: ten wrong tokens
+/// (console sign-in or bearer), then 429 with `Retry-After` for every call
+/// from that address — the right token too, or guessing would go on — until
+/// a second has passed.
+#[tokio::test]
+async fn guessing_the_admin_token_is_throttled() {
+    let gw = Gateway::start(GatewayConfig::new("sandbox"));
+    let url = format!("{}/admin/console/session", gw.admin_url());
+    for i in 0..5 {
+        let wrong = post_json(&url, JSON, &json!({ "token": format!("guess-{i}") })).await;
+        assert_eq!(wrong.status, 401, "guess {i}");
+        let bearer =
+            get_with(&format!("{}/admin/clients", gw.admin_url()), &[("Authorization", "Bearer nope")]).await;
+        assert_eq!(bearer.status, 401, "bearer guess {i}");
+    }
+    let refused = post_json(&url, JSON, &json!({ "token": gw.admin_token() })).await;
+    assert_eq!(refused.status, 429, "the right token after ten guesses: {}", refused.text());
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(gw.admin("GET", "/admin/clients", None).await.status, 429);
+    // Probes are never throttled.
+    assert_eq!(get(&format!("{}/healthz", gw.admin_url())).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    post_json(&url, JSON, &json!({ "token": gw.admin_token() })).await.assert_status(200);
+}

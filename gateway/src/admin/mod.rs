@@ -26,11 +26,21 @@ pub struct AdminHandler {
     /// Answers `/admin/explain` (the FHIR pipeline, given by the server:
     /// admin does not depend on it); `None`: 404.
     explainer: Option<Arc<dyn Explainer>>,
+    /// Wrong admin tokens per peer address (bearer or console sign-in):
+    /// [`GUESS_BURST`] at once, then one a second; past that, every call
+    /// from that address is 429 until the budget refills — even one with
+    /// the right token, or guessing would go on at full speed.
+    guesses: crate::rate_limit::Buckets,
 }
+
+/// Wrong admin tokens one address may present at once, and then per second.
+const GUESS_BURST: f64 = 10.0;
+const GUESSES_PER_S: f64 = 1.0;
 
 impl AdminHandler {
     pub fn new(gw: Arc<Gateway>) -> Self {
-        AdminHandler { gw, console: console::Console::new(), explainer: None }
+        let guesses = crate::rate_limit::Buckets::new(GUESSES_PER_S, GUESS_BURST).expect("a positive rate");
+        AdminHandler { gw, console: console::Console::new(), explainer: None, guesses }
     }
 
     pub fn with_explainer(mut self, explainer: Arc<dyn Explainer>) -> Self {
@@ -170,10 +180,25 @@ impl Handler for AdminHandler {
             if console::handles(&path) { self.console.signed_in(&req) } else { self.authorized(&req) };
         let record =
             (!probe).then(|| crate::audit::AuditRecord::admin(&method, &path, authorized, Some(peer.ip())));
-        let (mut response, error) = match self.route(req).await {
-            Ok(r) => (r, None),
-            Err(e) => (respond::error(&e), Some(e)),
+        let peer_key = peer.ip().to_string();
+        let presents_token = req.headers().contains_key(http::header::AUTHORIZATION)
+            || (method == Method::POST && path == "/admin/console/session");
+        let guessing =
+            (!probe).then(|| self.guesses.exhausted(&peer_key, std::time::Instant::now())).flatten();
+        let (mut response, error) = match guessing {
+            Some(wait) => {
+                let e = crate::rate_limit::throttled("wrong admin tokens from this address", wait);
+                (respond::error(&e), Some(e))
+            }
+            None => match self.route(req).await {
+                Ok(r) => (r, None),
+                Err(e) => (respond::error(&e), Some(e)),
+            },
         };
+        // A wrong token (bearer, or at the console's sign-in) spends one guess.
+        if response.status() == StatusCode::UNAUTHORIZED && presents_token {
+            let _ = self.guesses.admit(&peer_key, std::time::Instant::now());
+        }
         if let Some(mut record) = record {
             // audit: durable before the response leaves.
             record.set_outcome(response.status().as_u16(), error.as_ref());

@@ -61,8 +61,10 @@ impl AuditLog {
 
 /// The 500 a request gets when its record cannot be written.
 pub fn fail_closed(err: &AuditError) -> crate::GatewayError {
+    // 503: the answer may be given once the log accepts records again
+    // (space returns, the disk recovers); nothing leaves before that.
     crate::GatewayError::of(
-        crate::error::Kind::Internal,
+        crate::error::Kind::Unavailable,
         "the request could not be recorded in the audit log",
     )
     .with_detail(format!("audit: {err}"))

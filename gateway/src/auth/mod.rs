@@ -518,11 +518,7 @@ impl Auth {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| invalid_token("an access token is required (Authorization: Bearer)"))?;
         let principal = self.verify_token(token)?;
-        let client = self
-            .registry
-            .get(&principal.client_id)
-            .await
-            .map_err(|e| GatewayError::policy_failure(format!("client registry unavailable: {e}")))?;
+        let client = self.registry.get(&principal.client_id).await.map_err(registry_unavailable)?;
         match client {
             Some(client) if client.reg == principal.reg => {}
             _ => return Err(invalid_token("the access token's client is no longer registered")),
@@ -538,11 +534,7 @@ impl Auth {
         resource_type: &str,
         perm: Perms,
     ) -> Result<bool, GatewayError> {
-        let client = self
-            .registry
-            .get(client_id)
-            .await
-            .map_err(|e| GatewayError::policy_failure(format!("client registry unavailable: {e}")))?;
+        let client = self.registry.get(client_id).await.map_err(registry_unavailable)?;
         Ok(client.is_some_and(|c| c.scopes.allows(resource_type, perm)))
     }
 
@@ -550,11 +542,7 @@ impl Auth {
     /// every scope it is registered for (`explain` runs requests as it;
     /// no token is made). `None` when no such client is registered.
     pub async fn principal_of(&self, client_id: &str) -> Result<Option<Arc<Principal>>, GatewayError> {
-        let client = self
-            .registry
-            .get(client_id)
-            .await
-            .map_err(|e| GatewayError::policy_failure(format!("client registry unavailable: {e}")))?;
+        let client = self.registry.get(client_id).await.map_err(registry_unavailable)?;
         Ok(client.map(|c| {
             Arc::new(Principal {
                 client_id: c.client_id.clone(),
@@ -571,11 +559,7 @@ impl Auth {
     /// A job's principal again (see [`Delegation`]); refused once the client
     /// is deleted or registered anew.
     pub async fn resume(&self, delegation: &Delegation) -> Result<Arc<Principal>, GatewayError> {
-        let client = self
-            .registry
-            .get(&delegation.client_id)
-            .await
-            .map_err(|e| GatewayError::policy_failure(format!("client registry unavailable: {e}")))?;
+        let client = self.registry.get(&delegation.client_id).await.map_err(registry_unavailable)?;
         match client {
             Some(client) if client.reg == delegation.reg => {}
             _ => {
@@ -864,6 +848,13 @@ pub fn oauth_error_response(error: &OAuthError, basic: bool) -> Response<Full<By
         response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"fhirwall\""));
     }
     response
+}
+
+/// The state store is down (or the registry unreadable): refused with 503
+/// until it is back; nothing is decided without it.
+fn registry_unavailable(e: impl std::fmt::Display) -> GatewayError {
+    GatewayError::of(Kind::Unavailable, "the client registry is unavailable; try again later")
+        .with_detail(format!("client registry: {e}"))
 }
 
 #[cfg(test)]

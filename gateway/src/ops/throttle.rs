@@ -101,7 +101,11 @@ impl MatchThrottle {
         rand::rng().fill_bytes(&mut id);
         let attempt = Attempt { id: hex::encode(id) };
         let store_error = |e: sqlx::Error| {
-            GatewayError::policy_failure(format!("member-match throttle: state database: {e}"))
+            GatewayError::of(
+                crate::error::Kind::Unavailable,
+                "the state store is unavailable; try again later",
+            )
+            .with_detail(format!("member-match throttle: state database: {e}"))
         };
         // Old rows of this client go first, so its counts (and the table) stay bounded.
         sqlx::query("DELETE FROM fhirwall_match_attempts WHERE client_id = $1 AND at <= $2")
@@ -169,7 +173,8 @@ impl MatchThrottle {
         .bind(since)
         .fetch_one(self.store.pool())
         .await
-        .map_err(|e| GatewayError::policy_failure(format!("member-match throttle: state database: {e}")))?;
+        .map_err(|e| GatewayError::of(crate::error::Kind::Unavailable, "the state store is unavailable; try again later")
+                .with_detail(format!("member-match throttle: state database: {e}")))?;
         let n: i64 = row.try_get("n").unwrap_or(0);
         let oldest: i64 = row.try_get::<Option<i64>, _>("oldest").ok().flatten().unwrap_or(now);
         if n >= i64::from(self.budgets.per_client) {

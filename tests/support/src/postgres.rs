@@ -11,6 +11,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
+    /// `pg_ctl -o` options (port, socket dir, settings), for a restart.
+    opts: String,
 }
 
 /// The newest `/usr/lib/postgresql/N/bin`.
@@ -68,10 +70,33 @@ impl Postgres {
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
             dir.path().display()
         );
-        let log = dir.path().join("pg.log");
-        run_pg(&bin, "pg_ctl", &["-D", &data_s, "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"]);
-        run_pg(&bin, "createdb", &["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "fhirwall"]);
-        Postgres { dir, bin, port }
+        let pg = Postgres { dir, bin, port, opts };
+        pg.start_server();
+        run_pg(
+            &pg.bin,
+            "createdb",
+            &["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "fhirwall"],
+        );
+        pg
+    }
+
+    fn start_server(&self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("pg.log");
+        let args =
+            ["-D", data.to_str().unwrap(), "-o", &self.opts, "-l", log.to_str().unwrap(), "-w", "start"];
+        run_pg(&self.bin, "pg_ctl", &args);
+    }
+
+    /// Stop the server at once (as a crash would: `-m immediate`).
+    pub fn stop(&self) {
+        let data = self.dir.path().join("data");
+        run_pg(&self.bin, "pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+    }
+
+    /// Start it again on the same port with the same data.
+    pub fn restart(&self) {
+        self.start_server();
     }
 
     /// The `state.url` for fhirwall.
