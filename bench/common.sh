@@ -21,6 +21,7 @@ url = "$4"
 dir = "$3"
 [auth]
 token_requests_per_s = 0
+token_ttl_s = ${TOKEN_TTL_S:-300}
 [[clients]]
 client_id = "bench-ehr"
 organization = "Organization/org-grace"
