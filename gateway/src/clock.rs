@@ -16,7 +16,11 @@ pub fn today_utc() -> String {
 
 /// The current UTC time as `YYYY-MM-DDThh:mm:ssZ`.
 pub fn now_rfc3339() -> String {
-    let secs = unix_now_s();
+    rfc3339(unix_now_s())
+}
+
+/// Unix seconds as `YYYY-MM-DDThh:mm:ssZ`.
+pub fn rfc3339(secs: i64) -> String {
     let (days, in_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", in_day / 3600, in_day % 3600 / 60, in_day % 60)

@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::fhir::ParseOptions;
+use crate::keyring::{Keyring, Purpose};
 use crate::proxy::{PageSealer, Upstream};
 use crate::sandbox;
 use crate::store::Store;
@@ -36,6 +37,8 @@ pub struct Gateway {
     /// WebAssembly plugins: the matcher and the policy chain.
     pub plugins: Arc<crate::plugins::Plugins>,
     pub store: Store,
+    /// The rotating keys (polled by [`Gateway::spawn_key_refresher`]).
+    pub keyring: Keyring,
     /// SMART Backend Services: token endpoint, clients, token checks.
     pub auth: crate::auth::Auth,
     pub metrics: Arc<Metrics>,
@@ -80,8 +83,15 @@ impl Gateway {
         }
         let audit = open_audit(&config).await?;
         let store = Store::open(&config.state.url).await.context("state.url")?;
-        let page_key = store.shared_secret("page-token-key").await.context("state: page token key")?;
-        let auth = crate::auth::Auth::new(&config, &store).await.context("auth")?;
+        // keyring: the token signing and page sealing keys, every generation.
+        let token_ttl_s = i64::try_from(config.auth.token_ttl_s).unwrap_or(i64::MAX);
+        let page_ttl_s = PAGE_TOKEN_TTL.as_secs() as i64;
+        let keyring = Keyring::open(store.clone(), token_ttl_s, page_ttl_s, crate::clock::unix_now_s())
+            .await
+            .context("state: keys")?;
+        let pages = PageSealer::from_set(&keyring.load(Purpose::PageToken).await?, PAGE_TOKEN_TTL)
+            .map_err(|e| anyhow::anyhow!("state: page key: {}", e.message))?;
+        let auth = crate::auth::Auth::new(&config, &store, &keyring).await.context("auth")?;
         let match_throttle = crate::ops::throttle::MatchThrottle::new(
             store.clone(),
             crate::ops::throttle::Budgets::from_config(&config.member_match),
@@ -145,7 +155,8 @@ impl Gateway {
             base_path,
             public_base,
             upstream,
-            pages: PageSealer::new(&page_key, PAGE_TOKEN_TTL),
+            pages,
+            keyring,
             plugins,
             store,
             auth,
@@ -168,6 +179,42 @@ impl Gateway {
             ready: AtomicBool::new(false),
             _sandbox: sandbox,
         }))
+    }
+
+    /// Read the key table and take what changed: a rotation made on any
+    /// node is in force here within [`crate::keyring::POLL`].
+    pub async fn refresh_keys(&self) -> anyhow::Result<()> {
+        let tokens = self.keyring.load(Purpose::AccessToken).await?;
+        self.auth.install_keys(&tokens).context("access-token key")?;
+        let pages = self.keyring.load(Purpose::PageToken).await?;
+        self.pages.install(&pages).map_err(|e| anyhow::anyhow!("page key: {}", e.message))?;
+        Ok(())
+    }
+
+    /// Poll the key table for as long as the gateway lives (and purge
+    /// generations retired long ago, about once an hour).
+    pub fn spawn_key_refresher(self: &Arc<Self>) {
+        let gw = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::keyring::POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut polls: u64 = 0;
+            loop {
+                tick.tick().await;
+                let Some(gw) = gw.upgrade() else { return };
+                // A store outage keeps the keys this node has; requests
+                // meanwhile fail closed on the store themselves.
+                if let Err(e) = gw.refresh_keys().await {
+                    tracing::warn!(error = %format!("{e:#}"), "keys not refreshed");
+                }
+                polls += 1;
+                if polls % 1800 == 0
+                    && let Err(e) = gw.keyring.purge(crate::clock::unix_now_s()).await
+                {
+                    tracing::warn!(error = %e, "retired keys not purged");
+                }
+            }
+        });
     }
 
     pub fn is_ready(&self) -> bool {

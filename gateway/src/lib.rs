@@ -22,6 +22,7 @@
 //! - `admin`: the operator API on its own listener (health, metrics, ...).
 //! - `audit`: the hash-chained, durable audit log (one AuditEvent per request).
 //! - `store`: persistent state in SQLite or PostgreSQL.
+//! - `keyring`: the rotating keys every node shares (token signing, page sealing).
 //! - `sandbox`: the built-in demo/test FHIR server (not the product).
 //! - `plugins`: the WebAssembly plugin host (matcher and policy worlds).
 //! - `plugin_cli`: `fhirwall match` and `fhirwall plugin test|check`.
@@ -38,6 +39,7 @@ pub mod config;
 pub mod error;
 pub mod fhir;
 pub mod gateway;
+pub mod keyring;
 pub mod listener;
 pub mod net;
 pub mod ops;

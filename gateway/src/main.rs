@@ -101,6 +101,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The rotating keys (access-token signing, page-token sealing): list or
+    /// rotate them on the running gateway of FILE (its admin listener, with the
+    /// admin token from its token_env). Every node takes a rotation within seconds.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// WebAssembly plugin tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -224,6 +229,29 @@ fn plugin_command(command: PluginCommand) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Every generation of each key: its state (next, signing, verifying,
+    /// retired), kid and times; never the key itself.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Add a generation: published now, signing in a few seconds; the old one
+    /// verifies until what it signed has expired. Nobody loses access.
+    Rotate {
+        #[arg(long)]
+        config: PathBuf,
+        /// access-token, page-token or all.
+        #[arg(long, default_value = "all")]
+        purpose: String,
+        /// A key leaked: sign with the new generation now and refuse everything
+        /// older generations signed (clients must fetch new tokens).
+        #[arg(long)]
+        revoke_previous: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -379,6 +407,14 @@ fn main() -> ExitCode {
         Command::Explain { config, client, resource, request, json } => {
             explain(config, client, resource, request, json)
         }
+        Command::Keys(KeysCommand::List { config }) => keys(config, http::Method::GET, "/admin/keys".into()),
+        Command::Keys(KeysCommand::Rotate { config, purpose, revoke_previous }) => {
+            let query = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("purpose", &purpose)
+                .append_pair("revoke_previous", if revoke_previous { "true" } else { "false" })
+                .finish();
+            keys(config, http::Method::POST, format!("/admin/keys/rotate?{query}"))
+        }
         Command::Serve { config } => serve(config),
         Command::Demo { port } => demo(port),
         Command::Sandbox { listen, faults, noise, data } => sandbox(listen, faults, noise, data),
@@ -452,6 +488,31 @@ fn sandbox(listen: SocketAddr, faults: bool, noise: bool, data: Option<PathBuf>)
     })
 }
 
+/// `fhirwall keys …`: one admin call; prints the answer (JSON).
+fn keys(config: PathBuf, method: http::Method, path_and_query: String) -> anyhow::Result<()> {
+    let config = Config::load(&config)?;
+    let (status, body) = runtime()?.block_on(admin_call(&config, method, &path_and_query))?;
+    if !(200..300).contains(&status) {
+        anyhow::bail!("the gateway answered {status}: {body}");
+    }
+    println!("{body}");
+    Ok(())
+}
+
+/// One call to the admin listener of `config`'s gateway, with its admin token.
+async fn admin_call(
+    config: &Config,
+    method: http::Method,
+    path_and_query: &str,
+) -> anyhow::Result<(u16, String)> {
+    let token = std::env::var(&config.admin.token_env)
+        .with_context(|| format!("admin.token_env: {} is not set", config.admin.token_env))?;
+    let addr = config.admin.listen;
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let url = format!("http://{host}:{}{path_and_query}", addr.port());
+    fhirwall::net::call_text(method, &url, &format!("Bearer {token}")).await
+}
+
 fn explain(
     config: PathBuf,
     client: String,
@@ -460,8 +521,6 @@ fn explain(
     json: bool,
 ) -> anyhow::Result<()> {
     let config = Config::load(&config)?;
-    let token = std::env::var(&config.admin.token_env)
-        .with_context(|| format!("admin.token_env: {} is not set", config.admin.token_env))?;
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     query.append_pair("client", &client);
     match (&resource, &request) {
@@ -470,10 +529,8 @@ fn explain(
         (None, None) => anyhow::bail!("give --resource or --request"),
     };
     query.append_pair("format", if json { "json" } else { "text" });
-    let addr = config.admin.listen;
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
-    let url = format!("http://{host}:{}/admin/explain?{}", addr.port(), query.finish());
-    let (status, body) = runtime()?.block_on(fhirwall::net::get_text(&url, &format!("Bearer {token}")))?;
+    let path = format!("/admin/explain?{}", query.finish());
+    let (status, body) = runtime()?.block_on(admin_call(&config, http::Method::GET, &path))?;
     if !(200..300).contains(&status) {
         anyhow::bail!("the gateway answered {status}: {body}");
     }

@@ -93,14 +93,20 @@ fn read_certs(
     Ok(certs)
 }
 
-/// One GET with an `Authorization` value, over plain HTTP (the CLI asking
-/// a local admin listener): the status and the body as text.
-pub async fn get_text(url: &str, authorization: &str) -> anyhow::Result<(u16, String)> {
+/// One call without a body, with an `Authorization` value, over plain
+/// HTTP (the CLI asking a local admin listener): the status and the body as text.
+pub async fn call_text(
+    method: http::Method,
+    url: &str,
+    authorization: &str,
+) -> anyhow::Result<(u16, String)> {
     use http_body_util::BodyExt;
     let client: hyper_util::client::legacy::Client<HttpConnector, http_body_util::Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(HttpConnector::new());
-    let request = http::Request::get(url)
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
         .header(http::header::AUTHORIZATION, authorization)
         .body(http_body_util::Empty::new())?;
     let response = tokio::time::timeout(Duration::from_secs(120), client.request(request))

@@ -16,6 +16,7 @@ use crate::respond::{self, Body};
 
 pub mod console;
 pub mod explain;
+pub mod keys;
 
 pub use explain::{ExplainTarget, Explainer};
 
@@ -155,6 +156,8 @@ impl AdminHandler {
             }
             // plugins: rebuild every plugin from its file and swap
             // atomically; on failure the old set stays and the answer says why.
+            (&Method::GET, "/admin/keys") => keys::list(&self.gw).await,
+            (&Method::POST, "/admin/keys/rotate") => keys::rotate(&self.gw, req.uri().query()).await,
             (&Method::POST, "/admin/plugins/reload") => match self.gw.plugins.reload().await {
                 Ok(report) => {
                     Ok(respond::json(StatusCode::OK, serde_json::to_vec(&report).unwrap_or_default()))

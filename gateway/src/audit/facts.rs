@@ -283,6 +283,8 @@ pub fn admin_action(method: &Method, path: &str) -> (&'static str, Action, Admin
         ("GET", "/admin/explain") => ("explain", Action::Read),
         ("GET", "/admin/provider-member-match/groups") => ("provider-match-group.list", Action::Read),
         ("POST", "/admin/plugins/reload") => ("plugins.reload", Action::Execute),
+        ("GET", "/admin/keys") => ("keys.list", Action::Read),
+        ("POST", "/admin/keys/rotate") => ("keys.rotate", Action::Execute),
         ("GET", "/admin/audit") => ("audit.query", Action::Read),
         _ => ("unknown", Action::Execute),
     };
@@ -483,6 +485,8 @@ mod tests {
             (Method::GET, "/admin/audit", "audit.query", Action::Read, AdminTarget::None),
             (Method::POST, "/admin/attribution", "attribution.load", Action::Create, AdminTarget::None),
             (Method::POST, "/admin/plugins/reload", "plugins.reload", Action::Execute, AdminTarget::None),
+            (Method::GET, "/admin/keys", "keys.list", Action::Read, AdminTarget::None),
+            (Method::POST, "/admin/keys/rotate", "keys.rotate", Action::Execute, AdminTarget::None),
             (Method::GET, "/admin/attribution", "attribution.list", Action::Read, AdminTarget::None),
             (
                 Method::POST,

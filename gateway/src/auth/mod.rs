@@ -50,6 +50,7 @@ use crate::clock::unix_now_s;
 use crate::config::{ClientConfig, Config};
 use crate::error::{GatewayError, Kind};
 use crate::fhir::FhirRequest;
+use crate::keyring::{KeySet, Keyring, Purpose};
 use crate::store::Store;
 
 /// `client_assertion_type` of a JWT client assertion (RFC 7523).
@@ -199,7 +200,7 @@ pub fn token_url_for(base_url: &url::Url) -> String {
 impl Auth {
     /// Open the auth state in the store: tables, the shared signing key, and
     /// the `[[clients]]` of the config (validated, then synced).
-    pub async fn new(config: &Config, store: &Store) -> anyhow::Result<Auth> {
+    pub async fn new(config: &Config, store: &Store, keyring: &Keyring) -> anyhow::Result<Auth> {
         for client in &config.clients {
             registry::validate(client, false).map_err(|e| anyhow::anyhow!("clients: {e}"))?;
         }
@@ -212,7 +213,8 @@ impl Auth {
             audiences.push(format!("{}://{host}:{port}{TOKEN_PATH}", url.scheme()));
         }
         let audience = config.server.base_url.as_str().trim_end_matches('/').to_owned();
-        let keys = tokens::TokenKeys::load(store, &token_url, &audience).await?;
+        let keys =
+            tokens::TokenKeys::from_set(&keyring.load(Purpose::AccessToken).await?, &token_url, &audience)?;
         let registry = registry::Registry::open(store.clone()).await?;
         registry.sync_config(&config.clients).await.map_err(|e| anyhow::anyhow!("clients: {e}"))?;
         for client in &config.clients {
@@ -579,6 +581,21 @@ impl Auth {
             expires_at: i64::MAX,
             reg: delegation.reg.clone(),
         }))
+    }
+
+    /// Take the keyring's access-token generations (polled by every node).
+    /// When they change, tokens verified before are checked again: a
+    /// revoked generation's tokens stop working on this node at once.
+    pub fn install_keys(&self, set: &KeySet) -> Result<(), keys::KeyError> {
+        if self.keys.install(set)? {
+            self.verified.invalidate_all();
+        }
+        Ok(())
+    }
+
+    /// `(generation, kid)` of the access-token key generations this node holds.
+    pub fn token_kids(&self) -> Vec<(i64, String)> {
+        self.keys.kids()
     }
 
     /// The token check without the registry: signature, issuer, audience,

@@ -60,7 +60,9 @@ scopes = ["system/Patient.read"]
     );
     let config = Config::from_toml(&text, dir.path()).unwrap();
     let store = Store::open(&config.state.url).await.unwrap();
-    let auth = Auth::new(&config, &store).await.unwrap();
+    let keyring =
+        crate::keyring::Keyring::open(store.clone(), 300, 3600, crate::clock::unix_now_s()).await.unwrap();
+    let auth = Auth::new(&config, &store, &keyring).await.unwrap();
     Env { _dir: dir, auth, ec, rsa }
 }
 

@@ -1,6 +1,7 @@
-//! fhirwall's access tokens: ES384 JWTs signed with a key that lives in the
-//! store (`fhirwall_secrets`, created by the first node that starts), so every
-//! node of a PostgreSQL deployment issues and verifies the same tokens.
+//! fhirwall's access tokens: ES384 JWTs signed with the keyring's
+//! access-token key (in the store, shared by every node of a PostgreSQL
+//! deployment, rotated without downtime: see `keyring`). A token names its
+//! generation by `kid`; every generation that has not retired verifies.
 //!
 //! Claims: `iss` (the token endpoint URL), `sub` and `client_id`, `aud` (the
 //! FHIR base URL), `scope`, `org` and `npi` (the provider organization the
@@ -10,17 +11,13 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
+use arc_swap::ArcSwap;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use sha2::Digest;
-use sqlx::Row;
 
-use super::keys::{self, KeyKind, SigningKey};
+use super::keys::{KeyError, KeyKind, SigningKey};
 use super::scopes::ScopeSet;
-use crate::store::{Store, StoreError};
-
-/// Name of the signing key in `fhirwall_secrets`.
-const KEY_NAME: &str = "auth-access-token-key-es384";
+use crate::keyring::{self, KeySet};
 /// The access token `typ` header.
 const TYP: &str = "at+jwt";
 /// Longest bearer token looked at.
@@ -58,60 +55,92 @@ pub enum TokenError {
     Audience,
 }
 
-/// Issues and verifies access tokens.
-pub struct TokenKeys {
+/// Why no token could be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("no signing key is in force (every generation is retired)")]
+    NoSigningKey,
+    #[error(transparent)]
+    Sign(#[from] jsonwebtoken::errors::Error),
+}
+
+/// One generation of the signing key, ready to sign and verify.
+struct Generation {
+    generation: i64,
     key: SigningKey,
     decoding: DecodingKey,
+    active_from: i64,
+    retire_at: i64,
+}
+
+/// Issues and verifies access tokens with the generations of the keyring's
+/// access-token key (replaced as a whole when the keyring changes).
+pub struct TokenKeys {
+    generations: ArcSwap<Vec<Generation>>,
     validation: Validation,
     issuer: String,
     audience: String,
 }
 
 impl TokenKeys {
-    /// Load the shared signing key from the store, creating it on first start.
-    pub async fn load(store: &Store, issuer: &str, audience: &str) -> Result<TokenKeys, StoreError> {
-        let fresh = keys::generate_pkcs8(KeyKind::Es384).map_err(|e| StoreError::Setup(e.to_string()))?;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        // Concurrent first starts agree: the insert does nothing when another
-        // node won, and everyone reads the stored value back.
-        sqlx::query(
-            "INSERT INTO fhirwall_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(KEY_NAME)
-        .bind(b64.encode(&fresh))
-        .execute(store.pool())
-        .await?;
-        let row = sqlx::query("SELECT value FROM fhirwall_secrets WHERE name = $1")
-            .bind(KEY_NAME)
-            .fetch_one(store.pool())
-            .await?;
-        let value: String = row.try_get("value")?;
-        let der = b64.decode(value).map_err(|e| StoreError::Setup(format!("{KEY_NAME} is corrupt: {e}")))?;
-        let key = SigningKey::from_pkcs8_der(KeyKind::Es384, &der)
-            .map_err(|e| StoreError::Setup(format!("{KEY_NAME} is unusable: {e}")))?;
-        Ok(TokenKeys::new(key, issuer, audience))
-    }
-
+    /// One key that never retires (tests, tools).
     pub fn new(key: SigningKey, issuer: &str, audience: &str) -> TokenKeys {
         let decoding = DecodingKey::from_jwk(&key.public_jwk).expect("a JWK made from our own key is valid");
+        let only = Generation { generation: 1, key, decoding, active_from: 0, retire_at: keyring::NEVER };
+        TokenKeys::with(vec![only], issuer, audience)
+    }
+
+    /// The keyring's access-token generations.
+    pub fn from_set(set: &KeySet, issuer: &str, audience: &str) -> Result<TokenKeys, KeyError> {
+        Ok(TokenKeys::with(generations(set)?, issuer, audience))
+    }
+
+    fn with(generations: Vec<Generation>, issuer: &str, audience: &str) -> TokenKeys {
         let mut validation = Validation::new(Algorithm::ES384);
         // Claims are checked below, with exact errors; the library checks the signature.
         validation.validate_exp = false;
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
-        TokenKeys { key, decoding, validation, issuer: issuer.to_owned(), audience: audience.to_owned() }
+        TokenKeys {
+            generations: ArcSwap::from_pointee(generations),
+            validation,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        }
     }
 
-    pub fn kid(&self) -> &str {
-        self.key.kid()
+    /// Take a new state of the keyring. An unusable generation refuses the
+    /// whole set (the previous one stays in force).
+    /// `true` when something changed (a generation added, retired or gone).
+    pub fn install(&self, set: &KeySet) -> Result<bool, KeyError> {
+        let current = self.generations.load();
+        let unchanged = current.len() == set.versions.len()
+            && current.iter().zip(&set.versions).all(|(g, v)| {
+                (g.generation, g.active_from, g.retire_at) == (v.generation, v.active_from, v.retire_at)
+            });
+        if unchanged {
+            return Ok(false);
+        }
+        self.generations.store(Arc::new(generations(set)?));
+        Ok(true)
     }
 
-    /// Sign an access token.
-    pub fn issue(&self, claims: &AccessClaims) -> Result<String, jsonwebtoken::errors::Error> {
+    /// `(generation, kid)` of every generation held, newest first.
+    pub fn kids(&self) -> Vec<(i64, String)> {
+        self.generations.load().iter().map(|g| (g.generation, g.key.kid().to_owned())).collect()
+    }
+
+    /// Sign an access token with the generation in force at its `iat`.
+    pub fn issue(&self, claims: &AccessClaims) -> Result<String, IssueError> {
+        let generations = self.generations.load();
+        let signing = generations
+            .iter()
+            .find(|g| g.active_from <= claims.iat && claims.iat < g.retire_at)
+            .ok_or(IssueError::NoSigningKey)?;
         let mut header = Header::new(Algorithm::ES384);
         header.typ = Some(TYP.into());
-        header.kid = Some(self.key.kid().to_owned());
-        jsonwebtoken::encode(&header, claims, &self.key.encoding)
+        header.kid = Some(signing.key.kid().to_owned());
+        Ok(jsonwebtoken::encode(&header, claims, &signing.key.encoding)?)
     }
 
     /// The claims every token gets from this server.
@@ -147,18 +176,21 @@ impl TokenKeys {
             return Err(TokenError::Malformed);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        if header.alg != Algorithm::ES384
-            || header.typ.as_deref() != Some(TYP)
-            || header.kid.as_deref() != Some(self.kid())
-        {
+        if header.alg != Algorithm::ES384 || header.typ.as_deref() != Some(TYP) {
             return Err(TokenError::Signature);
         }
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).map_err(
-            |e| match e.kind() {
+        // The generation named by `kid`, if it still verifies: a retired
+        // or revoked key's tokens are refused like a stranger's.
+        let generations = self.generations.load();
+        let generation = generations
+            .iter()
+            .find(|g| header.kid.as_deref() == Some(g.key.kid()) && now < g.retire_at)
+            .ok_or(TokenError::Signature)?;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &generation.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::Signature,
                 _ => TokenError::Malformed,
-            },
-        )?;
+            })?;
         let claims = data.claims;
         if claims.iss != self.issuer {
             return Err(TokenError::Signature);
@@ -176,6 +208,25 @@ impl TokenKeys {
     }
 }
 
+/// Signing keys of the keyring's generations (every one must be usable).
+fn generations(set: &KeySet) -> Result<Vec<Generation>, KeyError> {
+    set.versions
+        .iter()
+        .map(|v| {
+            let key = SigningKey::from_pkcs8_der(KeyKind::Es384, &v.material)?;
+            let decoding = DecodingKey::from_jwk(&key.public_jwk)
+                .map_err(|e| KeyError::Invalid(format!("generation {}: {e}", v.generation)))?;
+            Ok(Generation {
+                generation: v.generation,
+                key,
+                decoding,
+                active_from: v.active_from,
+                retire_at: v.retire_at,
+            })
+        })
+        .collect()
+}
+
 /// The key of the verified-token cache: SHA-256 of the whole token (a
 /// cache hit must mean "exactly this token was verified").
 pub fn cache_key(token: &str) -> [u8; 32] {
@@ -188,6 +239,9 @@ pub type Verified = Arc<(AccessClaims, ScopeSet)>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::keys;
+    use base64::Engine;
+    use crate::keyring::{KeyVersion, Purpose};
 
     fn keys() -> TokenKeys {
         let der = keys::generate_pkcs8(KeyKind::Es384).unwrap();
@@ -249,5 +303,61 @@ mod tests {
         for garbage in ["", "abc", "a.b.c", &"x".repeat(MAX_TOKEN_LEN + 1)] {
             assert!(k.verify(garbage, 1_100).is_err());
         }
+    }
+
+    fn version(generation: i64, active_from: i64, retire_at: i64) -> KeyVersion {
+        KeyVersion {
+            purpose: Purpose::AccessToken,
+            generation,
+            material: keys::generate_pkcs8(KeyKind::Es384).unwrap(),
+            created_at: 0,
+            active_from,
+            retire_at,
+        }
+    }
+
+    #[test]
+    fn after_a_rotation_the_new_generation_signs_and_the_old_one_verifies_until_it_retires() {
+        let old = version(1, 0, keyring::NEVER);
+        let k = TokenKeys::from_set(
+            &KeySet { versions: vec![old.clone()] },
+            "https://fw/auth/token",
+            "https://fw/fhir",
+        )
+        .unwrap();
+        let before = k.issue(&claims(&k)).unwrap(); // iat 1_000
+        // Generation 2 published at 1_000, signing from 1_006; generation 1 retires at 1_400.
+        let mut retiring = old.clone();
+        retiring.retire_at = 1_400;
+        let set = KeySet { versions: vec![version(2, 1_006, keyring::NEVER), retiring] };
+        assert!(k.install(&set).unwrap());
+        assert!(!k.install(&set).unwrap(), "the same state again changes nothing");
+        let kid_of = |token: &str| jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+        let (new_kid, old_kid) = (k.kids()[0].1.clone(), k.kids()[1].1.clone());
+        assert_eq!(kid_of(&before), old_kid);
+        // Before 1_006 the old generation still signs; from then on the new one.
+        assert_eq!(kid_of(&k.issue(&claims(&k)).unwrap()), old_kid);
+        let mut later = claims(&k);
+        later.iat = 1_006;
+        later.exp = 10_000;
+        let after = k.issue(&later).unwrap();
+        assert_eq!(kid_of(&after), new_kid);
+        // Both verify while the old one has not retired…
+        assert!(k.verify(&before, 1_100).is_ok());
+        assert!(k.verify(&after, 1_100).is_ok());
+        // …then the old one's tokens are refused like a stranger's.
+        let mut long = claims(&k);
+        long.exp = 10_000;
+        let long_lived = k.issue(&long).unwrap();
+        assert!(k.verify(&long_lived, 1_399).is_ok());
+        assert_eq!(k.verify(&long_lived, 1_400).unwrap_err(), TokenError::Signature);
+        assert!(k.verify(&after, 1_400).is_ok());
+    }
+
+    #[test]
+    fn with_every_generation_retired_nothing_is_signed() {
+        let set = KeySet { versions: vec![version(1, 0, 500)] };
+        let k = TokenKeys::from_set(&set, "https://fw/auth/token", "https://fw/fhir").unwrap();
+        assert!(matches!(k.issue(&claims(&k)), Err(IssueError::NoSigningKey)));
     }
 }

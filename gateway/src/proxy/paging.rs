@@ -10,6 +10,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -17,6 +18,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::error::GatewayError;
+use crate::keyring::KeySet;
 
 /// What a page token stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,9 +47,19 @@ pub struct PageRef {
 pub const TOKEN_PLAINTEXT: usize = 3072;
 
 pub struct PageSealer {
-    key: LessSafeKey,
+    /// The keyring's page-token generations that verify, newest first,
+    /// with the one that seals marked; replaced as a whole on a change.
+    keys: ArcSwap<Vec<SealingKey>>,
     rng: SystemRandom,
     ttl: Duration,
+}
+
+/// One generation of the page key.
+struct SealingKey {
+    generation: i64,
+    key: LessSafeKey,
+    active_from: u64,
+    retire_at: u64,
 }
 
 impl std::fmt::Debug for PageSealer {
@@ -57,10 +69,29 @@ impl std::fmt::Debug for PageSealer {
 }
 
 impl PageSealer {
-    /// `key`: 32 secret bytes shared by every node (kept in the store).
+    /// One key that never retires (tests, tools). `key`: 32 secret bytes.
     pub fn new(key: &[u8; 32], ttl: Duration) -> Self {
-        let unbound = UnboundKey::new(&AES_256_GCM, key).expect("AES-256 takes a 32-byte key");
-        PageSealer { key: LessSafeKey::new(unbound), rng: SystemRandom::new(), ttl }
+        let only = SealingKey { generation: 1, key: aes_key(key), active_from: 0, retire_at: u64::MAX };
+        PageSealer { keys: ArcSwap::from_pointee(vec![only]), rng: SystemRandom::new(), ttl }
+    }
+
+    /// The keyring's page-token generations (shared by every node).
+    pub fn from_set(set: &KeySet, ttl: Duration) -> Result<Self, GatewayError> {
+        Ok(PageSealer { keys: ArcSwap::from_pointee(sealing_keys(set)?), rng: SystemRandom::new(), ttl })
+    }
+
+    /// Take a new state of the keyring (an unusable one changes nothing).
+    pub fn install(&self, set: &KeySet) -> Result<(), GatewayError> {
+        let current = self.keys.load();
+        let unchanged = current.len() == set.versions.len()
+            && current.iter().zip(&set.versions).all(|(k, v)| {
+                (k.generation, k.active_from, k.retire_at)
+                    == (v.generation, unix(v.active_from), unix(v.retire_at))
+            });
+        if !unchanged {
+            self.keys.store(std::sync::Arc::new(sealing_keys(set)?));
+        }
+        Ok(())
     }
 
     /// Seal an upstream link for `caller` (a page that starts at the
@@ -101,7 +132,14 @@ impl PageSealer {
         data.extend_from_slice(&(packed.len() as u16).to_be_bytes());
         data.extend_from_slice(&packed);
         data.resize(TOKEN_PLAINTEXT, 0);
-        self.key
+        let keys = self.keys.load();
+        let now = now_unix();
+        let sealing = keys
+            .iter()
+            .find(|k| k.active_from <= now && now < k.retire_at)
+            .ok_or_else(|| GatewayError::internal("no page key is in force"))?;
+        sealing
+            .key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(caller.as_bytes()),
@@ -123,10 +161,22 @@ impl PageSealer {
             return Err(gone());
         }
         let (nonce, sealed) = raw.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| gone())?;
-        let mut sealed = sealed.to_vec();
-        let plain =
-            self.key.open_in_place(nonce, Aad::from(caller.as_bytes()), &mut sealed).map_err(|_| gone())?;
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| gone())?;
+        // Every generation that still verifies (at most a few, during a
+        // rotation); a token sealed by a retired one is gone like a forgery.
+        let now = now_unix();
+        let keys = self.keys.load();
+        let mut opened = None;
+        for key in keys.iter().filter(|k| now < k.retire_at) {
+            let mut attempt = sealed.to_vec();
+            let nonce = Nonce::assume_unique_for_key(nonce);
+            if key.key.open_in_place(nonce, Aad::from(caller.as_bytes()), &mut attempt).is_ok() {
+                attempt.truncate(attempt.len() - AES_256_GCM.tag_len());
+                opened = Some(attempt);
+                break;
+            }
+        }
+        let plain = opened.ok_or_else(gone)?;
         if plain.len() != TOKEN_PLAINTEXT {
             return Err(gone());
         }
@@ -140,6 +190,32 @@ impl PageSealer {
         }
         Ok(page)
     }
+}
+
+fn aes_key(bytes: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("AES-256 takes a 32-byte key"))
+}
+
+/// Unix seconds of a keyring time (never negative; `NEVER` stays the maximum).
+fn unix(at: i64) -> u64 {
+    u64::try_from(at).unwrap_or(0)
+}
+
+fn sealing_keys(set: &KeySet) -> Result<Vec<SealingKey>, GatewayError> {
+    set.versions
+        .iter()
+        .map(|v| {
+            let bytes: &[u8; 32] = v.material.as_slice().try_into().map_err(|_| {
+                GatewayError::internal(format!("page key generation {} is not 32 bytes", v.generation))
+            })?;
+            Ok(SealingKey {
+                generation: v.generation,
+                key: aes_key(bytes),
+                active_from: unix(v.active_from),
+                retire_at: unix(v.retire_at),
+            })
+        })
+        .collect()
 }
 
 fn now_unix() -> u64 {
@@ -216,5 +292,43 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         assert!(s.open("grace", &page_token).is_err());
         page_token.clear();
+    }
+
+    fn version(generation: i64, byte: u8, active_from: i64, retire_at: i64) -> crate::keyring::KeyVersion {
+        crate::keyring::KeyVersion {
+            purpose: crate::keyring::Purpose::PageToken,
+            generation,
+            material: vec![byte; 32],
+            created_at: 0,
+            active_from,
+            retire_at,
+        }
+    }
+
+    #[test]
+    fn links_sealed_before_a_rotation_open_until_the_old_key_retires_and_never_after() {
+        let now = now_unix() as i64;
+        let old = version(1, 7, 0, crate::keyring::NEVER);
+        let s =
+            PageSealer::from_set(&KeySet { versions: vec![old.clone()] }, Duration::from_secs(600)).unwrap();
+        let before = s.seal("grace", "Observation", "Observation?_offset=20").unwrap();
+        // Generation 2 seals from now on; generation 1 still opens.
+        let mut retiring = old.clone();
+        retiring.retire_at = now + 100;
+        s.install(&KeySet { versions: vec![version(2, 9, now, crate::keyring::NEVER), retiring] }).unwrap();
+        let after = s.seal("grace", "Observation", "Observation?_offset=40").unwrap();
+        assert_eq!(s.open("grace", &before).unwrap().upstream_path, "Observation?_offset=20");
+        assert_eq!(s.open("grace", &after).unwrap().upstream_path, "Observation?_offset=40");
+        // A sealer that only knows generation 1 cannot open the new link: it was not sealed with it.
+        let only_old = PageSealer::new(&[7u8; 32], Duration::from_secs(600));
+        assert!(only_old.open("grace", &after).is_err());
+        // Revoked: generation 1's links are gone, generation 2's still open.
+        let mut revoked = old;
+        revoked.retire_at = now;
+        s.install(&KeySet { versions: vec![version(2, 9, now, crate::keyring::NEVER), revoked] }).unwrap();
+        assert!(s.open("grace", &before).is_err());
+        assert!(s.open("grace", &after).is_ok());
+        // Tokens keep one length across generations.
+        assert_eq!(before.len(), after.len());
     }
 }

@@ -55,6 +55,7 @@ pub async fn run_until(
         .with_context(|| format!("admin.listen: cannot bind {admin_addr}"))?;
 
     let gateway = Gateway::build(config, admin_token).await?;
+    gateway.spawn_key_refresher();
     let grace = Duration::from_secs(gateway.config.server.shutdown_grace_s);
     let max_connections = gateway.config.server.max_connections;
     let scheme = if tls.is_some() { "https" } else { "http" };

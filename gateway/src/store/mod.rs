@@ -38,6 +38,16 @@ const SCHEMA: &[&str] = &[
         name TEXT PRIMARY KEY,
         value TEXT NOT NULL
     )",
+    // keyring: rotating keys, every generation of each (see keyring).
+    "CREATE TABLE IF NOT EXISTS fhirwall_keys (
+        purpose TEXT NOT NULL,
+        generation BIGINT NOT NULL,
+        material TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        active_from BIGINT NOT NULL,
+        retire_at BIGINT NOT NULL,
+        PRIMARY KEY (purpose, generation)
+    )",
     // access: opt-outs, ingested attribution rosters, and the
     // change counters every node polls (see access::state).
     "CREATE TABLE IF NOT EXISTS fhirwall_opt_outs (
