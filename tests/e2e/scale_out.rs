@@ -383,3 +383,167 @@ async fn a_provider_member_match_made_on_one_node_serves_on_the_other() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// The `kid` in a JWT's header.
+fn kid_of(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap();
+    serde_json::from_slice::<serde_json::Value>(&header).unwrap()["kid"].as_str().unwrap().to_owned()
+}
+
+/// Key rotation on a two-node deployment (issue 15): `fhirwall keys rotate`
+/// on node A is in force on node B within seconds; through the switch no
+/// token or paging link either node handed out stops working, and tokens
+/// change `kid` once the new key signs. Revoking (a leaked key) refuses the
+/// old generation's tokens and links on both nodes at once.
+#[tokio::test]
+async fn keys_rotate_across_nodes_without_downtime_and_revoke_at_once() {
+    let pg = Postgres::start();
+    let up = Upstream::sandbox();
+    let key = Key::new("ES384");
+    let client = toml_client(CLIENT, "Organization/org-grace", "1417987256", &key.jwks(), &["system/*.read"]);
+    let state = format!("[state]\nurl = {:?}\n", pg.url());
+    let a = Gateway::start(GatewayConfig::new(up.base_url()).extra_toml(&state).extra_toml(&client));
+    let public = format!("[server]\nbase_url = {:?}\n", a.base_url());
+    let b = Gateway::start(
+        GatewayConfig::new(up.base_url()).extra_toml(&state).extra_toml(&client).extra_toml(&public),
+    );
+    let audience = a.token_url();
+    let token_from = |node: &Gateway| {
+        let assertion = key.assertion(CLIENT, &audience, &[]);
+        let url = node.token_url();
+        async move {
+            let resp = post_form(
+                &url,
+                &[("Accept", "application/json")],
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_assertion_type", JWT_BEARER),
+                    ("client_assertion", &assertion),
+                    ("scope", "system/*.read"),
+                ],
+            )
+            .await;
+            resp.assert_status(200);
+            resp.json()["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let page_link = |node: &Gateway, token: &str| {
+        let url = node.url("ExplanationOfBenefit?patient=Patient/pat-0001&_count=2");
+        let token = token.to_owned();
+        async move {
+            let page = get_bearer(&url, &token).await.json();
+            bundle_link(&page, "next").expect("a next link").rsplit('/').next().unwrap().to_owned()
+        }
+    };
+    let old_token = token_from(&a).await;
+    let old_kid = kid_of(&old_token);
+    let old_page = page_link(&a, &old_token).await;
+
+    // Rotate both keys with the CLI against node A.
+    let out = std::process::Command::new(fhirwall_bin())
+        .args(["keys", "rotate", "--config"])
+        .arg(a.config_path())
+        .env("FHIRWALL_ADMIN_TOKEN", a.admin_token())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["rotated"].as_array().unwrap().len(), 2, "{answer}");
+    let state_of = |keys: &serde_json::Value, purpose: &str, generation: i64| {
+        keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["purpose"] == purpose && k["generation"] == generation)
+            .map(|k| k["state"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(state_of(&answer, "access-token", 2).as_deref(), Some("next"), "{answer}");
+    assert_eq!(state_of(&answer, "access-token", 1).as_deref(), Some("signing"), "{answer}");
+    let shown = answer.to_string();
+    assert!(
+        !shown.contains("material") && shown.len() < 4000,
+        "key material must never be answered: {shown}"
+    );
+
+    // Through the switch: new tokens from either node, and every token and
+    // link handed out so far, work on both nodes, every 300 ms for 10 s.
+    let mut tokens = vec![old_token.clone()];
+    let mut kids = std::collections::BTreeSet::new();
+    let started = Instant::now();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        let issuer = if round % 2 == 0 { &a } else { &b };
+        let fresh = token_from(issuer).await;
+        kids.insert(kid_of(&fresh));
+        tokens.push(fresh);
+        for node in [&a, &b] {
+            for token in [&old_token, tokens.last().unwrap()] {
+                let resp = get_bearer(&node.url("Patient/pat-0001"), token).await;
+                assert_eq!(resp.status, 200, "round {round}: a valid token refused: {}", resp.text());
+            }
+            let page = get_bearer(&node.url(&format!("_page/{old_page}")), &old_token).await;
+            assert_eq!(page.status, 200, "round {round}: a paging link broke: {}", page.text());
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let new_kid = kid_of(&token_from(&b).await);
+    assert_ne!(new_kid, old_kid, "node B still signs with the old key 10 s after the rotation");
+    assert!(kids.contains(&old_kid) || kids.contains(&new_kid));
+    // Every token issued during the switch still works on both nodes.
+    for token in &tokens {
+        for node in [&a, &b] {
+            get_bearer(&node.url("Patient/pat-0001"), token).await.assert_status(200);
+        }
+    }
+    // A link sealed by B with the new page key opens on A.
+    let new_token = token_from(&b).await;
+    let new_page = page_link(&b, &new_token).await;
+    get_bearer(&a.url(&format!("_page/{new_page}")), &new_token).await.assert_status(200);
+    let listed = b.admin("GET", "/admin/keys", None).await;
+    listed.assert_status(200);
+    let listed = listed.json();
+    assert_eq!(state_of(&listed, "access-token", 2).as_deref(), Some("signing"), "{listed}");
+    assert_eq!(state_of(&listed, "access-token", 1).as_deref(), Some("verifying"), "{listed}");
+
+    // A leaked key: revoke everything older than a new generation, on A.
+    let revoked = a.admin("POST", "/admin/keys/rotate?purpose=all&revoke_previous=true", None).await;
+    revoked.assert_status(200);
+    assert_eq!(state_of(&revoked.json(), "access-token", 2).as_deref(), Some("retired"));
+    for token in [&old_token, &new_token] {
+        assert_eq!(
+            get_bearer(&a.url("Patient/pat-0001"), token).await.status,
+            401,
+            "revoked token accepted on A"
+        );
+    }
+    assert_eq!(get_bearer(&a.url(&format!("_page/{new_page}")), &new_token).await.status, 401);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let fresh = token_from(&a).await;
+        let old_on_b = get_bearer(&b.url("Patient/pat-0001"), &new_token).await.status;
+        let fresh_on_b = get_bearer(&b.url("Patient/pat-0001"), &fresh).await.status;
+        if old_on_b == 401 && fresh_on_b == 200 {
+            // The revoked page key too: B's old links are gone, a new search pages.
+            let page = get_bearer(&b.url(&format!("_page/{new_page}")), &fresh).await;
+            assert_eq!(page.status, 404, "a link sealed with a revoked key opened: {}", page.text());
+            assert!(!page.text().contains("pat-0001"));
+            let relinked = page_link(&b, &fresh).await;
+            get_bearer(&a.url(&format!("_page/{relinked}")), &fresh).await.assert_status(200);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node B: revoked token {old_on_b}, fresh token {fresh_on_b} after 8 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The rotations are in A's audit log.
+    let audit = std::fs::read_dir(a.audit_dir())
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect::<String>();
+    assert_eq!(audit.lines().filter(|l| l.contains("keys.rotate")).count(), 2, "both rotations audited");
+}
