@@ -208,7 +208,7 @@ impl Gateway {
                     tracing::warn!(error = %format!("{e:#}"), "keys not refreshed");
                 }
                 polls += 1;
-                if polls % 1800 == 0
+                if polls.is_multiple_of(1800)
                     && let Err(e) = gw.keyring.purge(crate::clock::unix_now_s()).await
                 {
                     tracing::warn!(error = %e, "retired keys not purged");
