@@ -153,15 +153,22 @@ fn invalid_token(message: &str) -> GatewayError {
 /// Verified tokens leave the cache when they expire.
 struct UntilExpiry;
 
-impl moka::Expiry<[u8; 32], Arc<Principal>> for UntilExpiry {
+impl moka::Expiry<[u8; 32], Verified> for UntilExpiry {
     fn expire_after_create(
         &self,
         _key: &[u8; 32],
-        value: &Arc<Principal>,
+        value: &Verified,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(Duration::from_secs(value.expires_at.saturating_sub(unix_now_s()).max(0) as u64))
+        Some(Duration::from_secs(value.principal.expires_at.saturating_sub(unix_now_s()).max(0) as u64))
     }
+}
+
+/// A verified token in the cache, with the key epoch it was verified under.
+#[derive(Clone)]
+struct Verified {
+    principal: Arc<Principal>,
+    key_epoch: u64,
 }
 
 /// The authorization server and token verifier.
@@ -175,7 +182,11 @@ pub struct Auth {
     registry: registry::Registry,
     jwks: jwks::JwksFetcher,
     keys: tokens::TokenKeys,
-    verified: moka::sync::Cache<[u8; 32], Arc<Principal>>,
+    verified: moka::sync::Cache<[u8; 32], Verified>,
+    /// Bumped whenever the signing keys change: a cached verification from
+    /// an earlier epoch is done again (a check that raced a revocation
+    /// cannot keep a revoked token alive in the cache).
+    key_epoch: std::sync::atomic::AtomicU64,
     last_purge: AtomicI64,
 }
 
@@ -234,6 +245,7 @@ impl Auth {
                 .max_capacity(VERIFIED_CACHE_CAPACITY)
                 .expire_after(UntilExpiry)
                 .build(),
+            key_epoch: std::sync::atomic::AtomicU64::new(0),
             last_purge: AtomicI64::new(0),
         })
     }
@@ -588,6 +600,7 @@ impl Auth {
     /// revoked generation's tokens stop working on this node at once.
     pub fn install_keys(&self, set: &KeySet) -> Result<(), keys::KeyError> {
         if self.keys.install(set)? {
+            self.key_epoch.fetch_add(1, Ordering::SeqCst);
             self.verified.invalidate_all();
         }
         Ok(())
@@ -603,7 +616,12 @@ impl Auth {
     pub fn verify_token(&self, token: &str) -> Result<Arc<Principal>, GatewayError> {
         let key = tokens::cache_key(token);
         let now = unix_now_s();
-        if let Some(principal) = self.verified.get(&key) {
+        // Read before verifying: if the keys change meanwhile, this
+        // verification is cached under the old epoch and not trusted again.
+        let epoch = self.key_epoch.load(Ordering::SeqCst);
+        if let Some(Verified { principal, key_epoch }) = self.verified.get(&key)
+            && key_epoch == epoch
+        {
             if principal.expires_at > now {
                 return Ok(principal);
             }
@@ -628,7 +646,7 @@ impl Auth {
             expires_at: claims.exp,
             reg: claims.reg,
         });
-        self.verified.insert(key, principal.clone());
+        self.verified.insert(key, Verified { principal: principal.clone(), key_epoch: epoch });
         Ok(principal)
     }
 
