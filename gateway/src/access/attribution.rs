@@ -22,6 +22,11 @@ use crate::proxy::{Upstream, UpstreamRequest};
 
 /// Most pages of attribution Groups read for one organization.
 const MAX_PAGES: usize = 10_000;
+/// The whole load of one organization gets this many upstream deadlines.
+/// Each page read has its own deadline, but an upstream whose Group search
+/// pages on and on (every `next` a new link, each page fast) would
+/// otherwise keep the caller waiting for up to [`MAX_PAGES`] reads.
+const LOAD_DEADLINES: u32 = 4;
 /// Page size asked of the upstream.
 const PAGE_SIZE: &str = "100";
 
@@ -138,9 +143,24 @@ pub fn parse_group(group: &Value, refs: &RefResolver, today: &str) -> Result<Gro
 }
 
 /// Read every attribution Group `organization` manages from the upstream,
-/// following `next` links. Any failure fails the whole load (the caller then
-/// refuses the request rather than use a partial set).
+/// following `next` links, within [`LOAD_DEADLINES`] upstream deadlines.
+/// Any failure fails the whole load (the caller then refuses the request
+/// rather than use a partial set).
 pub async fn load_from_upstream(
+    upstream: &Upstream,
+    refs: &RefResolver,
+    organization: &str,
+) -> Result<OrgMembers, GatewayError> {
+    let budget = upstream.timeout().saturating_mul(LOAD_DEADLINES);
+    match tokio::time::timeout(budget, load_pages(upstream, refs, organization)).await {
+        Ok(result) => result,
+        Err(_) => Err(GatewayError::gateway_timeout(LOAD_FAILED)
+            .with_code(IssueCode::Timeout)
+            .with_detail(format!("attribution Groups for {organization}: not all read within {budget:?}"))),
+    }
+}
+
+async fn load_pages(
     upstream: &Upstream,
     refs: &RefResolver,
     organization: &str,
@@ -380,6 +400,55 @@ mod tests {
         ] {
             assert!(parse_group(&bad, &refs(), "2025-06-30").is_err(), "{bad}");
         }
+    }
+
+    /// A Group search that never ends: every page is answered at once and
+    /// links a new page. The load must give up within its budget, long
+    /// before MAX_PAGES reads.
+    #[tokio::test]
+    async fn group_paging_that_never_ends_is_cut_off_by_the_load_budget() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/fhir", listener.local_addr().unwrap());
+        let pages = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (served, link_base) = (pages.clone(), base.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let link_base = link_base.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => head.extend_from_slice(&buf[..k]),
+                        }
+                    }
+                    let body = json!({"resourceType": "Bundle", "type": "searchset",
+                        "link": [{"relation": "next", "url": format!("{link_base}/Group?page={}", n + 1)}],
+                        "entry": [{"resource": {"resourceType": "Group", "id": format!("g{n}"),
+                            "managingEntity": {"reference": "Organization/o"},
+                            "member": [{"entity": {"reference": "Patient/p"}}]}}]})
+                    .to_string();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        let config: crate::config::UpstreamConfig =
+            toml::from_str(&format!("url = {base:?}\ntimeout_ms = 100")).unwrap();
+        let upstream = Upstream::new(&config, &base, "http://gw/fhir").unwrap();
+        let refs = RefResolver::new([base.as_str(), "http://gw/fhir"]);
+        let started = std::time::Instant::now();
+        let err = load_from_upstream(&upstream, &refs, "Organization/o").await.unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(err.kind, Kind::UpstreamTimeout, "{err:?}");
+        assert!(took < std::time::Duration::from_millis(1500), "the load ran {took:?}");
+        assert!(pages.load(std::sync::atomic::Ordering::SeqCst) < MAX_PAGES);
     }
 
     #[test]

@@ -86,6 +86,12 @@ impl Upstream {
         &self.rewriter
     }
 
+    /// The deadline of one exchange (`upstream.timeout_ms`); work made of
+    /// many exchanges (the attribution load) sizes its own budget from it.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Send one request and read the whole answer within the deadline.
     /// An upstream 401 to an OAuth token is retried once with a new token.
     pub async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, GatewayError> {

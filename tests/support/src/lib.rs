@@ -39,7 +39,9 @@
 //! - [`postgres`]: a private PostgreSQL server for the multi-node tests;
 //! - [`pyjwt`]: the independent PyJWT client for tests of authentication;
 //! - [`s3`]: an S3-compatible server (moto) for export storage shared by nodes;
-//! - [`venvs`]: third-party Python tools (smart-fetch, moto) in their venvs.
+//! - [`venvs`]: third-party Python tools (smart-fetch, moto) in their venvs;
+//! - [`fault_upstream`]: a raw-TCP upstream whose answers a test scripts byte by
+//!   byte (resets, stalls, trickles, broken framing).
 
 mod fhir;
 mod gateway;
@@ -51,6 +53,7 @@ mod ports;
 mod process;
 mod upstream;
 
+pub mod fault_upstream;
 pub mod postgres;
 pub mod pyjwt;
 pub mod s3;
