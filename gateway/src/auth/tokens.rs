@@ -240,8 +240,8 @@ pub type Verified = Arc<(AccessClaims, ScopeSet)>;
 mod tests {
     use super::*;
     use crate::auth::keys;
-    use base64::Engine;
     use crate::keyring::{KeyVersion, Purpose};
+    use base64::Engine;
 
     fn keys() -> TokenKeys {
         let der = keys::generate_pkcs8(KeyKind::Es384).unwrap();
