@@ -153,11 +153,11 @@ fn invalid_token(message: &str) -> GatewayError {
 /// Verified tokens leave the cache when they expire.
 struct UntilExpiry;
 
-impl moka::Expiry<[u8; 32], Verified> for UntilExpiry {
+impl moka::Expiry<[u8; 32], CachedCheck> for UntilExpiry {
     fn expire_after_create(
         &self,
         _key: &[u8; 32],
-        value: &Verified,
+        value: &CachedCheck,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
         Some(Duration::from_secs(value.principal.expires_at.saturating_sub(unix_now_s()).max(0) as u64))
@@ -166,7 +166,7 @@ impl moka::Expiry<[u8; 32], Verified> for UntilExpiry {
 
 /// A verified token in the cache, with the key epoch it was verified under.
 #[derive(Clone)]
-struct Verified {
+struct CachedCheck {
     principal: Arc<Principal>,
     key_epoch: u64,
 }
@@ -182,7 +182,7 @@ pub struct Auth {
     registry: registry::Registry,
     jwks: jwks::JwksFetcher,
     keys: tokens::TokenKeys,
-    verified: moka::sync::Cache<[u8; 32], Verified>,
+    verified: moka::sync::Cache<[u8; 32], CachedCheck>,
     /// Bumped whenever the signing keys change: a cached verification from
     /// an earlier epoch is done again (a check that raced a revocation
     /// cannot keep a revoked token alive in the cache).
@@ -619,7 +619,7 @@ impl Auth {
         // Read before verifying: if the keys change meanwhile, this
         // verification is cached under the old epoch and not trusted again.
         let epoch = self.key_epoch.load(Ordering::SeqCst);
-        if let Some(Verified { principal, key_epoch }) = self.verified.get(&key)
+        if let Some(CachedCheck { principal, key_epoch }) = self.verified.get(&key)
             && key_epoch == epoch
         {
             if principal.expires_at > now {
@@ -646,7 +646,7 @@ impl Auth {
             expires_at: claims.exp,
             reg: claims.reg,
         });
-        self.verified.insert(key, Verified { principal: principal.clone(), key_epoch: epoch });
+        self.verified.insert(key, CachedCheck { principal: principal.clone(), key_epoch: epoch });
         Ok(principal)
     }
 

@@ -233,9 +233,6 @@ pub fn cache_key(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
-/// A verified token's claims with its parsed scopes, shared by cache hits.
-pub type Verified = Arc<(AccessClaims, ScopeSet)>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
