@@ -340,7 +340,8 @@ async fn storm_of_5xx_then_the_next_request_succeeds() {
             }
             // Half 503, half 500, each with data and internals in the body.
             let n = served.fetch_add(1, Ordering::SeqCst);
-            let status = if n % 2 == 0 { "503 Service Unavailable" } else { "500 Internal Server Error" };
+            let status =
+                if n.is_multiple_of(2) { "503 Service Unavailable" } else { "500 Internal Server Error" };
             let body = format!(
                 r#"{{"resourceType":"OperationOutcome","issue":[{{"severity":"fatal","code":"exception","diagnostics":"{MARKER} jdbc:postgresql://db.internal/fhir?password=hunter2"}}],"contained":[{}]}}"#,
                 patient("storm", MARKER)
