@@ -542,7 +542,9 @@ enum Rule {
 impl Rule {
     /// Rules whose parameter may appear once only.
     fn single_occurrence(self) -> bool {
-        !matches!(self, Rule::Filter | Rule::Include | Rule::Date | Rule::Id | Rule::Opaque)
+        // `_type` may repeat on an export kick-off: Bulk Data 2.0 treats
+        // `_type=A&_type=B` as `_type=A,B` (BULK-11).
+        !matches!(self, Rule::Filter | Rule::Include | Rule::Date | Rule::Id | Rule::Opaque | Rule::Types)
     }
 
     /// Rules that take exactly one value (no comma list).
@@ -993,6 +995,7 @@ mod tests {
             ("_count=1", C::Page, 400),
             ("_type=Patient,Coverage&_since=2020-01-01T00:00:00.123%2B05:00", C::Export, 200),
             ("_type=patient", C::Export, 400),
+            ("_type=Patient&_type=Coverage", C::Export, 200),
             ("_outputFormat=application/fhir%2Bndjson", C::Export, 200),
             ("_outputFormat=application/fhir+ndjson", C::Export, 200),
             ("_outputFormat=text/csv", C::Export, 400),
