@@ -267,8 +267,8 @@ async fn stall_mid_body_is_504_at_the_deadline() {
 async fn trickle_is_cut_off_by_the_total_deadline() {
     const MARKER: &str = "Tricklefamilia";
     // A byte every 200 ms: never idle for even a fifth of the 1 s timeout,
-    // so a per-read idle timeout would wait the whole ~2 minutes this valid
-    // body takes. (The same as 1 byte/s against a 5 s timeout, 5x faster.)
+    // so a per-read idle timeout would wait the minute and more this
+    // valid body takes. (The same as 1 byte/s against a 5 s timeout, 5x faster.)
     let fx = start(|req| match req.target.as_str() {
         "/fhir/Patient/trickle" => {
             let body = patient("trickle", MARKER);
@@ -302,11 +302,11 @@ async fn garbage_after_a_valid_resource_is_refused() {
             // Trailing junk after one object.
             "/fhir/Patient/junk" => format!("{}\n}}]garbage", patient("junk", MARKER)),
             // A search Bundle with junk after it.
-            t if t.starts_with("/fhir/Patient?") => {
-                format!(
-                    r#"{{"resourceType":"Bundle","type":"searchset","entry":[{{"resource":{first},"search":{{"mode":"match"}}}}]}},{{}}"#
-                )
+            t if t.starts_with("/fhir/Patient?") && t.contains("_id=glued") => {
+                format!("{},{{}}", searchset(&first))
             }
+            // Control: the same Bundle without the junk is served.
+            t if t.starts_with("/fhir/Patient?") => searchset(&patient("healthy", HEALTHY)),
             _ => return not_found(),
         };
         vec![Step::Send(json_response("200 OK", &body))]
@@ -318,6 +318,16 @@ async fn garbage_after_a_valid_resource_is_refused() {
         fx.assert_audited(&id, 502, MARKER);
         fx.assert_recovers().await;
     }
+    let (resp, _) = fx.get("Patient?_id=healthy").await;
+    resp.assert_status(200);
+    assert!(resp.text().contains(HEALTHY), "{}", resp.text());
+}
+
+/// A searchset Bundle of one matching resource.
+fn searchset(resource: &str) -> String {
+    format!(
+        r#"{{"resourceType":"Bundle","type":"searchset","entry":[{{"resource":{resource},"search":{{"mode":"match"}}}}]}}"#
+    )
 }
 
 // ---------------------------------------------------------------------------
