@@ -61,7 +61,10 @@ scopes = ["system/*.read"]
     )
     .unwrap();
     let store = Store::open(&config.state.url).await.unwrap();
-    let auth = Auth::new(&config, &store).await.unwrap();
+    let keyring = fhirwall::keyring::Keyring::open(store.clone(), 300, 3600, fhirwall::clock::unix_now_s())
+        .await
+        .unwrap();
+    let auth = Auth::new(&config, &store, &keyring).await.unwrap();
     let mut form_headers = HeaderMap::new();
     form_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
 
