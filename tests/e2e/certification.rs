@@ -200,6 +200,39 @@ async fn smart_discovery_document_has_every_required_field_and_absolute_urls() {
     }
     // The CapabilityStatement names the same token endpoint.
     let cs = get(&gw.url("metadata")).await.json();
+    // BULK-18 (Inferno warns without these), PDEX-06: Group export, the
+    // ATR data export and Group read/search declared with their canonicals.
+    assert!(
+        cs["instantiates"].as_array().is_some_and(
+            |i| i.contains(&json!("http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"))
+        ),
+        "instantiates: {cs}"
+    );
+    let group = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Group").unwrap();
+    let declares = |name: &str, definition: &str| {
+        group["operation"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|o| o["name"] == name && o["definition"] == definition)
+    };
+    assert!(
+        declares("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"),
+        "{group}"
+    );
+    assert!(
+        declares(
+            "davinci-data-export",
+            "http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export"
+        ),
+        "{group}"
+    );
+    let interactions: Vec<&str> =
+        group["interaction"].as_array().unwrap().iter().filter_map(|i| i["code"].as_str()).collect();
+    for code in ["read", "search-type"] {
+        assert!(interactions.contains(&code), "Group {code}: {interactions:?}");
+    }
+    assert_eq!(cs["rest"][0]["security"]["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
     let uris = &cs["rest"][0]["security"]["extension"][0]["extension"];
     assert!(
         uris.as_array().unwrap().iter().any(|e| e["url"] == "token" && e["valueUri"] == gw.token_url()),
@@ -482,6 +515,49 @@ async fn bulk_export_kick_off_status_manifest_files_and_cancel() {
     let url = content_location(&resp, &gw);
     cancel(&url, &token).await;
 
+    // PDEX-40, PDEX-42, PDEX-44: POST $davinci-data-export with a Parameters
+    // body; without Prefer: respond-async 400; each PDex exportType 202
+    // (then cancelled); another exportType 400.
+    let dde = gw.url("Group/grp-grace/$davinci-data-export");
+    let body = |export_type: &str| {
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "exportType", "valueCanonical": export_type},
+            {"name": "_type", "valueString": "Patient"},
+            {"name": "_since", "valueInstant": since}]})
+        .to_string()
+        .into_bytes()
+    };
+    let json_ct = ("Content-Type", "application/fhir+json");
+    let no_prefer = request(
+        "POST",
+        &dde,
+        &[("Authorization", &auth), json_ct],
+        Some(body("hl7.fhir.us.davinci-pdex#provider-download")),
+    )
+    .await;
+    assert_eq!(no_prefer.status, 400, "{}", no_prefer.text());
+    assert_operation_outcome(&no_prefer);
+    for export_type in ["provider-delta", "provider-download", "provider-snapshot"] {
+        let resp = request(
+            "POST",
+            &dde,
+            &[("Authorization", &auth), json_ct, ("Prefer", "respond-async")],
+            Some(body(&format!("hl7.fhir.us.davinci-pdex#{export_type}"))),
+        )
+        .await;
+        let url = content_location(&resp, &gw);
+        cancel(&url, &token).await;
+    }
+    let unknown = request(
+        "POST",
+        &dde,
+        &[("Authorization", &auth), json_ct, ("Prefer", "respond-async")],
+        Some(body("hl7.fhir.us.davinci-pdex#payer-everything")),
+    )
+    .await;
+    assert_eq!(unknown.status, 400, "{}", unknown.text());
+    assert_operation_outcome(&unknown);
+
     // The checker can fail: a manifest missing `request`, a relative url, a false requiresAccessToken.
     let mut broken = manifest.clone();
     broken.as_object_mut().unwrap().remove("request");
@@ -495,6 +571,44 @@ async fn bulk_export_kick_off_status_manifest_files_and_cancel() {
     let mut broken: Value = serde_json::from_str(&gone.text()).unwrap();
     broken["issue"][0]["code"] = json!("gone");
     assert_profile_refuses(&dir, "operation-outcome", &broken, "not in IssueType");
+}
+
+/// E2E-06, SMART-71: a token that expires while the client polls is refused
+/// (401 invalid_token) on the status and file URLs; a new token of the same
+/// client carries on (jobs belong to the client, not to a token).
+#[tokio::test]
+async fn a_token_expiring_mid_export_is_401_and_a_new_token_carries_on() {
+    let gw = Gateway::start(
+        GatewayConfig::new("sandbox")
+            .extra_toml("[auth]\ntoken_ttl_s = 2\n[export]\nretry_after_s = 1\n")
+            .client(GRACE.0, GRACE.1, GRACE.2, &["system/*.read"]),
+    );
+    let old = gw.token(GRACE.0, "system/Patient.read system/Group.read");
+    let resp = kickoff(&gw, &old, "?_type=Patient").await;
+    let status_url = content_location(&resp, &gw);
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let expired = request("GET", &status_url, &[("Authorization", &bearer(&old))], None).await;
+    assert_eq!(expired.status, 401, "{}", expired.text());
+    let www = expired.header("www-authenticate").unwrap_or("");
+    assert!(www.starts_with("Bearer") && www.contains("invalid_token"), "{www}");
+    assert_operation_outcome(&expired);
+    // A fresh token (asked for at each step: it lives 2 s) gets the manifest and the file.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let manifest = loop {
+        let fresh = gw.token(GRACE.0, "system/Patient.read system/Group.read");
+        let poll = request("GET", &status_url, &[("Authorization", &bearer(&fresh))], None).await;
+        if poll.status == 200 {
+            break poll.json();
+        }
+        assert!(matches!(poll.status, 202 | 429), "{}", poll.text());
+        assert!(Instant::now() < deadline, "the export did not finish");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let file = manifest["output"][0]["url"].as_str().unwrap().to_owned();
+    let stale = request("GET", &file, &[("Authorization", &bearer(&old))], None).await;
+    assert_eq!(stale.status, 401, "file with an expired token: {}", stale.text());
+    let fresh = gw.token(GRACE.0, "system/Patient.read");
+    request("GET", &file, &[("Authorization", &bearer(&fresh))], None).await.assert_status(200);
 }
 
 // ---------------------------------------------------------------------------

@@ -605,7 +605,7 @@ async fn patients_narrow_to_members_and_lenient_handling_reports_what_it_skipped
     let metadata = get(&run.gw.url("metadata")).await.text();
     for definition in [
         "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
-        "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/davinci-data-export",
+        "http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export",
     ] {
         assert!(metadata.contains(definition), "{definition} not declared");
     }

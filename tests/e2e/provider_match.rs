@@ -672,7 +672,7 @@ async fn an_abandoned_job_is_taken_over_and_the_operation_is_declared() {
             && o["definition"]
                 .as_str()
                 .unwrap()
-                .contains("davinci-pdex/OperationDefinition/provider-member-match")),
+                .contains("davinci-pdex/OperationDefinition/ProviderMemberMatch")),
         "{group}"
     );
 

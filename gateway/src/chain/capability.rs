@@ -20,15 +20,19 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     (
         "Group",
         "provider-member-match",
-        "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/provider-member-match",
+        "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/ProviderMemberMatch",
     ),
     (
         "Group",
         "davinci-data-export",
-        "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/davinci-data-export",
+        "http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export",
     ),
     ("Group", "export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"),
 ];
+
+/// The Bulk Data IG's server CapabilityStatement (BULK-18: Inferno warns
+/// without it).
+const BULK_DATA_CAPABILITIES: &str = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data";
 
 /// Search parameters fhirwall never passes (DESIGN.md "Request pipeline" 3).
 const REFUSED_PARAMS: &[&str] = &["_filter", "_query", "_has", "_total", "_text", "_content", "_list"];
@@ -75,6 +79,7 @@ pub fn build(upstream: &str, served: &Served<'_>) -> Result<String, String> {
         "status": "active",
         "date": crate::clock::today_utc(),
         "kind": "instance",
+        "instantiates": [BULK_DATA_CAPABILITIES],
         "implementation": {
             "description": "fhirwall Provider Access gateway",
             "url": served.public_base,
