@@ -692,7 +692,10 @@ async fn a_locked_sqlite_store_fails_closed_and_the_gateway_recovers() {
             // A server error, so the client retries; not a credential error
             // (invalid_client) that would send its operator hunting for a
             // revoked key.
-            assert!(stderr.contains(" answered 5"), "refused as if the client were at fault: {stderr}");
+            assert!(
+                stderr.contains(" answered 503"),
+                "a busy store must be 503 (try again), not a client fault or a 500: {stderr}"
+            );
         }
     }
 

@@ -311,9 +311,12 @@ impl Auth {
         } else {
             tracing::debug!(error = failure.error.code.as_str(), reason = %failure.error.description, "token request refused");
         }
-        if failure.internal {
+        if let Some(status) = failure.fault {
             let mut response = oauth_error_response(&failure.error, false);
-            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            *response.status_mut() = status;
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
             return response;
         }
         oauth_error_response(&failure.error, failure.basic)
@@ -369,7 +372,7 @@ impl Auth {
                 .registry
                 .record_jti(&client.client_id, &verified.jti, keep_until)
                 .await
-                .map_err(|e| TokenFailure::internal(format!("replay cache: {e}")))?;
+                .map_err(|e| TokenFailure::unavailable(format!("replay cache: {e}")))?;
             if !fresh {
                 return Err(OAuthError::client("client_assertion was already used (jti replay)").into());
             }
@@ -448,7 +451,7 @@ impl Auth {
             .registry
             .get(&unverified.client_id)
             .await
-            .map_err(|e| TokenFailure::internal(format!("client registry: {e}")))?
+            .map_err(|e| TokenFailure::unavailable(format!("client registry: {e}")))?
             .ok_or_else(|| OAuthError::client("unknown client"))?;
         assertion::check_jku(&unverified.header, client.jwks_uri.as_deref())?;
         let keys = match &client.keys {
@@ -481,7 +484,7 @@ impl Auth {
             .registry
             .get(client_id)
             .await
-            .map_err(|e| TokenFailure::internal(format!("client registry: {e}")))?
+            .map_err(|e| TokenFailure::unavailable(format!("client registry: {e}")))?
             .ok_or_else(refuse)?;
         let expected = client
             .secret_env
@@ -807,31 +810,45 @@ fn claimed_client_id(headers: &HeaderMap, body: &[u8]) -> Option<String> {
 }
 
 /// A token endpoint failure: the OAuth error, whether the client tried HTTP
-/// Basic (then 401 carries `WWW-Authenticate: Basic`), or an internal fault.
+/// Basic (then 401 carries `WWW-Authenticate: Basic`), or fhirwall's own
+/// fault (`fault`: the status instead of the OAuth error's).
 #[derive(Debug)]
 pub struct TokenFailure {
     pub error: OAuthError,
     pub basic: bool,
-    pub internal: bool,
+    pub fault: Option<StatusCode>,
 }
 
 impl TokenFailure {
     fn basic(error: OAuthError) -> Self {
-        TokenFailure { error, basic: true, internal: false }
+        TokenFailure { error, basic: true, fault: None }
     }
+
+    /// 500: something fhirwall got wrong (signing failed).
     fn internal(detail: String) -> Self {
         tracing::error!(detail, "token endpoint failed");
+        TokenFailure::fault(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// 503 with `Retry-After`: the state store is down or busy; the same
+    /// request may succeed shortly (no jti was spent).
+    fn unavailable(detail: String) -> Self {
+        tracing::warn!(detail, "token endpoint: the state store is unavailable");
+        TokenFailure::fault(StatusCode::SERVICE_UNAVAILABLE)
+    }
+
+    fn fault(status: StatusCode) -> Self {
         TokenFailure {
             error: OAuthError::new(ErrorCode::InvalidRequest, "the token could not be issued; try again"),
             basic: false,
-            internal: true,
+            fault: Some(status),
         }
     }
 }
 
 impl From<OAuthError> for TokenFailure {
     fn from(error: OAuthError) -> Self {
-        TokenFailure { error, basic: false, internal: false }
+        TokenFailure { error, basic: false, fault: None }
     }
 }
 

@@ -9,5 +9,5 @@ pub mod paging;
 pub mod rewrite;
 
 pub use client::{Upstream, UpstreamRequest, UpstreamResponse};
-pub use paging::{PageRef, PageSealer};
+pub use paging::{Looped, PageRef, PageSealer, Trail};
 pub use rewrite::UrlRewriter;

@@ -38,6 +38,63 @@ pub struct PageRef {
     /// Unix seconds after which the token is refused.
     #[serde(rename = "e")]
     pub expires: u64,
+    /// Where this search has been (see [`Trail`]).
+    #[serde(rename = "l", default)]
+    pub trail: Trail,
+}
+
+/// Loop detection across the pages of one search, in a few bytes of the
+/// token (Brent's cycle finding): the cursor of every page is compared with
+/// one remembered cursor, re-remembered after 1, 2, 4, 8… pages. An upstream
+/// whose paging links go round in a circle of any length is caught within
+/// about twice the circle, while a search that moves on is never refused
+/// (a cursor is its upstream link and the position in it, which only move
+/// forward). Within one fhirwall page a loop is caught by the pages read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Trail {
+    /// Hash of the remembered cursor.
+    #[serde(rename = "h")]
+    remembered: u64,
+    /// Pages between re-rememberings (a power of two).
+    #[serde(rename = "p")]
+    period: u32,
+    /// Pages since the last re-remembering.
+    #[serde(rename = "n")]
+    since: u32,
+}
+
+/// The upstream's paging links went back to a page this search has read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Looped;
+
+impl Trail {
+    /// A search that starts at `path`.
+    pub fn start(path: &str) -> Trail {
+        Trail { remembered: cursor_hash(path, 0), period: 1, since: 0 }
+    }
+
+    /// The trail of the next page's token, or [`Looped`].
+    pub fn advance(self, path: &str, skip: usize) -> Result<Trail, Looped> {
+        let here = cursor_hash(path, skip);
+        if here == self.remembered {
+            return Err(Looped);
+        }
+        let since = self.since + 1;
+        Ok(if since >= self.period {
+            Trail { remembered: here, period: self.period.saturating_mul(2).max(1), since: 0 }
+        } else {
+            Trail { since, ..self }
+        })
+    }
+}
+
+fn cursor_hash(path: &str, skip: usize) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(path.as_bytes())
+        .chain_update((skip as u64).to_be_bytes())
+        .finalize();
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 /// The sealed plaintext of every token: 2-byte length, deflated state,
@@ -102,7 +159,7 @@ impl PageSealer {
         resource_type: &str,
         upstream_path: &str,
     ) -> Result<String, GatewayError> {
-        self.seal_at(caller, resource_type, upstream_path, 0, 0)
+        self.seal_at(caller, resource_type, upstream_path, 0, 0, Trail::default())
     }
 
     /// [`PageSealer::seal`] with the position inside the upstream page.
@@ -113,6 +170,7 @@ impl PageSealer {
         upstream_path: &str,
         skip: usize,
         count: usize,
+        trail: Trail,
     ) -> Result<String, GatewayError> {
         let page = PageRef {
             resource_type: resource_type.to_owned(),
@@ -120,6 +178,7 @@ impl PageSealer {
             skip,
             count,
             expires: now_unix() + self.ttl.as_secs(),
+            trail,
         };
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| GatewayError::internal("no randomness for page token"))?;
@@ -248,12 +307,13 @@ mod tests {
     #[test]
     fn tokens_have_one_length_and_carry_the_position() {
         let s = sealer();
-        let short = s.seal_at("grace", "Observation", "Observation?a=1", 0, 1).unwrap();
+        let short = s.seal_at("grace", "Observation", "Observation?a=1", 0, 1, Trail::default()).unwrap();
         // A narrowed search of 100 random UUID ids: the worst case the size is for.
         let ids: Vec<String> = (0..100).map(|_| format!("Patient%2F{}", uuid_like())).collect();
         let long_path =
             format!("Observation?patient={}&_count=31&_include=Observation%3Apatient", ids.join("%2C"));
-        let long = s.seal_at("grace", "Observation", &long_path, 7, 20).unwrap();
+        let long =
+            s.seal_at("grace", "Observation", &long_path, 7, 20, Trail::start("Observation?a=1")).unwrap();
         assert_eq!(short.len(), long.len());
         let page = s.open("grace", &long).unwrap();
         assert_eq!((page.upstream_path.as_str(), page.skip, page.count), (long_path.as_str(), 7, 20));
@@ -330,5 +390,54 @@ mod tests {
         assert!(s.open("grace", &after).is_ok());
         // Tokens keep one length across generations.
         assert_eq!(before.len(), after.len());
+    }
+
+    /// The cursors of a search that goes `prefix` pages, then round a
+    /// circle of `circle` pages for ever.
+    fn cursor(i: usize, prefix: usize, circle: usize) -> String {
+        let at = if i < prefix { i } else { prefix + (i - prefix) % circle };
+        format!("Observation?_offset={at}")
+    }
+
+    #[test]
+    fn paging_loops_of_any_length_are_caught_within_about_twice_the_circle() {
+        for prefix in [0, 1, 5, 37] {
+            for circle in 1..=64 {
+                let mut trail = Trail::start(&cursor(0, prefix, circle));
+                let mut caught = None;
+                for i in 1..10_000 {
+                    match trail.advance(&cursor(i, prefix, circle), 0) {
+                        Ok(next) => trail = next,
+                        Err(Looped) => {
+                            caught = Some(i);
+                            break;
+                        }
+                    }
+                }
+                let caught =
+                    caught.unwrap_or_else(|| panic!("prefix {prefix}, circle {circle}: never caught"));
+                assert!(
+                    caught >= prefix + circle,
+                    "caught before the first repeat ({prefix}, {circle}): {caught}"
+                );
+                assert!(
+                    caught <= 2 * (prefix + circle) + circle + 2,
+                    "prefix {prefix}, circle {circle}: caught only at {caught}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_search_that_moves_on_is_never_taken_for_a_loop() {
+        // Ten thousand pages, and a page boundary inside each upstream page (same link, growing skip).
+        let mut trail = Trail::start("Observation?_count=20");
+        for i in 1..10_000 {
+            trail = trail.advance(&format!("Observation?_offset={}", i / 3), i % 3).unwrap();
+        }
+        // The trail survives sealing and opening.
+        let s = sealer();
+        let token = s.seal_at("grace", "Observation", "Observation?_offset=9", 0, 10, trail).unwrap();
+        assert_eq!(s.open("grace", &token).unwrap().trail, trail);
     }
 }

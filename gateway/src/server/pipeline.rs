@@ -493,6 +493,7 @@ impl FhirHandler {
             cursor: crate::chain::page::Cursor { path: page.upstream_path, skip: page.skip },
             want: page.count.clamp(1, answer::MAX_PAGE),
             from_token: true,
+            trail: page.trail,
         })
     }
 }
@@ -532,9 +533,11 @@ fn first_page(resource_type: &str, mut params: SearchParams) -> answer::SearchSt
     let (want, upstream_count) = answer::page_sizes(&params);
     params.remove("_count");
     params.push(SearchParam::single("_count", upstream_count.to_string()));
+    let path = with_query(resource_type.to_owned(), &params);
     answer::SearchStart {
         resource_type: resource_type.to_owned(),
-        cursor: crate::chain::page::Cursor { path: with_query(resource_type.to_owned(), &params), skip: 0 },
+        trail: crate::proxy::Trail::start(&path),
+        cursor: crate::chain::page::Cursor { path, skip: 0 },
         want,
         from_token: false,
     }

@@ -39,6 +39,8 @@ pub(super) struct SearchStart {
     pub want: usize,
     /// A follow-up page (opened from a token): never a `total`.
     pub from_token: bool,
+    /// Where the search has been: a loop across pages is refused.
+    pub trail: crate::proxy::Trail,
 }
 
 fn unusable(why: impl Into<String>) -> GatewayError {
@@ -692,12 +694,17 @@ impl FhirHandler {
         let page = builder.finish(&|entry: &Entry| chain::references(&entry.resource));
         let next_url = match &page.next {
             Some(next) => {
+                let trail = start
+                    .trail
+                    .advance(&next.path, next.skip)
+                    .map_err(|_| unusable("the upstream's paging links loop across pages"))?;
                 let token = self.gw.pages.seal_at(
                     &ctx.caller.binding,
                     &start.resource_type,
                     &next.path,
                     next.skip,
                     start.want,
+                    trail,
                 )?;
                 Some(format!("{}/_page/{token}", self.gw.public_base))
             }
