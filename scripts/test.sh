@@ -17,6 +17,9 @@ python3 scripts/check-docs.py
 echo "== the module graph has no import cycles"
 python3 scripts/module-cycles.py
 
+echo "== the conformance map names every assertion ID and only tests that exist"
+python3 scripts/check-conformance-map.py
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
