@@ -612,6 +612,136 @@ async fn a_token_expiring_mid_export_is_401_and_a_new_token_carries_on() {
 }
 
 // ---------------------------------------------------------------------------
+// TLS (SMART-50) and searches around the Part 2 labels (SEC-07, SEC-10)
+
+/// SMART-50 (Inferno `smart_tls`): TLS 1.2 and 1.3 are served; TLS 1.0 and
+/// 1.1 handshakes are refused by the server (the client offers them with
+/// OpenSSL's security level 0, so the refusal is the server's).
+#[tokio::test]
+async fn tls_below_1_2_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    let gw = Gateway::start(
+        GatewayConfig::new("sandbox")
+            .file("tls/cert.pem", std::fs::read(dir.path().join("cert.pem")).unwrap())
+            .file("tls/key.pem", std::fs::read(dir.path().join("key.pem")).unwrap())
+            .extra_toml("[server]\ntls_cert = \"tls/cert.pem\"\ntls_key = \"tls/key.pem\"\n"),
+    );
+    let addr = gw.listen_addr().to_string();
+    let handshake = |version: &str| {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &addr, version, "-cipher", "DEFAULT:@SECLEVEL=0"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    for (version, name) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let (ok, text) = handshake(version);
+        assert!(ok && text.contains(&format!("New, {name}, Cipher is")), "{version} not served:\n{text}");
+    }
+    for version in ["-tls1", "-tls1_1"] {
+        let (ok, text) = handshake(version);
+        assert!(!ok, "{version} was accepted:\n{text}");
+        // The server's refusal: an alert received from it (handshake_failure
+        // or protocol_version), not a client-side error.
+        assert!(
+            text.contains("alert handshake failure") || text.contains("alert protocol version"),
+            "{version}: no alert from the server:\n{text}"
+        );
+        assert!(!text.contains("no protocols available"), "the client did not even offer {version}:\n{text}");
+    }
+}
+
+/// SEC-10: searching on the labels (`_security`, `:not`, `:missing`) does
+/// not bring back a Part 2 labelled record; SEC-07: the searchset Bundles
+/// carry no obligation or refrain labels that would say something was kept
+/// back. pat-0009 (attributed to org-grace) has the labelled Condition
+/// cond-0009-2 and Encounter enc-0009-4 (examples/dataset/facts.json).
+#[tokio::test]
+async fn searching_on_security_labels_does_not_get_around_part2() {
+    let gw =
+        Gateway::start(GatewayConfig::new("sandbox").client(GRACE.0, GRACE.1, GRACE.2, &["system/*.read"]));
+    let token = gw.token(GRACE.0, "system/*.read");
+    let label = "http%3A%2F%2Fterminology.hl7.org%2FCodeSystem%2Fv3-ActCode%7C42CFRPart2";
+    // (The label itself may be echoed in the Bundle's self link.)
+    let withheld = ["cond-0009-2", "enc-0009-4"];
+    // The labelled records exist upstream but are not served.
+    for path in ["Condition/cond-0009-2", "Encounter/enc-0009-4"] {
+        assert_eq!(get_bearer(&gw.url(path), &token).await.status, 404, "{path}");
+    }
+    let baseline = get_bearer(&gw.url("Condition?patient=Patient/pat-0009"), &token).await;
+    baseline.assert_status(200);
+    assert!(!bundle_resources(&baseline.json()).is_empty(), "pat-0009 has visible Conditions");
+    let mut answered = 0;
+    for t in ["Condition", "Encounter"] {
+        for query in [
+            format!("_security={label}"),
+            format!("_security:not={label}"),
+            "_security:missing=true".to_owned(),
+            "_security:missing=false".to_owned(),
+            format!("_security:below={label}"),
+        ] {
+            let url = gw.url(&format!("{t}?patient=Patient/pat-0009&{query}"));
+            let resp = get_bearer(&url, &token).await;
+            assert!(matches!(resp.status, 200 | 400), "{url}: {}", resp.text());
+            let text = resp.text();
+            for id in withheld {
+                assert!(!text.contains(id), "{url}: {id} left:\n{text}");
+            }
+            if resp.status == 200 {
+                answered += 1;
+                let bundle = resp.json();
+                assert_eq!(bundle["type"], "searchset");
+                let labels: Vec<&str> = bundle["meta"]["security"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["code"].as_str())
+                    .collect();
+                for code in labels {
+                    assert!(
+                        !matches!(
+                            code,
+                            "MASK"
+                                | "REDACT"
+                                | "NODSCLCD"
+                                | "NODSCLCDS"
+                                | "NORDSCLCD"
+                                | "NORDSCLCDS"
+                                | "PROCESSINLINELABEL"
+                        ),
+                        "{url}: Bundle label {code}"
+                    );
+                }
+            } else {
+                assert_operation_outcome(&resp);
+            }
+        }
+    }
+    assert!(answered > 0, "every label search was refused: the bypass attempt was not exercised");
+}
+
+// ---------------------------------------------------------------------------
 // HRex $member-match (HREX-01, 02, 03, 07, 08, 09) and PDex
 // $provider-member-match (PDEX-23, 24, 25, 26, 28, 29)
 
