@@ -573,6 +573,75 @@ async fn bulk_export_kick_off_status_manifest_files_and_cancel() {
     assert_profile_refuses(&dir, "operation-outcome", &broken, "not in IssueType");
 }
 
+/// BULK-39: a job that fails as a whole answers its status with a 5xx
+/// OperationOutcome (`application/fhir+json`). A job fails when its client
+/// was re-registered before it started (docs/operations.md); here it waits
+/// behind another client's job (one job runs at a time) while grace-ehr is
+/// re-registered with the same key, so the same client id can still poll.
+#[tokio::test]
+async fn a_failed_export_job_answers_its_status_with_an_operation_outcome() {
+    let gw = Gateway::start(
+        GatewayConfig::new("sandbox")
+            .extra_toml(
+                "[export]\nretry_after_s = 1\nmax_running_jobs = 1\nbatch_patients = 20\nupstream_rps = 4\n",
+            )
+            .client(GRACE.0, GRACE.1, GRACE.2, &["system/*.read"])
+            .client("grace-scheduler", GRACE.1, GRACE.2, &["system/*.read"]),
+    );
+    let other = gw.token("grace-scheduler", "system/*.read");
+    let first = kickoff(&gw, &other, "?_type=Patient,Coverage").await;
+    let first_url = content_location(&first, &gw);
+    // Wait until the first job runs (it holds the only running slot).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let poll = request("GET", &first_url, &[("Authorization", &bearer(&other))], None).await;
+        if poll.status == 202 && poll.header("x-progress").is_some_and(|p| p != "queued") {
+            break;
+        }
+        assert_ne!(poll.status, 200, "the first job finished before the second was queued: make it slower");
+        assert!(Instant::now() < deadline, "the first job never started");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let token = gw.token(GRACE.0, "system/*.read");
+    let second = kickoff(&gw, &token, "?_type=Patient").await;
+    let second_url = content_location(&second, &gw);
+    // Re-register grace-ehr (same id, organization and key): a new registration.
+    let jwks: Value =
+        serde_json::from_str(&std::fs::read_to_string(gw.dir().join("keys/grace-ehr.jwks.json")).unwrap())
+            .unwrap();
+    gw.admin("DELETE", "/admin/clients/grace-ehr", None).await.assert_status(204);
+    let again = json!({"client_id": GRACE.0, "organization": GRACE.1, "npi": GRACE.2, "jwks": jwks,
+        "scopes": ["system/*.read"]});
+    gw.admin("POST", "/admin/clients", Some(&again)).await.assert_status(201);
+    let fresh = gw.token(GRACE.0, "system/*.read");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let failed = loop {
+        let poll = request("GET", &second_url, &[("Authorization", &bearer(&fresh))], None).await;
+        if !matches!(poll.status, 202 | 429) {
+            break poll;
+        }
+        assert!(Instant::now() < deadline, "the second job never ended");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    };
+    assert!((500..600).contains(&failed.status), "a failed job: {} {}", failed.status, failed.text());
+    let oo = assert_operation_outcome(&failed);
+    assert_eq!(oo["issue"][0]["severity"], "error", "{oo}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "oo-failed-job.json", &oo.to_string());
+    assert_profiles(&[("operation-outcome", &path)]);
+    // The first client's job was not affected.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let poll = request("GET", &first_url, &[("Authorization", &bearer(&other))], None).await;
+        if poll.status == 200 {
+            break;
+        }
+        assert!(matches!(poll.status, 202 | 429), "{}", poll.text());
+        assert!(Instant::now() < deadline, "the first job did not finish");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+}
+
 /// E2E-06, SMART-71: a token that expires while the client polls is refused
 /// (401 invalid_token) on the status and file URLs; a new token of the same
 /// client carries on (jobs belong to the client, not to a token).
