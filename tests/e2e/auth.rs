@@ -553,6 +553,11 @@ async fn admin_registered_clients_and_deletion() {
 
 /// A one-route HTTP server on 127.0.0.1 serving a JWKS that the test can swap.
 fn jwks_server(jwks: Arc<Mutex<String>>) -> String {
+    jwks_server_with(jwks, "")
+}
+
+/// [`jwks_server`] with extra header lines (each ending in CRLF).
+fn jwks_server_with(jwks: Arc<Mutex<String>>, extra_headers: &'static str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -563,7 +568,7 @@ fn jwks_server(jwks: Arc<Mutex<String>>) -> String {
             let body = jwks.lock().unwrap().clone();
             let _ = write!(
                 stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n{body}",
                 body.len()
             );
         }
@@ -587,6 +592,32 @@ async fn jwks_uri_keys_are_fetched_jku_checked_and_rotated() {
     ask(&gw, &jku_ok, "system/*.read").await.assert_status(200);
     // Key rotation: the new kid is unknown to the cached set, so the set is fetched again.
     *served.lock().unwrap() = json!({"keys": [new.jwk]}).to_string();
+    ask(&gw, &new.assertion("hopkins-ehr", &url, &[]), "system/*.read").await.assert_status(200);
+}
+
+/// SMART-41: a JWKS served with `Cache-Control: max-age=N` is not used
+/// longer than N seconds, so a key the provider removed stops working.
+#[tokio::test]
+async fn a_removed_jwks_uri_key_stops_working_once_the_served_max_age_runs_out() {
+    let old = Key::new("ES384");
+    let new = Key::new("ES384");
+    let served = Arc::new(Mutex::new(json!({"keys": [old.jwk.clone(), new.jwk.clone()]}).to_string()));
+    let uri = jwks_server_with(served.clone(), "Cache-Control: public, max-age=1\r\n");
+    let gw = Gateway::start(GatewayConfig::new("sandbox").extra_toml(&format!(
+        "[[clients]]\nclient_id = \"hopkins-ehr\"\norganization = \"Organization/org-hopkins\"\n\
+         jwks_uri = {uri:?}\nscopes = [\"system/*.read\"]\n"
+    )));
+    let url = gw.token_url();
+    ask(&gw, &old.assertion("hopkins-ehr", &url, &[]), "system/*.read").await.assert_status(200);
+    // The provider removes the old key; the cached set may be used one more second at most.
+    *served.lock().unwrap() = json!({"keys": [new.jwk]}).to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_oauth_error(
+        &ask(&gw, &old.assertion("hopkins-ehr", &url, &[]), "system/*.read").await,
+        401,
+        "invalid_client",
+        "a key removed from the JWKS, after its max-age",
+    );
     ask(&gw, &new.assertion("hopkins-ehr", &url, &[]), "system/*.read").await.assert_status(200);
 }
 

@@ -105,10 +105,51 @@ pub fn check_jwks_uri(uri: &str) -> Result<url::Url, String> {
     }
 }
 
+/// A fetched key set and how long it may be used (SMART-41: never longer
+/// than the `Cache-Control: max-age` it was served with).
+#[derive(Clone)]
+struct Fetched {
+    set: Arc<JwkSet>,
+    fresh_for: Duration,
+}
+
+struct AsServed;
+
+impl moka::Expiry<String, Fetched> for AsServed {
+    fn expire_after_create(
+        &self,
+        _uri: &String,
+        value: &Fetched,
+        _at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.fresh_for)
+    }
+}
+
+/// How long a key set may be cached, from its `Cache-Control`: `no-store`
+/// or `no-cache` not at all, `max-age=N` at most N seconds, and never more
+/// than [`JWKS_TTL`] (a removed key must stop working soon).
+fn freshness(headers: &http::HeaderMap) -> Duration {
+    let mut fresh = JWKS_TTL;
+    for value in headers.get_all(http::header::CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else { return Duration::ZERO };
+        for directive in value.split(',').map(|d| d.trim().to_ascii_lowercase()) {
+            if directive == "no-store" || directive == "no-cache" {
+                return Duration::ZERO;
+            }
+            if let Some(seconds) = directive.strip_prefix("max-age=") {
+                let seconds: u64 = seconds.trim_matches('"').parse().unwrap_or(0);
+                fresh = fresh.min(Duration::from_secs(seconds));
+            }
+        }
+    }
+    fresh
+}
+
 /// Fetches and caches `jwks_uri` key sets.
 pub struct JwksFetcher {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    cache: moka::future::Cache<String, Arc<JwkSet>>,
+    cache: moka::future::Cache<String, Fetched>,
     /// URIs refetched recently because of an unknown `kid`.
     refreshed: moka::sync::Cache<String, ()>,
 }
@@ -123,7 +164,7 @@ impl JwksFetcher {
     pub fn new() -> JwksFetcher {
         JwksFetcher {
             http: http_client(),
-            cache: moka::future::Cache::builder().max_capacity(1_000).time_to_live(JWKS_TTL).build(),
+            cache: moka::future::Cache::builder().max_capacity(1_000).expire_after(AsServed).build(),
             refreshed: moka::sync::Cache::builder()
                 .max_capacity(1_000)
                 .time_to_live(REFRESH_INTERVAL)
@@ -133,7 +174,9 @@ impl JwksFetcher {
 
     /// The key set at `uri` (cached). Concurrent misses share one fetch.
     pub async fn get(&self, uri: &str) -> Result<Arc<JwkSet>, String> {
-        self.cache.try_get_with_by_ref(uri, self.fetch(uri)).await.map_err(|e| e.as_ref().clone())
+        let fetched =
+            self.cache.try_get_with_by_ref(uri, self.fetch(uri)).await.map_err(|e| e.as_ref().clone())?;
+        Ok(fetched.set)
     }
 
     /// Fetch `uri` again unless that happened within [`REFRESH_INTERVAL`];
@@ -143,14 +186,15 @@ impl JwksFetcher {
             return Ok(None);
         }
         self.refreshed.insert(uri.to_owned(), ());
-        let set = self.fetch(uri).await?;
-        self.cache.insert(uri.to_owned(), set.clone()).await;
+        let fetched = self.fetch(uri).await?;
+        let set = fetched.set.clone();
+        self.cache.insert(uri.to_owned(), fetched).await;
         Ok(Some(set))
     }
 
-    async fn fetch(&self, uri: &str) -> Result<Arc<JwkSet>, String> {
+    async fn fetch(&self, uri: &str) -> Result<Fetched, String> {
         check_jwks_uri(uri)?;
-        let (status, body) = send(
+        let (status, headers, body) = exchange(
             &self.http,
             Method::GET,
             uri,
@@ -166,7 +210,8 @@ impl JwksFetcher {
         }
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| format!("{uri} is not JSON: {e}"))?;
-        Ok(Arc::new(parse_jwks(&value).map_err(|e| format!("{uri}: {e}"))?))
+        let set = Arc::new(parse_jwks(&value).map_err(|e| format!("{uri}: {e}"))?);
+        Ok(Fetched { set, fresh_for: freshness(&headers) })
     }
 }
 
@@ -186,6 +231,20 @@ pub async fn send(
     max_body: usize,
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), String> {
+    let (status, _, body) = exchange(client, method, url, headers, body, max_body, timeout).await?;
+    Ok((status, body))
+}
+
+/// [`send`], with the answer's headers.
+async fn exchange(
+    client: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Bytes>,
+    max_body: usize,
+    timeout: Duration,
+) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
     let mut builder = Request::builder().method(method).uri(url);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
@@ -193,13 +252,13 @@ pub async fn send(
     let request = builder.body(Full::new(body.unwrap_or_default())).map_err(|e| e.to_string())?;
     let exchange = async {
         let response = client.request(request).await.map_err(|e| format!("{e}"))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), max_body)
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, max_body)
             .collect()
             .await
             .map_err(|e| format!("reading the answer: {e}"))?
             .to_bytes();
-        Ok::<_, String>((status, body))
+        Ok::<_, String>((parts.status, parts.headers, body))
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| "timed out".to_owned())?
 }
@@ -272,5 +331,21 @@ mod tests {
         ] {
             assert!(check_jwks_uri(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_key_set_is_cached_no_longer_than_its_server_allows() {
+        let with = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_str(value).unwrap());
+            freshness(&headers)
+        };
+        assert_eq!(freshness(&http::HeaderMap::new()), JWKS_TTL);
+        assert_eq!(with("public, max-age=60"), Duration::from_secs(60));
+        assert_eq!(with("max-age=86400"), JWKS_TTL, "never longer than fhirwall's own bound");
+        assert_eq!(with("max-age=0"), Duration::ZERO);
+        assert_eq!(with("no-store"), Duration::ZERO);
+        assert_eq!(with("max-age=60, no-cache"), Duration::ZERO);
+        assert_eq!(with("max-age=junk"), Duration::ZERO, "an unreadable max-age is not a licence to cache");
     }
 }
