@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every test of fhirwall: installs what the tests need (idempotent), then
-# formatting, lints, unit tests and end-to-end tests against real processes.
+# formatting, lints, unit tests, end-to-end tests against real processes, and
+# a bounded run of every fuzz target.
 # This is the README's test command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,3 +32,6 @@ echo "== plugins (guest SDK and plugins, native unit tests; each on its own: one
 
 echo "== cargo test"
 cargo test --workspace --locked
+
+echo "== fuzz (20 s per target)"
+bash scripts/fuzz.sh 20

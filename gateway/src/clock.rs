@@ -112,7 +112,11 @@ pub fn instant_unix_ms(text: &str) -> Option<i64> {
     }
     let offset_min = match &text[at..] {
         "Z" => 0,
-        zone if zone.len() == 6 && (zone.starts_with('+') || zone.starts_with('-')) && &zone[3..4] == ":" => {
+        // Bytes, not `&zone[3..4]`: byte 3 may fall inside a character (`+0é00`).
+        zone if zone.len() == 6
+            && (zone.starts_with('+') || zone.starts_with('-'))
+            && zone.as_bytes()[3] == b':' =>
+        {
             let sign = if zone.starts_with('-') { -1 } else { 1 };
             let (oh, om) = (digits(at + 1, 2)?, digits(at + 4, 2)?);
             if oh > 14 || om > 59 {
@@ -157,8 +161,14 @@ mod tests {
         assert_eq!(instant_unix_ms("1970-01-01T01:00:00+01:00"), Some(0));
         assert_eq!(instant_unix_ms("1970-01-01T00:00:01.5Z"), Some(1500));
         assert_eq!(instant_unix_ms("2026-12-05T10:00:00.123-05:00"), Some(1_796_482_800_123));
-        for bad in ["2026-12-05", "2026-12-05T10:00:00", "2026-13-05T10:00:00Z", "2026-12-05T10:00:00.Z", "x"]
-        {
+        for bad in [
+            "2026-12-05",
+            "2026-12-05T10:00:00",
+            "2026-13-05T10:00:00Z",
+            "2026-12-05T10:00:00.Z",
+            "x",
+            "2026-12-05T10:00:00+0\u{e9}00",
+        ] {
             assert_eq!(instant_unix_ms(bad), None, "{bad}");
         }
     }

@@ -201,7 +201,8 @@ pub fn check_claims(
     let number =
         |name: &str| claims.get(name).and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)));
     let exp = number("exp").ok_or_else(|| OAuthError::client("client_assertion has no exp"))?;
-    if exp + CLOCK_SKEW_S < now {
+    // Saturating: `exp` is the client's number (i64::MAX must not wrap).
+    if exp.saturating_add(CLOCK_SKEW_S) < now {
         return Err(OAuthError::client("client_assertion has expired"));
     }
     for name in ["nbf", "iat"] {
@@ -372,6 +373,7 @@ mod tests {
             ("aud array without the token URL", with(json!({"aud": ["https://x"]})), InvalidClient),
             ("exp missing", with(json!({"exp": null})), InvalidClient),
             ("exp not a number", with(json!({"exp": "soon"})), InvalidClient),
+            ("exp at i64::MAX", with(json!({"exp": i64::MAX})), InvalidClient),
             ("expired", with(json!({"exp": NOW - CLOCK_SKEW_S - 1})), InvalidClient),
             ("nbf in the future", with(json!({"nbf": NOW + CLOCK_SKEW_S + 10})), InvalidClient),
             ("iat in the future", with(json!({"iat": NOW + CLOCK_SKEW_S + 10})), InvalidClient),

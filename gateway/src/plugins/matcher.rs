@@ -10,6 +10,8 @@ use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker};
 
 use super::bindings::matcher::fhirwall::plugin::matching as wit;
+/// A matcher's answer as it crosses the boundary (for [`check_answer`]).
+pub use super::bindings::matcher::fhirwall::plugin::matching::{Ambiguity, MatchResult, Matched};
 use super::bindings::matcher::{Matcher, MatcherPre};
 use super::sandbox::{self, HostState};
 use super::{CandidateQuery, CandidateSource, Host, OfferedCandidate, PluginError, PluginSpec};
@@ -180,28 +182,40 @@ impl MatcherPlugin {
         result: wit::MatchResult,
         offered: &HashMap<String, OfferedCandidate>,
     ) -> Result<MatchAnswer, PluginError> {
-        let malformed = |message: String| PluginError::Malformed { plugin: self.name().to_owned(), message };
-        Ok(match result {
-            wit::MatchResult::Match(m) => {
-                if !offered.contains_key(&m.member) {
-                    return Err(malformed(format!(
-                        "matched {:?}, which was not among the candidates offered",
-                        short(&m.member)
-                    )));
-                }
-                if !m.score.is_finite() {
-                    return Err(malformed("score is not a finite number".into()));
-                }
-                MatchAnswer::Match { member: m.member, score: m.score, reasons: reasons(m.reasons) }
-            }
-            wit::MatchResult::NoMatch(r) => MatchAnswer::NoMatch { reasons: reasons(r) },
-            wit::MatchResult::Ambiguous(a) => {
-                let members: Vec<String> =
-                    a.members.into_iter().filter(|m| offered.contains_key(m)).take(MAX_REASONS).collect();
-                MatchAnswer::Ambiguous { members, reasons: reasons(a.reasons) }
-            }
-        })
+        check_answer(self.name(), result, offered)
     }
+}
+
+/// The host's check of a matcher's answer: a match must name a candidate
+/// the host offered during the call, with a finite score (else malformed
+/// output); an ambiguity keeps only offered members; reasons are capped.
+/// Public for the fuzz target (`fuzz/fuzz_targets/plugin_output.rs`).
+pub fn check_answer(
+    plugin: &str,
+    result: MatchResult,
+    offered: &HashMap<String, OfferedCandidate>,
+) -> Result<MatchAnswer, PluginError> {
+    let malformed = |message: String| PluginError::Malformed { plugin: plugin.to_owned(), message };
+    Ok(match result {
+        wit::MatchResult::Match(m) => {
+            if !offered.contains_key(&m.member) {
+                return Err(malformed(format!(
+                    "matched {:?}, which was not among the candidates offered",
+                    short(&m.member)
+                )));
+            }
+            if !m.score.is_finite() {
+                return Err(malformed("score is not a finite number".into()));
+            }
+            MatchAnswer::Match { member: m.member, score: m.score, reasons: reasons(m.reasons) }
+        }
+        wit::MatchResult::NoMatch(r) => MatchAnswer::NoMatch { reasons: reasons(r) },
+        wit::MatchResult::Ambiguous(a) => {
+            let members: Vec<String> =
+                a.members.into_iter().filter(|m| offered.contains_key(m)).take(MAX_REASONS).collect();
+            MatchAnswer::Ambiguous { members, reasons: reasons(a.reasons) }
+        }
+    })
 }
 
 fn reasons(list: Vec<String>) -> Vec<String> {

@@ -158,32 +158,37 @@ impl PolicyInstance {
     }
 
     fn check_replace(&self, original: &str, replacement: String) -> Result<Verdict, PluginError> {
-        let malformed = |message: &str| PluginError::Malformed {
-            plugin: self.plugin.name().to_owned(),
-            message: message.to_owned(),
-        };
-        if replacement.len() > original.len() * 2 + 1024 {
-            return Err(malformed("replace: larger than the original resource"));
-        }
-        let new: Value = serde_json::from_str(&replacement).map_err(|_| malformed("replace: not JSON"))?;
-        if !new.is_object() {
-            return Err(malformed("replace: not a JSON object"));
-        }
-        let Ok(old) = serde_json::from_str::<Value>(original) else {
-            return Ok(Verdict::Drop("replace of an unreadable resource".into()));
-        };
-        let same_identity =
-            new.get("resourceType") == old.get("resourceType") && new.get("id") == old.get("id");
-        if !same_identity {
-            tracing::warn!(plugin = %self.plugin.name(), "policy replace changed resourceType or id: dropped instead");
-            return Ok(Verdict::Drop("replace changed resourceType or id".into()));
-        }
-        if !is_narrowing(&new, &old) {
-            tracing::warn!(plugin = %self.plugin.name(), "policy replace adds or alters content: dropped instead");
-            return Ok(Verdict::Drop("replace adds or alters content".into()));
-        }
-        Ok(Verdict::Replace(new.to_string()))
+        check_replacement(self.plugin.name(), original, replacement)
     }
+}
+
+/// The host's check of a `replace` verdict from `plugin` on `original`:
+/// honoured only as a narrowing with the same `resourceType` and `id`
+/// (else a drop); text that is not a JSON object is malformed output.
+/// Public for the fuzz target (`fuzz/fuzz_targets/plugin_output.rs`).
+pub fn check_replacement(plugin: &str, original: &str, replacement: String) -> Result<Verdict, PluginError> {
+    let malformed =
+        |message: &str| PluginError::Malformed { plugin: plugin.to_owned(), message: message.to_owned() };
+    if replacement.len() > original.len() * 2 + 1024 {
+        return Err(malformed("replace: larger than the original resource"));
+    }
+    let new: Value = serde_json::from_str(&replacement).map_err(|_| malformed("replace: not JSON"))?;
+    if !new.is_object() {
+        return Err(malformed("replace: not a JSON object"));
+    }
+    let Ok(old) = serde_json::from_str::<Value>(original) else {
+        return Ok(Verdict::Drop("replace of an unreadable resource".into()));
+    };
+    let same_identity = new.get("resourceType") == old.get("resourceType") && new.get("id") == old.get("id");
+    if !same_identity {
+        tracing::warn!(plugin = %plugin, "policy replace changed resourceType or id: dropped instead");
+        return Ok(Verdict::Drop("replace changed resourceType or id".into()));
+    }
+    if !is_narrowing(&new, &old) {
+        tracing::warn!(plugin = %plugin, "policy replace adds or alters content: dropped instead");
+        return Ok(Verdict::Drop("replace adds or alters content".into()));
+    }
+    Ok(Verdict::Replace(new.to_string()))
 }
 
 /// Is `new` `old` with elements removed (nothing added or changed)?

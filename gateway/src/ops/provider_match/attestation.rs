@@ -101,7 +101,8 @@ pub fn verify(
 }
 
 fn is_date_like(text: &str) -> bool {
-    let date = &text[..text.len().min(10)];
+    // `get`: byte 10 may fall inside a character (`2024-01-0é`).
+    let Some(date) = text.get(..text.len().min(10)) else { return false };
     matches!(date.len(), 4 | 7 | 10)
         && date
             .bytes()
@@ -153,6 +154,11 @@ mod tests {
         );
         assert_eq!(
             check(&attestation("1417987256", json!({ "start": "yesterday" }))),
+            Err(Unverified::PeriodNotCurrent)
+        );
+        // A character across byte 10 is not a date (and no panic).
+        assert_eq!(
+            check(&attestation("1417987256", json!({ "start": "2024-01-0\u{e9}" }))),
             Err(Unverified::PeriodNotCurrent)
         );
         assert_eq!(check(&attestation("1417987256", json!({}))), Err(Unverified::NoPeriod));
