@@ -56,20 +56,6 @@ fn fill(dir: &Path) {
     let _ = file.sync_all();
 }
 
-fn audit_lines(dir: &Path) -> Vec<String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "ndjson"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
-        .collect()
-}
-
 /// The request id an audit line records.
 fn request_id(line: &str) -> Option<String> {
     let marker = "\"urn:fhirwall:request-id\",\"value\":\"";

@@ -78,20 +78,6 @@ fn audit_verify(dir: &Path) {
     assert!(out.status.success(), "fhirwall audit verify: {text}");
 }
 
-/// Every audit line (all `*.ndjson` files, in name order).
-fn audit_lines(dir: &Path) -> Vec<String> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "ndjson"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
-        .collect()
-}
-
 /// The request id an audit line records.
 fn audited_request_id(line: &str) -> Option<&str> {
     let marker = "\"urn:fhirwall:request-id\",\"value\":\"";

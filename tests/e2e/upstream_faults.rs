@@ -167,18 +167,8 @@ fn assert_no_marker_in_audit_or_log(gw: &Gateway, marker: &str) {
     assert!(!gw.log().contains(marker), "upstream bytes ({marker}) in the gateway log");
 }
 
-fn audit_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "ndjson"))
-        .collect();
-    files.sort();
-    files
-}
-
 fn audit_text(dir: &Path) -> String {
-    audit_files(dir).iter().map(|f| std::fs::read_to_string(f).unwrap()).collect()
+    audit_lines(dir).join("\n")
 }
 
 /// Every AuditEvent in the log.

@@ -112,7 +112,7 @@ pub async fn fetch_token(
         ])
         .finish();
     let client = jwks::http_client();
-    let (status, answer) = jwks::send(
+    let (status, _, answer) = jwks::send(
         &client,
         Method::POST,
         token_url,

@@ -194,7 +194,7 @@ impl JwksFetcher {
 
     async fn fetch(&self, uri: &str) -> Result<Fetched, String> {
         check_jwks_uri(uri)?;
-        let (status, headers, body) = exchange(
+        let (status, headers, body) = send(
             &self.http,
             Method::GET,
             uri,
@@ -221,22 +221,8 @@ pub fn http_client() -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https)
 }
 
-/// One exchange with a deadline and a body cap.
+/// One exchange with a deadline and a body cap: status, headers, body.
 pub async fn send(
-    client: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Option<Bytes>,
-    max_body: usize,
-    timeout: Duration,
-) -> Result<(StatusCode, Bytes), String> {
-    let (status, _, body) = exchange(client, method, url, headers, body, max_body, timeout).await?;
-    Ok((status, body))
-}
-
-/// [`send`], with the answer's headers.
-async fn exchange(
     client: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     method: Method,
     url: &str,

@@ -203,6 +203,11 @@ impl Keyring {
             lifetimes: [(Purpose::AccessToken, token_ttl_s), (Purpose::PageToken, page_ttl_s)],
         };
         for purpose in Purpose::ALL {
+            // Only when the purpose has no generation at all (not merely no
+            // generation 1: that one may have been purged long ago).
+            if !keyring.load(purpose).await?.versions.is_empty() {
+                continue;
+            }
             let legacy = sqlx::query("SELECT value FROM fhirwall_secrets WHERE name = $1")
                 .bind(purpose.legacy_secret())
                 .fetch_optional(keyring.store.pool())
@@ -224,11 +229,7 @@ impl Keyring {
                 active_from: 0,
                 retire_at: NEVER,
             };
-            // Only when the purpose has no generation at all (not merely no
-            // generation 1: that one may have been purged long ago).
-            if keyring.load(purpose).await?.versions.is_empty() {
-                keyring.insert(&first).await?;
-            }
+            keyring.insert(&first).await?;
         }
         Ok(keyring)
     }

@@ -466,3 +466,18 @@ impl Gateway {
         String::from_utf8(out.stdout).expect("token is UTF-8").trim().to_string()
     }
 }
+
+/// Every line of the audit log in `dir`: its `*.ndjson` files in name order
+/// (oldest first), each line as written.
+pub fn audit_lines(dir: &Path) -> Vec<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ndjson"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect()
+}

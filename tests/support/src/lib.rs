@@ -60,7 +60,7 @@ pub mod s3;
 pub mod venvs;
 
 pub use fhir::{assert_operation_outcome, bundle_link, bundle_refs, bundle_resources};
-pub use gateway::{Gateway, GatewayConfig, assert_config_refused};
+pub use gateway::{Gateway, GatewayConfig, assert_config_refused, audit_lines};
 pub use guard::UpstreamGuard;
 pub use http::{Resp, get, get_bearer, get_with, post_form, post_json, request};
 pub use paths::{fhirwall_bin, fixture, medplum_dir, payer_dataset, repo_root};
